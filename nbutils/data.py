@@ -1,0 +1,111 @@
+"""Loading and checking tabular text data: a hub id, a local file, or a Kaggle input path.
+
+The same call reads the smoke profile's sample file and the real data, and the checks here
+turn a user's mistake (a wrong path, a misspelt column, a label column that is not binary) into
+an early error that names the parameter and what was expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# File suffix -> the `datasets` builder that reads it.
+FILE_BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def is_file_source(source: str) -> bool:
+    """A data file path (local or /kaggle/input/...), as opposed to a hub data set id."""
+    return Path(source).suffix.lower() in FILE_BUILDERS or source.startswith(("/", "./", "../", "~"))
+
+
+def load_table(source: str, split: str = "train", param: str = "data_source"):
+    """Load one split of a data set as a `datasets.Dataset`.
+
+    `source` is a .csv/.tsv/.json/.jsonl/.parquet file (local or a Kaggle input path) or a hub
+    data set id (`split` picks its split; offline this needs the hub cache).
+    """
+    from datasets import load_dataset
+
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{param} must be a file path or a hub data set id, got {source!r}")
+    if not is_file_source(source):
+        return load_dataset(source, split=split)
+    path = Path(source).expanduser()
+    if path.suffix.lower() not in FILE_BUILDERS:
+        raise ValueError(f"{param}={source!r}: unsupported file type {path.suffix!r}; "
+                         f"expected one of {', '.join(sorted(FILE_BUILDERS))}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{param}: data file not found: {path.resolve()}")
+    kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    return load_dataset(FILE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
+
+
+def require_columns(dataset, **columns: str) -> None:
+    """Check that each named column exists: `require_columns(ds, text_column="text")`."""
+    present = list(dataset.column_names)
+    for param, column in columns.items():
+        if column not in present:
+            raise KeyError(f"{param}={column!r} is not a column of the data; "
+                           f"columns present: {', '.join(present)}")
+
+
+def binary_labels(values, column: str = "label") -> np.ndarray:
+    """Return labels as int64 class indices 0/1, checking they are exactly two classes.
+
+    Integer class indices (not one-hot floats) are what makes a classifier train with
+    cross-entropy; one-hot float labels silently switch transformers to a multi-label sigmoid
+    loss, the original DAIGT notebooks' bug.
+    """
+    array = np.asarray(list(values), dtype=object)
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in array):
+        raise ValueError(f"label column {column!r} has missing values")
+    classes = sorted(set(array.tolist()), key=str)
+    if len(classes) != 2:
+        shown = ", ".join(map(repr, classes[:10])) + (" ..." if len(classes) > 10 else "")
+        raise ValueError(f"label column {column!r} must hold exactly two classes (0 = human, "
+                         f"1 = generated); found {len(classes)}: {shown}")
+    if not set(classes) <= {0, 1}:  # 0/1, 0.0/1.0 and False/True all compare equal to 0/1
+        raise ValueError(f"label column {column!r} must hold 0/1 (or False/True); found {classes!r}")
+    return array.astype(np.int64)
+
+
+def split_train_val_test(dataset, label_column: str, val_size: float, test_size: float,
+                         seed: int, group_column: str = ""):
+    """Split one table into train/validation/test `DatasetDict`.
+
+    Stratified by label, so each split keeps the class balance. With `group_column` (such as
+    DAIGT's `prompt_name`) whole groups go to one split, so the test measures unseen prompts.
+    """
+    from datasets import DatasetDict
+    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+    for name, size in (("val_size", val_size), ("test_size", test_size)):
+        if not 0 < size < 1:
+            raise ValueError(f"{name} must be a fraction between 0 and 1, got {size!r}")
+    if val_size + test_size >= 1:
+        raise ValueError(f"val_size + test_size must be below 1, got {val_size + test_size}")
+    index = np.arange(len(dataset))
+    labels = np.asarray(list(dataset[label_column]))
+    if group_column:
+        require_columns(dataset, group_column=group_column)
+        groups = np.asarray(list(dataset[group_column]))
+        if len(set(groups.tolist())) < 3:
+            raise ValueError(f"group_column={group_column!r} has fewer than 3 groups; "
+                             "it cannot give disjoint train, validation and test splits")
+
+        def cut(idx, size, salt):
+            splitter = GroupShuffleSplit(n_splits=1, test_size=size, random_state=seed + salt)
+            keep, held = next(splitter.split(idx, groups=groups[idx]))
+            return idx[keep], idx[held]
+    else:
+        def cut(idx, size, salt):
+            return train_test_split(idx, test_size=size, random_state=seed + salt,
+                                    stratify=labels[idx])
+
+    rest, test = cut(index, test_size, 0)
+    train, val = cut(rest, val_size / (1 - test_size), 1)
+    return DatasetDict(train=dataset.select(np.sort(train)),
+                       validation=dataset.select(np.sort(val)),
+                       test=dataset.select(np.sort(test)))

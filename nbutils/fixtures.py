@@ -1,0 +1,70 @@
+"""Build everything the smoke profile reads: sample data and tiny models, in `.cache/`.
+
+    python -m nbutils.fixtures            # build what is missing or out of date
+    python -m nbutils.fixtures --force    # rebuild all
+
+The smoke parameter files point `data_source` and `model_name` at these paths, so the notebooks
+load them with the same `load_dataset` / `from_pretrained` calls they use for hub ids.
+A stamp (hash of the code that makes them, and the seed) decides whether a rebuild is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from . import sample_data, tiny_models
+
+DEFAULT_ROOT = Path(".cache")
+SEED = 0
+
+
+def tiny_model_dir(root: Path, arch: str) -> Path:
+    return root / "tiny-models" / arch
+
+
+def sample_data_dir(root: Path) -> Path:
+    return root / "sample-data"
+
+
+def _stamp() -> str:
+    code = b"".join(Path(m.__file__).read_bytes() for m in (sample_data, tiny_models))
+    return hashlib.sha256(code + str(SEED).encode()).hexdigest()
+
+
+def build(root: str | Path = DEFAULT_ROOT, force: bool = False, quiet: bool = False) -> Path:
+    """Build sample data and all tiny models under `root` unless the stamp says they are current."""
+    root = Path(root)
+    stamp_file = root / "fixtures.json"
+    stamp = _stamp()
+    if not force and stamp_file.exists() and json.loads(stamp_file.read_text()).get("stamp") == stamp:
+        return root
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    for sub in ("sample-data", "tiny-models"):
+        shutil.rmtree(root / sub, ignore_errors=True)
+    data = sample_data_dir(root)
+    sample_data.write_detection_csv(data / "daigt_v2_train.csv", seed=SEED)
+    texts = sample_data.corpus(SEED)
+    for arch in tiny_models.ARCHITECTURES:
+        tiny_models.build_tiny_model(arch, tiny_model_dir(root, arch), texts, seed=SEED)
+        if not quiet:
+            print(f"built tiny {arch} -> {tiny_model_dir(root, arch)}")
+    stamp_file.write_text(json.dumps({"stamp": stamp, "seed": SEED}))
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=str(DEFAULT_ROOT), help="folder to build into")
+    parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    args = parser.parse_args(argv)
+    build(args.root, force=args.force)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""The run record: one `metrics.json` beside each executed notebook.
+
+People compare runs from the summary table built out of these records, so the schema is
+fixed here (`RECORD_FIELDS`), versioned, and checked by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "metrics.json"
+
+# Top-level fields every record has, in the order they are written.
+RECORD_FIELDS = (
+    "schema_version", "project", "profile", "task", "model", "data", "metrics", "primary_metric",
+    "baselines", "train", "parameters", "seed", "config", "versions", "git", "created",
+)
+DATA_FIELDS = ("source", "train", "validation", "test")
+TRAIN_FIELDS = ("runtime_s", "samples_per_s", "epochs")
+PARAMETER_FIELDS = ("trainable", "total")
+
+LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl",
+             "scikit-learn", "numpy", "pandas", "nbutils")
+
+
+def library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(path: str | Path = ".") -> dict[str, object]:
+    """Commit and whether the work tree had uncommitted changes (None outside a git checkout)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
+        return {"commit": head.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def count_parameters(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": int(trainable), "total": int(total)}
+
+
+def train_summary(train_output) -> dict[str, float]:
+    """Runtime and throughput from the `TrainOutput` that `Trainer.train()` returns."""
+    m = train_output.metrics
+    return {"runtime_s": round(float(m["train_runtime"]), 3),
+            "samples_per_s": round(float(m["train_samples_per_second"]), 3),
+            "epochs": float(m.get("epoch", 0.0))}
+
+
+def make_record(*, project: str, profile: str, task: str, model: str, data: dict, metrics: dict,
+                primary_metric: str, train: dict, parameters: dict, seed: int, config: dict,
+                baselines: dict | None = None) -> dict:
+    """Assemble a record and check it against the schema (a wrong key fails here, not later)."""
+    if primary_metric not in metrics:
+        raise KeyError(f"primary_metric {primary_metric!r} is not among the metrics {sorted(metrics)}")
+    for name, value, fields in (("data", data, DATA_FIELDS), ("train", train, TRAIN_FIELDS),
+                                ("parameters", parameters, PARAMETER_FIELDS)):
+        missing = [f for f in fields if f not in value]
+        if missing:
+            raise KeyError(f"run record field {name!r} lacks {missing}")
+    record = {
+        "schema_version": SCHEMA_VERSION, "project": project, "profile": profile, "task": task,
+        "model": model, "data": data, "metrics": metrics, "primary_metric": primary_metric,
+        "baselines": baselines or {}, "train": train, "parameters": parameters, "seed": seed,
+        "config": config, "versions": library_versions(), "git": git_state(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    assert tuple(record) == RECORD_FIELDS
+    return record
+
+
+def write_record(record: dict, output_dir: str | Path) -> Path:
+    """Write `metrics.json` atomically (a crash mid-write never leaves half a record)."""
+    path = Path(output_dir) / RECORD_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_record(output_dir: str | Path) -> dict:
+    return json.loads((Path(output_dir) / RECORD_FILE).read_text())

@@ -1,0 +1,249 @@
+"""Run the collection's notebooks headless with papermill, and gather their run records.
+
+    python -m nbutils.runner run-all --profile smoke
+    python -m nbutils.runner run detect_ai_text/bert --profile smoke -p epochs=3
+    python -m nbutils.runner list --profile full
+
+A *project* is a notebook plus its parameter files for a profile:
+
+    params/<notebook>/<profile>.yaml            shared by every variant of the profile
+    params/<notebook>/<profile>/<variant>.yaml  one project per variant: <notebook>/<variant>
+
+The files are merged in that order (later wins, as with papermill's repeated `-f`), checked
+against the notebook's declared parameters, and the run lands in
+`outputs/<profile>/<project>/`: the executed notebook, `metrics.json` and the plots.
+A project that fails does not stop the others; the summary names it and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .params import ParameterError, check_parameters, declared_parameters
+from .record import RECORD_FILE
+
+KERNEL = "llm-notebooks"
+
+
+@dataclass
+class Project:
+    name: str
+    notebook: Path
+    param_files: list[Path]
+
+
+@dataclass
+class Result:
+    project: str
+    status: str  # "ok" or "failed"
+    notebook: Path
+    seconds: float
+    record: dict | None = None
+    error: str = ""
+    parameters: dict = field(default_factory=dict)
+
+
+def discover(root: Path, profile: str) -> list[Project]:
+    """Every project of `profile`, in a stable order."""
+    projects = []
+    params_root = root / "params"
+    for folder in sorted(p for p in params_root.iterdir() if p.is_dir()):
+        notebook = root / "notebooks" / f"{folder.name}.ipynb"
+        base = folder / f"{profile}.yaml"
+        variants = sorted((folder / profile).glob("*.yaml")) if (folder / profile).is_dir() else []
+        shared = [base] if base.is_file() else []
+        if variants:
+            projects += [Project(f"{folder.name}/{v.stem}", notebook, shared + [v]) for v in variants]
+        elif shared:
+            projects.append(Project(folder.name, notebook, shared))
+    return projects
+
+
+def select(projects: list[Project], names: list[str]) -> list[Project]:
+    """Projects named exactly, or all variants of a named notebook (`detect_ai_text`)."""
+    chosen = []
+    for name in names:
+        hits = [p for p in projects if p.name == name or p.name.startswith(name.rstrip("/") + "/")]
+        if not hits:
+            raise SystemExit(f"unknown project {name!r}; projects of this profile: "
+                             + ", ".join(p.name for p in projects))
+        chosen += [p for p in hits if p not in chosen]
+    return chosen
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ParameterError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ParameterError(f"{path}: expected a mapping of parameter names to values")
+    return data
+
+
+def project_parameters(project: Project, profile: str, output_dir: str,
+                       overrides: dict | None = None) -> dict:
+    """Merged, checked parameters for one run, including the ones the runner sets itself."""
+    if not project.notebook.is_file():
+        raise ParameterError(f"{project.name}: notebook {project.notebook} does not exist")
+    declared = declared_parameters(project.notebook)
+    merged: dict = {}
+    for path in project.param_files:
+        values = load_yaml(path)
+        check_parameters(declared, values, str(path))
+        merged.update(values)
+    if overrides:
+        check_parameters(declared, overrides, "command-line overrides")
+        merged.update(overrides)
+    runner_set = {"project": project.name, "profile": profile, "output_dir": output_dir}
+    check_parameters(declared, runner_set, "the runner's parameters (project, profile, output_dir)")
+    return {**merged, **runner_set}
+
+
+def run_project(project: Project, profile: str, root: Path, outputs: Path,
+                overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False) -> Result:
+    import papermill
+
+    run_dir = outputs / profile / project.name
+    executed = run_dir / project.notebook.name
+    start = time.time()
+    try:
+        output_dir = os.path.relpath(run_dir, root)
+        parameters = project_parameters(project, profile, output_dir, overrides)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # A record left by an earlier run must not pass for this one's.
+        (run_dir / RECORD_FILE).unlink(missing_ok=True)
+        papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
+                                   kernel_name=kernel, cwd=str(root), progress_bar=False,
+                                   log_output=log_output)
+        record_path = run_dir / RECORD_FILE
+        if not record_path.is_file():
+            raise RuntimeError(f"the notebook finished but wrote no {RECORD_FILE} in {run_dir}")
+        record = json.loads(record_path.read_text())
+        return Result(project.name, "ok", executed, time.time() - start, record, parameters=parameters)
+    except Exception as err:  # one failed project must not stop the others
+        message = str(err).strip().splitlines()
+        summary = next((line for line in reversed(message) if line.strip()), type(err).__name__)
+        if not isinstance(err, (ParameterError, papermill.PapermillExecutionError)):
+            traceback.print_exc()
+        return Result(project.name, "failed", executed, time.time() - start,
+                      error=f"{type(err).__name__}: {summary}"[:300])
+
+
+def _fmt(value, digits=3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "baseline", "train_s",
+                   "samples_per_s", "trainable", "total", "notebook")
+
+
+def summary_rows(results: list[Result], root: Path) -> list[dict]:
+    rows = []
+    for r in results:
+        rec = r.record or {}
+        metric = rec.get("primary_metric")
+        baselines = rec.get("baselines") or {}
+        baseline = next(iter(baselines.values()), {}).get(metric) if baselines else None
+        rows.append({
+            "project": r.project, "status": r.status, "model": rec.get("model"), "metric": metric,
+            "value": rec.get("metrics", {}).get(metric), "baseline": baseline,
+            "train_s": rec.get("train", {}).get("runtime_s"),
+            "samples_per_s": rec.get("train", {}).get("samples_per_s"),
+            "trainable": rec.get("parameters", {}).get("trainable"),
+            "total": rec.get("parameters", {}).get("total"),
+            "notebook": os.path.relpath(r.notebook, root), "error": r.error,
+        })
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in SUMMARY_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(results: list[Result], profile: str, root: Path, outputs: Path) -> str:
+    rows = summary_rows(results, root)
+    folder = outputs / profile
+    folder.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(rows)
+    (folder / "summary.md").write_text(f"# Runs of profile `{profile}`\n\n" + table)
+    (folder / "summary.json").write_text(json.dumps(
+        {"profile": profile, "columns": list(SUMMARY_COLUMNS), "runs": rows}, indent=2) + "\n")
+    return table
+
+
+def _override(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nbutils.runner",
+                                     description="Run the notebook collection with papermill.")
+    parser.add_argument("command", choices=["run-all", "run", "list"])
+    parser.add_argument("projects", nargs="*", help="with `run`: project names (or a notebook name)")
+    parser.add_argument("--profile", default="smoke")
+    parser.add_argument("--root", default=".", help="the repository root")
+    parser.add_argument("--outputs", default=None, help="where runs land (default ROOT/outputs)")
+    parser.add_argument("-p", "--param", action="append", type=_override, default=[],
+                        metavar="KEY=VALUE", help="override a parameter (YAML value)")
+    parser.add_argument("--kernel", default=KERNEL)
+    parser.add_argument("--log-output", action="store_true", help="stream notebook output")
+    args = parser.parse_args(argv)
+
+    root = Path(args.root).resolve()
+    outputs = Path(args.outputs).resolve() if args.outputs else root / "outputs"
+    projects = discover(root, args.profile)
+    if not projects:
+        print(f"no projects for profile {args.profile!r} under {root / 'params'}", file=sys.stderr)
+        return 2
+    if args.command == "list":
+        for p in projects:
+            print(f"{p.name:32s} {p.notebook.relative_to(root)}  "
+                  + " ".join(str(f.relative_to(root)) for f in p.param_files))
+        return 0
+    if args.command == "run":
+        if not args.projects:
+            parser.error("`run` needs at least one project name")
+        projects = select(projects, args.projects)
+    overrides = dict(args.param)
+
+    results = []
+    for project in projects:
+        print(f"[{args.profile}] {project.name} ...", flush=True)
+        result = run_project(project, args.profile, root, outputs, overrides, args.kernel,
+                             args.log_output)
+        print(f"[{args.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
+              + (f" - {result.error}" if result.error else ""), flush=True)
+        results.append(result)
+
+    print("\n" + write_summary(results, args.profile, root, outputs))
+    print(f"summary: {os.path.relpath(outputs / args.profile / 'summary.md')} "
+          f"(and summary.json)")
+    failed = [r for r in results if r.status != "ok"]
+    for r in failed:
+        print(f"FAILED {r.project}: {r.error}\n  executed notebook: {os.path.relpath(r.notebook)}",
+              file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
