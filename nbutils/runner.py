@@ -131,12 +131,15 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
         record = json.loads(record_path.read_text())
         return Result(project.name, "ok", executed, time.time() - start, record, parameters=parameters)
     except Exception as err:  # one failed project must not stop the others
-        message = str(err).strip().splitlines()
-        summary = next((line for line in reversed(message) if line.strip()), type(err).__name__)
-        if not isinstance(err, (ParameterError, papermill.PapermillExecutionError)):
-            traceback.print_exc()
+        lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+        if isinstance(err, ParameterError):
+            summary = " ".join(lines)  # the bad name and the valid ones, all of it
+        else:  # papermill's message ends with the notebook's own exception line
+            summary = lines[-1] if lines else ""
+            if not isinstance(err, papermill.PapermillExecutionError):
+                traceback.print_exc()
         return Result(project.name, "failed", executed, time.time() - start,
-                      error=f"{type(err).__name__}: {summary}"[:300])
+                      error=f"{type(err).__name__}: {summary}"[:500])
 
 
 def _fmt(value, digits=3) -> str:
@@ -235,13 +238,16 @@ def main(argv: list[str] | None = None) -> int:
               + (f" - {result.error}" if result.error else ""), flush=True)
         results.append(result)
 
-    print("\n" + write_summary(results, args.profile, root, outputs))
-    print(f"summary: {os.path.relpath(outputs / args.profile / 'summary.md')} "
-          f"(and summary.json)")
+    if args.command == "run-all":  # the summary files describe a whole profile, not a subset
+        print("\n" + write_summary(results, args.profile, root, outputs))
+        print(f"summary: {os.path.relpath(outputs / args.profile / 'summary.md')} (and summary.json)")
+    else:
+        print("\n" + markdown_table(summary_rows(results, root)))
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
-        print(f"FAILED {r.project}: {r.error}\n  executed notebook: {os.path.relpath(r.notebook)}",
-              file=sys.stderr)
+        where = (f"executed notebook: {os.path.relpath(r.notebook)}" if r.notebook.is_file()
+                 else "stopped before the notebook ran")
+        print(f"FAILED {r.project}: {r.error}\n  {where}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -11,6 +11,8 @@ Same seed, same files.
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -42,27 +44,45 @@ def _train(model, trainer, texts: Iterable[str], normalizer=None, pre_tokenizer=
     return json.loads(tok.to_str())["model"]
 
 
-def _wordpiece_vocab(texts, lowercase: bool) -> dict[str, int]:
-    from tokenizers import models, normalizers, pre_tokenizers, trainers
+def _word_counts(texts, pre_tokenizer, lowercase: bool = False) -> list[tuple[str, int]]:
+    """Words of the corpus with counts, most frequent first, ties in alphabetical order."""
+    counts: Counter = Counter()
+    for text in texts:
+        text = text.lower() if lowercase else text
+        counts.update(word for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return sorted(counts.items(), key=lambda item: (-item[1], item[0]))
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trained = _train(models.WordPiece(unk_token="[UNK]"),
-                     trainers.WordPieceTrainer(vocab_size=VOCAB, special_tokens=specials,
-                                               initial_alphabet=ASCII, show_progress=False),
-                     texts, normalizers.BertNormalizer(lowercase=lowercase),
-                     pre_tokenizers.BertPreTokenizer())
-    return trained["vocab"]
+
+# WordPiece and Unigram vocabularies are built directly from word counts rather than with the
+# `tokenizers` trainers, whose tie-breaking follows Rust's randomly seeded hash maps and so
+# changes from one process to the next. Whole words plus single characters (continuation
+# pieces `##c` for WordPiece) keep every text encodable; BPE training is deterministic.
+
+def _wordpiece_vocab(texts, lowercase: bool) -> dict[str, int]:
+    from tokenizers import pre_tokenizers
+
+    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces += [c.lower() for c in ASCII if c.lower() not in pieces] if lowercase else ASCII
+    pieces = list(dict.fromkeys(pieces))
+    pieces += ["##" + c for c in pieces[5:]]
+    words = _word_counts(texts, pre_tokenizers.BertPreTokenizer(), lowercase)
+    pieces += [w for w, _ in words if w not in pieces][: VOCAB - len(pieces)]
+    return {piece: i for i, piece in enumerate(pieces)}
 
 
 def _unigram_vocab(texts, specials: list[str], alphabet=ASCII) -> list[tuple[str, float]]:
-    from tokenizers import models, pre_tokenizers, trainers
+    """Unigram pieces scored by log frequency: whole words first, characters as the fallback."""
+    from tokenizers import pre_tokenizers
 
-    trained = _train(models.Unigram(),
-                     trainers.UnigramTrainer(vocab_size=VOCAB, special_tokens=specials,
-                                             unk_token="<unk>" if "<unk>" in specials else "[UNK]",
-                                             initial_alphabet=alphabet, show_progress=False),
-                     texts, pre_tokenizer=pre_tokenizers.Metaspace())
-    return [tuple(piece) for piece in trained["vocab"]]
+    words = _word_counts(texts, pre_tokenizers.Metaspace())
+    total = sum(count for _, count in words)
+    chars = ["\u2581"] + [c for c in alphabet]
+    vocab = [(piece, 0.0) for piece in specials]
+    # Characters score below any word, so a known word is always one piece.
+    vocab += [(c, math.log(1 / (10 * total))) for c in chars]
+    budget = VOCAB - len(vocab)
+    vocab += [(w, math.log(count / total)) for w, count in words if w not in chars][:budget]
+    return vocab
 
 
 def _bpe(texts, specials: list[str], byte_level: bool):

@@ -1,0 +1,96 @@
+"""The runner: a failing project does not stop the others, and the summary says what failed."""
+
+import json
+
+import nbformat
+import pytest
+
+from nbutils import runner
+
+PARAMETERS = '''project: str = "toy"  # run name
+profile: str = "smoke"  # profile
+output_dir: str = "outputs/toy"  # run folder
+score: float = 0.5  # the metric this toy run reports
+fail: bool = False  # raise instead of finishing'''
+
+BODY = '''from nbutils import record
+if fail:
+    raise RuntimeError("this toy project fails on purpose")
+rec = record.make_record(project=project, profile=profile, task="toy", model="none",
+    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
+    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": 0.0},
+    parameters={"trainable": 0, "total": 0}, seed=0, config={"score": score})
+record.write_record(rec, output_dir)'''
+
+
+@pytest.fixture
+def toy_root(tmp_path):
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"}})
+    params = nbformat.v4.new_code_cell(PARAMETERS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Toy"), params, nbformat.v4.new_code_cell(BODY)]
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "toy.ipynb")
+    folder = tmp_path / "params" / "toy"
+    (folder / "smoke").mkdir(parents=True)
+    (folder / "smoke.yaml").write_text("score: 0.25\n")
+    (folder / "smoke" / "good.yaml").write_text("score: 0.75\n")
+    (folder / "smoke" / "broken.yaml").write_text("fail: true\n")
+    (folder / "smoke" / "typo.yaml").write_text("scroe: 0.9\n")
+    return tmp_path
+
+
+def test_discover_merges_profile_and_variant_files(toy_root):
+    projects = runner.discover(toy_root, "smoke")
+    assert [p.name for p in projects] == ["toy/broken", "toy/good", "toy/typo"]
+    params = runner.project_parameters(projects[1], "smoke", "out")
+    assert params["score"] == 0.75 and params["project"] == "toy/good"
+    assert runner.discover(toy_root, "full") == []
+
+
+def test_failed_project_does_not_stop_the_others(toy_root, capsys):
+    code = runner.main(["run-all", "--root", str(toy_root)])
+    assert code == 1
+    summary = json.loads((toy_root / "outputs" / "smoke" / "summary.json").read_text())
+    rows = {row["project"]: row for row in summary["runs"]}
+    assert rows["toy/good"]["status"] == "ok" and rows["toy/good"]["value"] == 0.75
+    assert rows["toy/broken"]["status"] == "failed"
+    assert "this toy project fails on purpose" in rows["toy/broken"]["error"]
+    # The typo is caught before any kernel starts, with the valid names listed.
+    assert rows["toy/typo"]["status"] == "failed"
+    assert "'scroe' (did you mean 'score'?)" in rows["toy/typo"]["error"]
+    assert "valid parameters: fail, output_dir, profile, project, score" in rows["toy/typo"]["error"]
+    err = capsys.readouterr().err
+    assert "FAILED toy/broken" in err and "outputs/smoke/toy/broken/toy.ipynb" in err
+    assert "FAILED toy/typo" in err and "stopped before the notebook ran" in err
+    # The failed run still leaves its executed notebook, with the error in it.
+    assert (toy_root / "outputs" / "smoke" / "toy" / "broken" / "toy.ipynb").is_file()
+    markdown = (toy_root / "outputs" / "smoke" / "summary.md").read_text()
+    assert "| toy/good | ok |" in markdown and "| toy/broken | failed |" in markdown
+
+
+def test_misspelt_parameter_error_lists_valid_names(toy_root):
+    project = runner.select(runner.discover(toy_root, "smoke"), ["toy/typo"])[0]
+    with pytest.raises(runner.ParameterError, match=r"'scroe' \(did you mean 'score'\?\)[\s\S]*"
+                                                    r"valid parameters: fail, output_dir, profile, project, score"):
+        runner.project_parameters(project, "smoke", "out")
+
+
+def test_command_line_overrides_are_checked_and_win(toy_root):
+    assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=0.5"]) == 0
+    record = json.loads((toy_root / "outputs/smoke/toy/good/metrics.json").read_text())
+    assert record["metrics"]["score"] == 0.5
+    assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=high"]) == 1
+
+
+def test_stale_record_is_not_reported_as_this_run(toy_root):
+    assert runner.main(["run", "toy/good", "--root", str(toy_root)]) == 0
+    (toy_root / "params/toy/smoke/good.yaml").write_text("score: 0.75\nfail: true\n")
+    assert runner.main(["run", "toy/good", "--root", str(toy_root)]) == 1
+    assert not (toy_root / "outputs/smoke/toy/good/metrics.json").exists()
+
+
+def test_unknown_project_lists_the_known_ones(toy_root):
+    with pytest.raises(SystemExit, match="unknown project 'toy/nope'.*toy/good"):
+        runner.main(["run", "toy/nope", "--root", str(toy_root)])

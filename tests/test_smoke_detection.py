@@ -1,0 +1,109 @@
+"""End to end: the detection notebook on all four backbones, through papermill, offline.
+
+This is the smoke run CI relies on, and also the "it learns" test: tiny random models trained
+for a few epochs on the sample essays must beat chance clearly on the held-out test split.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT
+from nbutils import record, runner
+
+BACKBONES = ("bert", "deberta", "distilbert", "roberta")
+
+
+@pytest.fixture(scope="module")
+def runs(detection_smoke_runs):
+    return detection_smoke_runs  # (runner exit code, outputs/smoke folder)
+
+
+def test_all_four_backbones_run(runs):
+    code, folder = runs
+    statuses = {b: (folder / "detect_ai_text" / b / "metrics.json").is_file() for b in BACKBONES}
+    assert code == 0 and all(statuses.values()), statuses
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_run_record_follows_the_schema(runs, backbone):
+    rec = record.read_record(runs[1] / "detect_ai_text" / backbone)
+    assert tuple(rec) == record.RECORD_FIELDS
+    assert rec["schema_version"] == record.SCHEMA_VERSION
+    assert rec["project"] == f"detect_ai_text/{backbone}" and rec["profile"] == "smoke"
+    assert rec["primary_metric"] == "roc_auc"
+    assert set(rec["metrics"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    assert set(rec["baselines"]["tfidf_logreg"]) == set(rec["metrics"])
+    assert rec["data"]["train"] + rec["data"]["validation"] + rec["data"]["test"] == 600
+    assert rec["train"]["runtime_s"] > 0 and rec["train"]["samples_per_s"] > 0
+    assert 0 < rec["parameters"]["trainable"] <= rec["parameters"]["total"]
+    assert rec["config"]["model_name"].startswith(".cache/tiny-models/")
+    assert rec["versions"]["transformers"] and rec["git"]["commit"]
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_it_learns(runs, backbone):
+    metrics = record.read_record(runs[1] / "detect_ai_text" / backbone)["metrics"]
+    assert metrics["accuracy"] >= 0.75, metrics
+    assert metrics["roc_auc"] >= 0.85, metrics
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_run_leaves_model_probabilities_and_plots(runs, backbone):
+    run_dir = runs[1] / "detect_ai_text" / backbone
+    assert (run_dir / "model" / "model.safetensors").is_file()
+    assert not list((run_dir / "model").glob("pytorch_model*.bin")), "weights as safetensors only"
+    config = json.loads((run_dir / "model" / "config.json").read_text())
+    assert config["problem_type"] == "single_label_classification"
+    assert config["id2label"] == {"0": "human", "1": "generated"}
+    assert (run_dir / "model" / "tokenizer.json").is_file()
+    rec = record.read_record(run_dir)
+    for split in ("test", "validation"):
+        probs = pd.read_csv(run_dir / f"{split}_probabilities.csv")
+        assert list(probs.columns) == ["row_id", "label", "prob_generated"]
+        assert len(probs) == rec["data"][split] and probs["row_id"].is_unique
+        assert set(probs["label"]) == {0, 1} and probs["prob_generated"].between(0, 1).all()
+    for plot in ("loss_curves.png", "confusion_matrix.png", "roc_curve.png"):
+        assert (run_dir / plot).stat().st_size > 5000
+    assert (run_dir / "detect_ai_text.ipynb").is_file()
+
+
+def test_backbones_score_the_same_test_essays(runs):
+    """The ensemble notebook relies on this: same split, same row ids, same order."""
+    frames = [pd.read_csv(runs[1] / "detect_ai_text" / b / "test_probabilities.csv") for b in BACKBONES]
+    for frame in frames[1:]:
+        assert frame["row_id"].tolist() == frames[0]["row_id"].tolist()
+
+
+def test_executed_notebook_shows_plots_inline(runs):
+    import nbformat
+
+    nb = nbformat.read(runs[1] / "detect_ai_text" / "bert" / "detect_ai_text.ipynb", as_version=4)
+    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if "image/png" in o.get("data", {})]
+    assert len(images) == 3
+
+
+def _run_bad(tmp_path, **overrides):
+    project = runner.select(runner.discover(ROOT, "smoke"), ["detect_ai_text/distilbert"])[0]
+    return runner.run_project(project, "smoke", ROOT, tmp_path, overrides)
+
+
+def test_missing_data_file_is_named(cache, tmp_path):
+    result = _run_bad(tmp_path, data_source=".cache/sample-data/no_such_file.csv")
+    assert result.status == "failed"
+    assert "data file not found" in result.error and "no_such_file.csv" in result.error
+
+
+def test_missing_label_column_is_named_with_the_columns_present(cache, tmp_path):
+    result = _run_bad(tmp_path, label_column="generated")
+    assert result.status == "failed"
+    assert "label_column='generated' is not a column" in result.error
+    assert "columns present: text, label, prompt_name, source, RDizzl3_seven" in result.error
+
+
+def test_non_binary_label_column_is_rejected(cache, tmp_path):
+    result = _run_bad(tmp_path, label_column="prompt_name")
+    assert result.status == "failed"
+    assert "label column 'prompt_name' must hold exactly two classes" in result.error
