@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import sample_data, tiny_models
+from . import samples, tiny_models
 
 DEFAULT_ROOT = Path(".cache")
 SEED = 0
@@ -31,30 +31,44 @@ def sample_data_dir(root: Path) -> Path:
 
 
 def _stamp() -> str:
-    code = b"".join(Path(m.__file__).read_bytes() for m in (sample_data, tiny_models))
+    sources = sorted(Path(samples.__file__).parent.glob("*.py")) + [Path(tiny_models.__file__)]
+    code = b"".join(path.read_bytes() for path in sources)
     return hashlib.sha256(code + str(SEED).encode()).hexdigest()
 
 
 def build(root: str | Path = DEFAULT_ROOT, force: bool = False, quiet: bool = False) -> Path:
-    """Build sample data and all tiny models under `root` unless the stamp says they are current."""
+    """Build sample data and all tiny models under `root` unless the stamp says they are current.
+
+    Safe to call from several processes at once (a file lock serializes them), and a reader
+    never sees a half-built folder: everything is built beside the old one, then swapped in.
+    """
+    import fcntl
+
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     stamp_file = root / "fixtures.json"
     stamp = _stamp()
-    if not force and stamp_file.exists() and json.loads(stamp_file.read_text()).get("stamp") == stamp:
-        return root
-    from transformers.utils import logging as hf_logging
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and stamp_file.exists() and json.loads(stamp_file.read_text()).get("stamp") == stamp:
+            return root
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    for sub in ("sample-data", "tiny-models"):
-        shutil.rmtree(root / sub, ignore_errors=True)
-    data = sample_data_dir(root)
-    sample_data.write_detection_csv(data / "daigt_v2_train.csv", seed=SEED)
-    texts = sample_data.corpus(SEED)
-    for arch in tiny_models.ARCHITECTURES:
-        tiny_models.build_tiny_model(arch, tiny_model_dir(root, arch), texts, seed=SEED)
-        if not quiet:
-            print(f"built tiny {arch} -> {tiny_model_dir(root, arch)}")
-    stamp_file.write_text(json.dumps({"stamp": stamp, "seed": SEED}))
+        hf_logging.disable_progress_bar()
+        staging = root / ".staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        for name, write in samples.SAMPLE_FILES.items():
+            write(sample_data_dir(staging) / name, seed=SEED)
+        texts = samples.corpus(SEED)
+        for arch in tiny_models.ARCHITECTURES:
+            tiny_models.build_tiny_model(arch, tiny_model_dir(staging, arch), texts, seed=SEED)
+            if not quiet:
+                print(f"built tiny {arch} -> {tiny_model_dir(root, arch)}")
+        for sub in ("sample-data", "tiny-models"):
+            shutil.rmtree(root / sub, ignore_errors=True)
+            (staging / sub).rename(root / sub)
+        staging.rmdir()
+        stamp_file.write_text(json.dumps({"stamp": stamp, "seed": SEED}))
     return root
 
 

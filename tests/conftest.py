@@ -28,11 +28,19 @@ def cache() -> Path:
 
 
 @pytest.fixture(scope="session")
-def detection_smoke_runs(cache, tmp_path_factory):
-    """Run the four detection projects of the smoke profile through the real runner."""
+def smoke_run(cache, tmp_path_factory):
+    """`smoke_run("detect_ai_text")` runs that notebook's smoke projects once per session
+    through the real runner; returns (exit code, the outputs/smoke folder)."""
     from nbutils import runner
 
-    outputs = tmp_path_factory.mktemp("outputs")
-    code = runner.main(["run", "detect_ai_text", "--profile", "smoke", "--root", str(ROOT),
-                        "--outputs", str(outputs)])
-    return code, outputs / "smoke"
+    done: dict[str, tuple[int, Path]] = {}
+
+    def run(notebook: str) -> tuple[int, Path]:
+        if notebook not in done:
+            outputs = tmp_path_factory.mktemp(f"outputs-{notebook}")
+            code = runner.main(["run", notebook, "--profile", "smoke", "--root", str(ROOT),
+                                "--outputs", str(outputs)])
+            done[notebook] = (code, outputs / "smoke")
+        return done[notebook]
+
+    return run

@@ -16,8 +16,8 @@ BACKBONES = ("bert", "deberta", "distilbert", "roberta")
 
 
 @pytest.fixture(scope="module")
-def runs(detection_smoke_runs):
-    return detection_smoke_runs  # (runner exit code, outputs/smoke folder)
+def runs(smoke_run):
+    return smoke_run("detect_ai_text")  # (runner exit code, outputs/smoke folder)
 
 
 def test_all_four_backbones_run(runs):

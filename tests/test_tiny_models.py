@@ -8,7 +8,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
                           AutoTokenizer)
 
-from nbutils import fixtures, sample_data, tiny_models
+from nbutils import fixtures, samples, tiny_models
 
 AUTO_CLASS = {"t5": AutoModelForSeq2SeqLM, "llama": AutoModelForCausalLM}
 SENTENCE = "Furthermore, texting while driving causes many crashes."
@@ -52,7 +52,7 @@ def test_encoders_load_as_two_class_classifiers(cache, arch):
 
 def test_tiny_models_are_deterministic(cache, tmp_path):
     """Building again with the same seed gives byte-identical weights and tokenizers."""
-    texts = sample_data.corpus(fixtures.SEED)
+    texts = samples.corpus(fixtures.SEED)
     for arch in tiny_models.ARCHITECTURES:
         fresh = tiny_models.build_tiny_model(arch, tmp_path / arch, texts, seed=fixtures.SEED)
         for name in ("model.safetensors", "tokenizer.json", "config.json"):

@@ -1,10 +1,8 @@
-"""Small, deterministic sample data in the real data sets' schemas.
+"""Sample essays for AI-generated text detection, in the DAIGT v2 schema.
 
-No data set can be downloaded on the machines that build and test this collection, so the
-smoke profile reads files made here. Each maker writes the real data set's exact column names,
-so the notebooks read these files and the real data with the same code. The text is
-template-generated, but with real signal (a model can learn the task) and real variety in
-length and content. Same seed, same bytes.
+Student essays are informal (first person, slips, fillers); model essays are polished and
+signposted; a third of each essay's sentences borrow the other class's style, so the task is
+learnable but not trivial. Prompts are shared by both classes.
 """
 
 from __future__ import annotations
@@ -137,7 +135,7 @@ def detection_rows(n: int = 600, seed: int = 0) -> list[dict]:
     return rows
 
 
-def write_detection_csv(path: str | Path, n: int = 600, seed: int = 0) -> Path:
+def write_detection_csv(path: str | Path, seed: int = 0, n: int = 600) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
@@ -146,7 +144,3 @@ def write_detection_csv(path: str | Path, n: int = 600, seed: int = 0) -> Path:
         writer.writerows(detection_rows(n, seed))
     return path
 
-
-def corpus(seed: int = 0) -> list[str]:
-    """Text to train the tiny models' tokenizers on: every sample data set's vocabulary."""
-    return [row["text"] for row in detection_rows(600, seed)]

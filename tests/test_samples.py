@@ -2,20 +2,20 @@ import csv
 import hashlib
 import statistics
 
-from nbutils import sample_data
+from nbutils.samples import detection
 
 
 def test_detection_sample_is_deterministic(tmp_path):
-    a = sample_data.write_detection_csv(tmp_path / "a.csv", seed=0)
-    b = sample_data.write_detection_csv(tmp_path / "b.csv", seed=0)
-    c = sample_data.write_detection_csv(tmp_path / "c.csv", seed=1)
+    a = detection.write_detection_csv(tmp_path / "a.csv", seed=0)
+    b = detection.write_detection_csv(tmp_path / "b.csv", seed=0)
+    c = detection.write_detection_csv(tmp_path / "c.csv", seed=1)
     digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
     assert digest(a) == digest(b)
     assert digest(a) != digest(c)
 
 
 def test_detection_sample_has_the_daigt_v2_schema_and_is_small(tmp_path):
-    path = sample_data.write_detection_csv(tmp_path / "d.csv")
+    path = detection.write_detection_csv(tmp_path / "d.csv")
     with path.open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
@@ -27,7 +27,7 @@ def test_detection_sample_has_the_daigt_v2_schema_and_is_small(tmp_path):
 
 
 def test_detection_sample_varies_in_length_and_content():
-    rows = sample_data.detection_rows()
+    rows = detection.detection_rows()
     words = [len(r["text"].split()) for r in rows]
     assert min(words) < 40 and max(words) > 200
     assert statistics.pstdev(words) > 25
@@ -35,3 +35,11 @@ def test_detection_sample_varies_in_length_and_content():
     # The prompt must not give the label away: each prompt has both classes.
     for prompt in {r["prompt_name"] for r in rows}:
         assert {r["label"] for r in rows if r["prompt_name"] == prompt} == {0, 1}
+
+
+def test_every_registered_sample_file_is_built(cache):
+    from nbutils import fixtures, samples
+
+    for name in samples.SAMPLE_FILES:
+        path = fixtures.sample_data_dir(cache) / name
+        assert path.is_file() and 0 < path.stat().st_size < 1_000_000, name
