@@ -13,13 +13,16 @@ STAMP   := $(VENV)/.setup-done
 # hanging for a minute. Progress bars only clutter executed notebooks and logs.
 RUN_ENV := TQDM_DISABLE=1 $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
-.PHONY: help setup fixtures test run-all run list lab clean distclean
+LATEST  := .venv-latest
+
+.PHONY: help setup fixtures test test-latest run-all run list lab clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
 	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...']   run one project (or one notebook's variants)"
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make test                           unit tests + smoke runs of every notebook"
+	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
 	@echo "make lab                            JupyterLab with the project's kernel"
 	@echo "make setup                          build .venv (idempotent; run-all and test call it)"
 	@echo "make clean | distclean              remove outputs and caches | and the venv"
@@ -45,6 +48,21 @@ fixtures: setup
 test: fixtures
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest
 
+# Compatibility watch: the same suite in a second venv with the newest releases of every library
+# (torch excepted: it stays on the pinned CPU wheel, a newer one is a multi-GB CUDA download),
+# so a rename in transformers, TRL, PEFT or datasets shows up before users meet it.
+# Not part of CI's required run.
+test-latest: fixtures
+	@test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet $$(grep -E '^torch==' requirements.txt)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade \
+	  $$(grep -vE '^(#|torch==|$$)' requirements.txt | sed 's/==.*//')
+	$(LATEST)/bin/python -m pip install --quiet --no-deps -e .
+	$(LATEST)/bin/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL), latest)"
+	$(LATEST)/bin/python -m pip list --format=freeze | grep -iE '^(transformers|trl|peft|datasets|accelerate|tokenizers)=='
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(LATEST)/bin/python -m pytest \
+	  --deselect tests/test_environment.py::test_installed_versions_match_the_pins
+
 run-all: fixtures
 	$(RUN_ENV) $(PY) -m nbutils.runner run-all --profile $(PROFILE)
 
@@ -64,4 +82,4 @@ clean:
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(LATEST)

@@ -42,6 +42,20 @@ def load_table(source: str, split: str = "train", param: str = "data_source"):
     return load_dataset(FILE_BUILDERS[path.suffix.lower()], data_files=str(path), split="train", **kwargs)
 
 
+def fingerprint(source: str, dataset=None) -> str:
+    """What identifies the data a run read: the SHA-256 of a file's bytes, or, for a hub data
+    set, its `datasets` fingerprint (which follows the revision of the files it was built from)."""
+    import hashlib
+
+    if is_file_source(source):
+        digest = hashlib.sha256()
+        with open(Path(source).expanduser(), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return f"sha256:{digest.hexdigest()}"
+    return f"datasets:{getattr(dataset, '_fingerprint', None)}"
+
+
 def require_columns(dataset, **columns: str) -> None:
     """Check that each named column exists: `require_columns(ds, text_column="text")`."""
     present = list(dataset.column_names)

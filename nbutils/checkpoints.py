@@ -1,0 +1,41 @@
+"""Resuming interrupted training: find the last *complete* checkpoint of a run.
+
+Kaggle sessions end and Colab disconnects; a notebook rerun with the same output folder picks
+up where training stopped. The Trainer writes `trainer_state.json` last when it saves a
+checkpoint, so a folder without it was cut off mid-save and must not be resumed from.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STATE_FILE = "trainer_state.json"
+
+
+def complete_checkpoints(folder: str | Path) -> list[Path]:
+    """Checkpoint folders with a trainer state, oldest (lowest step) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m[1]), p) for p in folder.iterdir()
+             if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and (p / STATE_FILE).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def resume_checkpoint(folder: str | Path, resume: bool = True) -> str | None:
+    """The checkpoint to pass to `trainer.train(resume_from_checkpoint=...)`, or None.
+
+    Prints what it decided, so an executed notebook shows whether the run resumed.
+    """
+    checkpoints = complete_checkpoints(folder)
+    if not resume:
+        if checkpoints:
+            print(f"resume is off: starting afresh, ignoring {len(checkpoints)} checkpoint(s) in {folder}")
+        return None
+    if not checkpoints:
+        print(f"no checkpoint in {folder}: training from the start")
+        return None
+    print(f"resuming from {checkpoints[-1]} (weights, optimizer, scheduler and RNG state)")
+    return str(checkpoints[-1])

@@ -1,0 +1,96 @@
+"""Resume points, the non-finite-loss guard, secrets and data fingerprints."""
+
+import math
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                          Trainer, TrainerCallback, TrainingArguments)
+
+from nbutils import checkpoints, data, fixtures, secrets
+from nbutils.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+
+
+def _checkpoint(folder, step, complete=True):
+    path = folder / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    if complete:
+        (path / "trainer_state.json").write_text("{}")
+    return path
+
+
+def test_resume_picks_the_last_complete_checkpoint(tmp_path, capsys):
+    _checkpoint(tmp_path, 9)
+    last = _checkpoint(tmp_path, 10)
+    _checkpoint(tmp_path, 12, complete=False)  # cut off mid-save
+    (tmp_path / "checkpoint-notes").mkdir()
+    assert [p.name for p in checkpoints.complete_checkpoints(tmp_path)] == ["checkpoint-9", "checkpoint-10"]
+    assert checkpoints.resume_checkpoint(tmp_path) == str(last)
+    assert "resuming from" in capsys.readouterr().out
+    assert checkpoints.resume_checkpoint(tmp_path, resume=False) is None
+    assert "starting afresh" in capsys.readouterr().out
+    assert checkpoints.resume_checkpoint(tmp_path / "missing") is None
+
+
+class _PoisonAtStep(TrainerCallback):
+    """Make the weights NaN after `step`, as a diverging run would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.fill_(float("nan"))
+
+
+def _trainer(cache, tmp_path, callbacks, **overrides):
+    path = fixtures.tiny_model_dir(cache, "bert")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    ds = Dataset.from_dict({"text": ["so yeah", "Moreover, it is vital."] * 8, "labels": [0, 1] * 8})
+    ds = ds.map(lambda b: tok(b["text"]), batched=True, remove_columns=["text"])
+    settings = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=8,
+                    logging_steps=1, report_to="none", save_strategy="no",
+                    logging_nan_inf_filter=False, dataloader_pin_memory=False, learning_rate=1e-3)
+    args = TrainingArguments(**{**settings, **overrides})
+    return Trainer(model=model, args=args, train_dataset=ds, data_collator=DataCollatorWithPadding(tok),
+                   callbacks=callbacks)
+
+
+def test_non_finite_loss_stops_training_with_step_and_learning_rate(cache, tmp_path):
+    trainer = _trainer(cache, tmp_path, [_PoisonAtStep(3), StopOnNonFiniteLoss()])
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at step 4 .*learning rate [0-9.e-]+"):
+        trainer.train()
+    assert trainer.state.global_step == 4, "training must stop at the first non-finite loss"
+
+
+def test_guard_refuses_to_run_with_the_trainer_hiding_non_finite_losses(cache, tmp_path):
+    trainer = _trainer(cache, tmp_path, [StopOnNonFiniteLoss()], logging_nan_inf_filter=True)
+    with pytest.raises(ValueError, match="logging_nan_inf_filter=False"):
+        trainer.train()
+
+
+def test_guard_lets_a_healthy_run_finish(cache, tmp_path):
+    trainer = _trainer(cache, tmp_path, [StopOnNonFiniteLoss()])
+    output = trainer.train()
+    assert trainer.state.global_step == 8 and math.isfinite(output.training_loss)
+
+
+def test_secrets_come_from_the_environment_and_are_never_described(monkeypatch):
+    monkeypatch.setenv("NBUTILS_TEST_TOKEN", "hf_fake_secret_value")
+    assert secrets.get_secret("NBUTILS_TEST_TOKEN") == "hf_fake_secret_value"
+    assert "hf_fake" not in secrets.describe(secrets.get_secret("NBUTILS_TEST_TOKEN"))
+    monkeypatch.delenv("NBUTILS_TEST_TOKEN")
+    assert secrets.get_secret("NBUTILS_TEST_TOKEN") is None
+
+
+def test_data_fingerprint_follows_the_file_contents(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label\na,0\n")
+    first = data.fingerprint(str(path))
+    assert first.startswith("sha256:") and data.fingerprint(str(path)) == first
+    path.write_text("text,label\na,1\n")
+    assert data.fingerprint(str(path)) != first
