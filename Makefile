@@ -15,7 +15,7 @@ RUN_ENV := TQDM_DISABLE=1 $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup fixtures test test-latest run-all run list lab clean distclean
+.PHONY: help setup fixtures test test-latest run-all run list lab kaggle clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
@@ -24,6 +24,7 @@ help:
 	@echo "make test                           unit tests + smoke runs of every notebook"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
 	@echo "make lab                            JupyterLab with the project's kernel"
+	@echo "make kaggle [PROFILE=full]          Kaggle bundles (needs KAGGLE_USERNAME) under outputs/kaggle/"
 	@echo "make setup                          build .venv (idempotent; run-all and test call it)"
 	@echo "make clean | distclean              remove outputs and caches | and the venv"
 
@@ -76,6 +77,10 @@ list: setup
 
 lab: fixtures
 	$(VENV)/bin/jupyter lab --notebook-dir=. notebooks/
+
+# One folder per project for `kaggle kernels push`, plus the nbutils wheel as a dataset.
+kaggle: setup
+	$(PY) -m nbutils.kaggle --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),full) --out outputs/kaggle
 
 clean:
 	rm -rf outputs .cache build dist *.egg-info .pytest_cache

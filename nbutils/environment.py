@@ -1,0 +1,53 @@
+"""Where a notebook runs: Kaggle, Colab or a local checkout, and the folders that follow.
+
+Kaggle mounts inputs read-only under /kaggle/input and keeps only /kaggle/working; Colab
+starts in /content. A run's relative `output_dir` lands in the writable working folder.
+`NBUTILS_KAGGLE_ROOT` moves the /kaggle tree elsewhere, so tests can simulate Kaggle.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+KAGGLE_ROOT_VARIABLE = "NBUTILS_KAGGLE_ROOT"
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str  # "kaggle", "colab" or "local"
+    working_dir: Path  # where outputs and checkpoints are written
+    input_dir: Path | None = None  # Kaggle's read-only inputs
+
+    def describe(self) -> str:
+        inputs = f", inputs in {self.input_dir}" if self.input_dir else ""
+        return f"{self.name} (writing under {self.working_dir}{inputs})"
+
+
+def _colab_importable() -> bool:
+    try:
+        return importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no `google` package at all
+        return False
+
+
+def detect(environ: dict | None = None) -> Environment:
+    """Kaggle if its kernel variable is set or /kaggle/working exists; Colab if its variables
+    or module are there; otherwise local (outputs relative to the current folder)."""
+    environ = os.environ if environ is None else environ
+    kaggle = Path(environ.get(KAGGLE_ROOT_VARIABLE, "/kaggle"))
+    if environ.get("KAGGLE_KERNEL_RUN_TYPE") or (kaggle / "working").is_dir():
+        return Environment("kaggle", kaggle / "working", kaggle / "input")
+    if environ.get("COLAB_RELEASE_TAG") or environ.get("COLAB_GPU") or _colab_importable():
+        return Environment("colab", Path("/content"))
+    return Environment("local", Path.cwd())
+
+
+def run_folder(output_dir: str, env: Environment | None = None) -> Path:
+    """The folder for a run's outputs: absolute paths as given, relative ones under the
+    environment's working folder (on Kaggle, /kaggle/working/<output_dir>)."""
+    env = env or detect()
+    path = Path(output_dir)
+    return path if path.is_absolute() else env.working_dir / path

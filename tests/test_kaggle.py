@@ -1,0 +1,106 @@
+"""Kaggle and Colab: environment detection, and the bundles `make kaggle` builds."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import ROOT
+from nbutils import environment, kaggle, runner
+
+REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
+            "enable_internet", "dataset_sources", "competition_sources", "kernel_sources",
+            "model_sources"}
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kaggle")
+    settings = kaggle.load_settings(ROOT, {"KAGGLE_USERNAME": "alice"})
+    return out, kaggle.build_bundles(ROOT, out, "full", settings)
+
+
+def test_every_full_project_gets_a_complete_kernel_bundle(bundles):
+    out, folders = bundles
+    projects = runner.discover(ROOT, "full")
+    assert len(folders) == len(projects) + 1
+    for project in projects:
+        folder = out / project.name.replace("/", "-")
+        meta = json.loads((folder / "kernel-metadata.json").read_text())
+        assert REQUIRED <= set(meta), REQUIRED - set(meta)
+        assert meta["id"] == "alice/" + kaggle.slugify(meta["title"]), "Kaggle wants id == slug(title)"
+        assert (folder / meta["code_file"]).is_file()
+        assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
+        assert "alice/nbutils-wheels" in meta["dataset_sources"]
+        # Hub checkpoints are downloaded at run time, so these kernels need the internet.
+        assert meta["enable_internet"] is True
+
+
+def test_bundled_notebook_has_the_full_parameters_injected(bundles):
+    out, _ = bundles
+    nb = nbformat.read(out / "detect_ai_text-deberta" / "detect_ai_text.ipynb", as_version=4)
+    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1
+    assert 'model_name = "microsoft/deberta-v3-base"' in injected[0].source
+    assert 'profile = "full"' in injected[0].source
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "prepared, not run"
+
+
+def test_detection_bundle_attaches_its_data_and_competition(bundles):
+    meta = json.loads((bundles[0] / "detect_ai_text-bert" / "kernel-metadata.json").read_text())
+    assert "thedrcat/daigt-v2-train-dataset" in meta["dataset_sources"]
+    assert meta["competition_sources"] == ["llm-detect-ai-generated-text"]
+
+
+def test_wheels_dataset_holds_the_nbutils_wheel(bundles):
+    folder = bundles[0] / "nbutils-wheels"
+    assert len(list(folder.glob("nbutils-*-py3-none-any.whl"))) == 1
+    meta = json.loads((folder / "dataset-metadata.json").read_text())
+    assert meta["id"] == "alice/nbutils-wheels" and meta["title"] and meta["licenses"]
+
+
+def test_missing_user_name_is_a_clear_error():
+    with pytest.raises(kaggle.KaggleConfigError, match="KAGGLE_USERNAME"):
+        kaggle.load_settings(ROOT, {})
+
+
+def test_unknown_kaggle_input_folder_is_a_clear_error():
+    project = runner.discover(ROOT, "full")[0]
+    settings = kaggle.KaggleSettings(username="alice", repository="https://example.invalid/repo")
+    with pytest.raises(kaggle.KaggleConfigError, match="no dataset provides it"):
+        kaggle.kernel_metadata(project, {"data_source": "/kaggle/input/secret-data/x.csv"}, settings)
+
+
+def test_smoke_project_without_full_counterpart_is_a_clear_error(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    extra = tmp_path / "params" / "detect_ai_text" / "smoke" / "tinybert.yaml"
+    extra.write_text("model_name: .cache/tiny-models/bert\n")
+    settings = kaggle.load_settings(tmp_path, {"KAGGLE_USERNAME": "alice"})
+    with pytest.raises(kaggle.KaggleConfigError, match="no full parameters for: detect_ai_text/tinybert"):
+        kaggle.build_bundles(tmp_path, tmp_path / "out", "full", settings)
+
+
+@pytest.mark.parametrize("environ, name", [
+    ({"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, "kaggle"),
+    ({"COLAB_RELEASE_TAG": "release-colab_20261101"}, "colab"),
+    ({}, "local"),
+])
+def test_environment_detection(environ, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = environment.detect({**environ, environment.KAGGLE_ROOT_VARIABLE: str(tmp_path / "kaggle")})
+    assert env.name == name
+    folder = environment.run_folder("outputs/run", env)
+    expected = {"kaggle": tmp_path / "kaggle" / "working", "colab": Path("/content"),
+                "local": tmp_path}[name] / "outputs" / "run"
+    assert folder == expected
+    assert environment.run_folder("/abs/run", env) == Path("/abs/run")
+
+
+def test_kaggle_is_recognised_by_its_folders_alone(tmp_path):
+    (tmp_path / "kaggle" / "working").mkdir(parents=True)
+    env = environment.detect({environment.KAGGLE_ROOT_VARIABLE: str(tmp_path / "kaggle")})
+    assert env.name == "kaggle" and env.input_dir == tmp_path / "kaggle" / "input"
