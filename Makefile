@@ -7,6 +7,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 KERNEL  := llm-notebooks
 PROFILE ?= smoke
+NPROC   ?= 1
 STAMP   := $(VENV)/.setup-done
 
 # The smoke profile never needs the hub; offline, a stray hub lookup fails at once instead of
@@ -19,7 +20,7 @@ LATEST  := .venv-latest
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
-	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...']   run one project (or one notebook's variants)"
+	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...'] [NPROC=2]   run one project (or a notebook's variants)"
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make test                           unit tests + smoke runs of every notebook"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
@@ -70,7 +71,7 @@ run-all: fixtures
 run: fixtures
 	@test -n "$(RUN)" || { echo "usage: make run RUN=<project> [PROFILE=smoke|full] [PARAMS='key=value ...']"; \
 	  $(PY) -m nbutils.runner list --profile $(PROFILE); exit 2; }
-	$(RUN_ENV) $(PY) -m nbutils.runner run $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p))
+	$(RUN_ENV) $(PY) -m nbutils.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) $(foreach p,$(PARAMS),-p $(p))
 
 list: setup
 	@$(PY) -m nbutils.runner list --profile $(PROFILE)

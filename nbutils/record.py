@@ -7,6 +7,7 @@ fixed here (`RECORD_FIELDS`), versioned, and checked by the tests.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -22,7 +23,7 @@ RECORD_FIELDS = (
     "baselines", "train", "parameters", "seed", "config", "versions", "git", "created",
 )
 DATA_FIELDS = ("source", "train", "validation", "test")
-TRAIN_FIELDS = ("runtime_s", "samples_per_s", "epochs")
+TRAIN_FIELDS = ("runtime_s", "samples_per_s", "epochs", "processes")
 PARAMETER_FIELDS = ("trainable", "total")
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl",
@@ -61,11 +62,18 @@ def count_parameters(model) -> dict[str, int]:
 
 
 def train_summary(train_output) -> dict[str, float]:
-    """Runtime and throughput from the `TrainOutput` that `Trainer.train()` returns."""
+    """Runtime and throughput from the `TrainOutput` that `Trainer.train()` returns, and the
+    number of training processes (`accelerate launch` and torchrun set WORLD_SIZE)."""
     m = train_output.metrics
     return {"runtime_s": round(float(m["train_runtime"]), 3),
             "samples_per_s": round(float(m["train_samples_per_second"]), 3),
-            "epochs": float(m.get("epoch", 0.0))}
+            "epochs": float(m.get("epoch", 0.0)),
+            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
+
+
+def is_main_process() -> bool:
+    """False in the secondary processes of a multi-process run: only the main one writes files."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def make_record(*, project: str, profile: str, task: str, model: str, data: dict, metrics: dict,
@@ -93,6 +101,8 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
 def write_record(record: dict, output_dir: str | Path) -> Path:
     """Write `metrics.json` atomically (a crash mid-write never leaves half a record)."""
     path = Path(output_dir) / RECORD_FILE
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")

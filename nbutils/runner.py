@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -109,8 +110,51 @@ def project_parameters(project: Project, profile: str, output_dir: str,
     return {**merged, **runner_set}
 
 
+class LaunchError(RuntimeError):
+    """A multi-process run exited non-zero; the message ends with its last log line."""
+
+
+def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path, nproc: int) -> Path:
+    """Run a notebook in `nproc` processes with `accelerate launch` (DDP; gloo on a CPU).
+
+    Papermill injects the parameters (prepare-only), nbconvert turns the notebook into a script,
+    and every process runs that script; the Trainer shards the batches and only the main process
+    writes files. Returns the log of all processes.
+    """
+    import nbformat
+    import papermill
+    import torch
+    from nbconvert import PythonExporter
+
+    prepared = run_dir / notebook.name
+    papermill.execute_notebook(str(notebook), str(prepared), parameters=parameters,
+                               prepare_only=True, progress_bar=False)
+    script = run_dir / f"{notebook.stem}.py"
+    source, _ = PythonExporter().from_notebook_node(nbformat.read(prepared, as_version=4))
+    script.write_text(source)
+    log = run_dir / "launch.log"
+    # `--multi_gpu` selects accelerate's torchrun launcher (`--cpu` would start one process).
+    # Without CUDA, ACCELERATE_USE_CPU makes the Trainer join the processes over gloo.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+               "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
+               "--dynamo_backend", "no"]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["ACCELERATE_USE_CPU"] = "true"
+    with log.open("w") as out:
+        code = subprocess.run(command + [str(script)], cwd=root, env=env, stdout=out,
+                              stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error:" in line]
+        raise LaunchError(f"{nproc}-process run exited with {code} (log: {log}): "
+                          f"{(errors or lines or [''])[-1].strip()}")
+    return log
+
+
 def run_project(project: Project, profile: str, root: Path, outputs: Path,
-                overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False) -> Result:
+                overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False,
+                nproc: int = 1) -> Result:
     import papermill
 
     run_dir = outputs / profile / project.name
@@ -122,9 +166,12 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
         run_dir.mkdir(parents=True, exist_ok=True)
         # A record left by an earlier run must not pass for this one's.
         (run_dir / RECORD_FILE).unlink(missing_ok=True)
-        papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
-                                   kernel_name=kernel, cwd=str(root), progress_bar=False,
-                                   log_output=log_output)
+        if nproc > 1:
+            launch_processes(project.notebook, parameters, run_dir, root, nproc)
+        else:
+            papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
+                                       kernel_name=kernel, cwd=str(root), progress_bar=False,
+                                       log_output=log_output)
         record_path = run_dir / RECORD_FILE
         if not record_path.is_file():
             raise RuntimeError(f"the notebook finished but wrote no {RECORD_FILE} in {run_dir}")
@@ -136,7 +183,7 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
             summary = " ".join(lines)  # the bad name and the valid ones, all of it
         else:  # papermill's message ends with the notebook's own exception line
             summary = lines[-1] if lines else ""
-            if not isinstance(err, papermill.PapermillExecutionError):
+            if not isinstance(err, (papermill.PapermillExecutionError, LaunchError)):
                 traceback.print_exc()
         return Result(project.name, "failed", executed, time.time() - start,
                       error=f"{type(err).__name__}: {summary}"[:500])
@@ -210,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
                         metavar="KEY=VALUE", help="override a parameter (YAML value)")
     parser.add_argument("--kernel", default=KERNEL)
     parser.add_argument("--log-output", action="store_true", help="stream notebook output")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="train in this many processes (accelerate launch; DDP, gloo on a CPU)")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
@@ -233,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     for project in projects:
         print(f"[{args.profile}] {project.name} ...", flush=True)
         result = run_project(project, args.profile, root, outputs, overrides, args.kernel,
-                             args.log_output)
+                             args.log_output, args.nproc)
         print(f"[{args.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
               + (f" - {result.error}" if result.error else ""), flush=True)
         results.append(result)
