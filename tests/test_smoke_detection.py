@@ -107,3 +107,82 @@ def test_non_binary_label_column_is_rejected(cache, tmp_path):
     result = _run_bad(tmp_path, label_column="prompt_name")
     assert result.status == "failed"
     assert "label column 'prompt_name' must hold exactly two classes" in result.error
+
+
+# --- Fine-tuning technique variants (params/detect_ai_text/smoke/<backbone>_<technique>.yaml).
+# Each must run in the smoke profile and leave its results in the run record.
+
+VARIANTS = ("bert_gradual", "distilbert_cv", "roberta_search")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_runs_and_keeps_the_record_schema(runs, variant):
+    rec = record.read_record(runs[1] / "detect_ai_text" / variant)
+    assert tuple(rec) == record.RECORD_FIELDS and rec["project"] == f"detect_ai_text/{variant}"
+    assert {"accuracy", "precision", "recall", "f1", "roc_auc"} <= set(rec["metrics"])
+    json.dumps(rec, allow_nan=False)  # technique results are plain, valid JSON
+
+
+def test_gradual_unfreezing_with_discriminative_rates_is_recorded_and_learns(runs):
+    rec = record.read_record(runs[1] / "detect_ai_text" / "bert_gradual")
+    groups = rec["metrics"]["layer_groups"]
+    # One more group every 10 steps from the head down, then the whole model trains.
+    assert [(h["step"], h["group"]) for h in groups["unfreezing"]] == [
+        (0, "head"), (10, "encoder.layer.1"), (20, "encoder.layer.0"), (30, "embeddings")]
+    assert groups["trainable_at_end"] == rec["parameters"]["total"]
+    # Layer-wise decay 0.6: each group's rate is 0.6 times the rate of the group above.
+    rates = groups["learning_rates"]
+    order = ["embeddings", "encoder.layer.0", "encoder.layer.1", "head"]
+    assert rates["head"] == pytest.approx(rec["config"]["learning_rate"])
+    for lower, upper in zip(order, order[1:]):
+        assert rates[lower] == pytest.approx(0.6 * rates[upper])
+    assert rec["metrics"]["roc_auc"] >= 0.8, "the unfrozen layers must have learned"
+
+
+def test_grouped_cross_validation_is_recorded(runs):
+    rec = record.read_record(runs[1] / "detect_ai_text" / "distilbert_cv")
+    cv = rec["metrics"]["cv"]
+    assert cv["folds"] == 3 and cv["group_column"] == "prompt_name"
+    for name in ("accuracy", "roc_auc"):
+        folds = cv["metrics"][name]["folds"]
+        assert len(folds) == 3 and cv["metrics"][name]["mean"] == pytest.approx(sum(folds) / 3)
+        assert cv["metrics"][name]["std"] >= 0
+    # Train + validation pooled; every prompt validated in exactly one fold.
+    assert sum(f["validation"] for f in cv["sizes"]) == rec["data"]["train"] + rec["data"]["validation"]
+    validated = [g for f in cv["sizes"] for g in f["validation_groups"]]
+    assert len(validated) == len(set(validated)) >= 3
+    # The second source joined the training rows; the test is scored per generator.
+    assert rec["data"]["sources"]["competition"]["rows"] == 120
+    assert rec["data"]["training_rows"] == rec["data"]["train"] + 120
+    by_group = rec["metrics"]["by_group"]
+    assert "persuade_corpus" in by_group and sum(g["rows"] for g in by_group.values()) == rec["data"]["test"]
+
+
+def test_three_trial_search_and_out_of_domain_test_are_recorded(runs):
+    rec = record.read_record(runs[1] / "detect_ai_text" / "roberta_search")
+    found = rec["metrics"]["search"]
+    trials = found["trials"]
+    assert len(trials) == 3 and {t["state"] for t in trials} == {"COMPLETE"}
+    best = max(trials, key=lambda t: t["objective"])
+    assert found["best_objective"] == best["objective"]
+    assert found["best"] == {k: best[k] for k in rec["config"]["hpo_space"]}
+    for t in trials:
+        assert t["batch_size"] in (16, 32) and t["epochs"] in (2, 3)
+        assert 5e-4 <= t["learning_rate"] <= 5e-3
+    # The final training ran with the best trial's settings.
+    assert rec["train"]["epochs"] == best["epochs"]
+    ood = rec["metrics"]["out_of_domain"]
+    assert ood["column"] == "RDizzl3_seven" and ood["rows"] == rec["data"]["out_of_domain"] > 0
+    assert set(ood["model"]) == set(ood["tfidf_logreg"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+
+
+def test_missing_cv_group_column_is_named(cache, tmp_path):
+    result = _run_bad(tmp_path, cv_folds=3, group_column="prompt")
+    assert result.status == "failed"
+    assert "group_column='prompt' is not a column" in result.error
+
+
+def test_freeze_to_beyond_the_layer_groups_is_named(cache, tmp_path):
+    result = _run_bad(tmp_path, freeze_to=5)
+    assert result.status == "failed"
+    assert "freeze_to=5 is out of range" in result.error and "4 layer groups" in result.error

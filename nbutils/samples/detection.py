@@ -144,3 +144,34 @@ def write_detection_csv(path: str | Path, seed: int = 0, n: int = 600) -> Path:
         writer.writerows(detection_rows(n, seed))
     return path
 
+
+
+# --- The competition's own training file (train_essays.csv: id, prompt_id, text, generated):
+# another schema, and almost only student essays (3 generated among 1378 in the real file).
+
+COMPETITION_COLUMNS = ["id", "prompt_id", "text", "generated"]
+
+
+def competition_rows(n: int = 120, seed: int = 1, generated_share: float = 0.05) -> list[dict]:
+    """Rows in the competition's train_essays.csv schema; `generated` is 1 for AI text, rare."""
+    rng = random.Random(seed)
+    prompts = sorted(_TOPICS)
+    n_generated = max(1, round(n * generated_share))
+    rows = []
+    for i in range(n):
+        generated = i < n_generated
+        prompt = rng.randrange(len(prompts))
+        rows.append({"id": f"{rng.getrandbits(32):08x}", "prompt_id": prompt,
+                     "text": _essay(rng, prompts[prompt], generated), "generated": int(generated)})
+    rng.shuffle(rows)
+    return rows
+
+
+def write_competition_csv(path: str | Path, seed: int = 0, n: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COMPETITION_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(competition_rows(n, seed + 1))  # other essays than daigt_v2_train.csv's
+    return path
