@@ -56,6 +56,73 @@ def fingerprint(source: str, dataset=None) -> str:
     return f"datasets:{getattr(dataset, '_fingerprint', None)}"
 
 
+SPLIT_NAMES = ("train", "validation", "test")
+# File-name endings and hub split names that mean each split (samsum-validation.csv, dev.jsonl...).
+_SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"),
+                  "test": ("test",)}
+
+
+def _split_of(stem: str) -> str | None:
+    stem = stem.lower()
+    for split, aliases in _SPLIT_ALIASES.items():
+        if any(stem == a or stem.endswith(("-" + a, "_" + a, "." + a)) for a in aliases):
+            return split
+    return None
+
+
+def load_splits(source: str, param: str = "data_source", val_size: float = 0.1,
+                test_size: float = 0.1, seed: int = 0):
+    """Train, validation and test splits as a `DatasetDict`, from
+    - a hub data set id with those splits (`knkarthick/samsum`),
+    - a folder with one file per split, named by the split (`train.jsonl`, `samsum-validation.csv`,
+      `dev.parquet`; the layout of most Kaggle copies), or
+    - a single file.
+    A missing validation or test split is carved out of train at random (`val_size`, `test_size`
+    are fractions of all rows), so a given split of the source is never mixed into training.
+    """
+    from datasets import DatasetDict, load_dataset
+
+    if not isinstance(source, str) or not source:
+        raise ValueError(f"{param} must be a folder, a file path or a hub data set id, got {source!r}")
+    path = Path(source).expanduser()
+    if path.is_dir():
+        found: dict[str, list[Path]] = {}
+        for file in sorted(path.iterdir()):
+            if file.suffix.lower() in FILE_BUILDERS and _split_of(file.stem):
+                found.setdefault(_split_of(file.stem), []).append(file)
+        doubled = {split: [f.name for f in files] for split, files in found.items() if len(files) > 1}
+        if doubled:
+            raise ValueError(f"{param}={source!r}: more than one file for a split: {doubled}")
+        if "train" not in found:
+            present = ", ".join(sorted(f.name for f in path.iterdir())) or "nothing"
+            raise FileNotFoundError(f"{param}={source!r}: no training file in the folder (expected a "
+                                    f"csv/jsonl/json/parquet file named like train.jsonl); found: {present}")
+        loaded = {split: load_table(str(files[0]), param=param) for split, files in found.items()}
+    elif is_file_source(source):
+        loaded = {"train": load_table(source, param=param)}
+    else:
+        hub = load_dataset(source)
+        loaded = {}
+        for name in hub:
+            split = _split_of(name)
+            if split and split not in loaded:
+                loaded[split] = hub[name]
+        if "train" not in loaded:
+            raise ValueError(f"{param}={source!r} has no train split; its splits: {', '.join(hub)}")
+    for name, size in (("val_size", val_size), ("test_size", test_size)):
+        missing = "validation" if name == "val_size" else "test"
+        if missing not in loaded and not 0 < size < 1:
+            raise ValueError(f"{param}={source!r} has no {missing} split, so {name} must be a "
+                             f"fraction between 0 and 1 to carve one out of train; got {size!r}")
+    total = len(loaded["train"])
+    for split, size, salt in (("test", test_size, 0), ("validation", val_size, 1)):
+        if split not in loaded:
+            parts = loaded["train"].train_test_split(test_size=size * total / len(loaded["train"]),
+                                                     seed=seed + salt)
+            loaded["train"], loaded[split] = parts["train"], parts["test"]
+    return DatasetDict({split: loaded[split] for split in SPLIT_NAMES})
+
+
 def require_columns(dataset, **columns: str) -> None:
     """Check that each named column exists: `require_columns(ds, text_column="text")`."""
     present = list(dataset.column_names)

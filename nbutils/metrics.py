@@ -38,3 +38,36 @@ def binary_classification_metrics(labels, probabilities, threshold: float = 0.5)
         "f1": float(f1),
         "roc_auc": float(auc),
     }
+
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def _sentences_per_line(text: str) -> str:
+    """ROUGE-Lsum scores sentence by sentence and reads sentences as lines: put each on its own.
+    (A regex split: nltk's punkt model would have to be downloaded.)"""
+    import re
+
+    return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
+
+
+def rouge_scores(predictions, references, use_stemmer: bool = True) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 (0 to 1; papers print them times 100) with Google's `rouge_score`,
+    Porter stemming on, as the SAMSum and FLAN-T5 results are reported.
+
+    `evaluate.load("rouge")` wraps the same package but fetches a script from the hub.
+    """
+    from rouge_score import rouge_scorer
+
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not references:
+        raise ValueError("no references to score against")
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
+    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
+    for prediction, reference in zip(predictions, references):
+        scores = scorer.score(_sentences_per_line(reference), _sentences_per_line(prediction))
+        for key in ROUGE_KEYS:
+            totals[key] += scores[key].fmeasure
+    return {key: totals[key] / len(references) for key in ROUGE_KEYS}

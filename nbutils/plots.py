@@ -60,3 +60,40 @@ def roc_curves(curves: dict, path, title: str = "ROC (test)"):
     ax.plot([0, 1], [0, 1], ":", color="grey")
     _save(fig, path)
     return fig
+
+
+def length_histogram(lengths, max_length: int, path, title: str = "Training example lengths"):
+    """Token counts of the examples, with `max_length` marked: everything right of it is cut."""
+    import numpy as np
+
+    lengths = np.asarray(lengths)
+    fig, ax = _figure(title)
+    ax.hist(lengths, bins=40, color="tab:blue", alpha=0.8)
+    cut = float((lengths > max_length).mean())
+    ax.axvline(max_length, color="tab:red", linestyle="--",
+               label=f"max_length {max_length} ({cut:.0%} cut)")
+    ax.set_xlabel("tokens (prompt + answer)")
+    ax.set_ylabel("examples")
+    ax.legend()
+    _save(fig, path)
+    return fig
+
+
+def outcome_bars(counts: dict[str, dict[str, int]], path, title: str = "Execution outcomes (test)"):
+    """Grouped bars: for each system (model, baseline), how many examples end in each outcome
+    (correct, wrong result, syntax error, ...). `counts` maps system -> outcome -> examples."""
+    import numpy as np
+
+    systems = list(counts)
+    outcomes = list(dict.fromkeys(k for c in counts.values() for k in c))
+    fig, ax = _figure(title)
+    width = 0.8 / max(1, len(systems))
+    x = np.arange(len(outcomes))
+    for i, system in enumerate(systems):
+        ax.bar(x + i * width, [counts[system].get(o, 0) for o in outcomes], width, label=system)
+    ax.set_xticks(x + width * (len(systems) - 1) / 2)
+    ax.set_xticklabels([o.replace("_", " ") for o in outcomes], rotation=30, ha="right")
+    ax.set_ylabel("examples")
+    ax.legend()
+    _save(fig, path)
+    return fig

@@ -15,6 +15,9 @@ def training_precision(requested: str = "auto", fp16_safe: bool = True) -> dict[
 
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
+    if requested == "fp16" and not fp16_safe:
+        raise ValueError("precision='fp16': this model overflows in fp16 (FLAN-T5 gives NaN losses); "
+                         "use 'auto', 'fp32' or 'bf16'")
     cuda = torch.cuda.is_available()
     if requested == "auto":
         if not cuda:

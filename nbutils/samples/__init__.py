@@ -12,16 +12,26 @@ one entry in `SAMPLE_FILES`, and its texts in `corpus()`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
-from . import detection
+from . import detection, dialogues, instructions, text2pandas
 
 # File name under .cache/sample-data/ -> the function that writes it, given (path, seed).
 SAMPLE_FILES: dict[str, Callable] = {
     "daigt_v2_train.csv": detection.write_detection_csv,
+    "llm_detect_train_essays.csv": detection.write_competition_csv,  # a second detection source
+    **{f"samsum/{split}.jsonl": partial(dialogues.write_dialogues_jsonl, split=split)
+       for split in dialogues.SPLIT_SIZES},
+    "guanaco_llama2_1k.jsonl": instructions.write_guanaco_jsonl,
+    "chat_messages.jsonl": instructions.write_chat_jsonl,
+    **{f"text2pandas/{split}.jsonl": partial(text2pandas.write_text2pandas_jsonl, split=split)
+       for split in text2pandas.SPLITS},
+    f"text2pandas/{text2pandas.TABLES_FILE}": text2pandas.write_tables_json,
 }
 
 
 def corpus(seed: int = 0) -> list[str]:
     """Text to train the tiny models' tokenizers on: every sample data set's vocabulary."""
-    return [row["text"] for row in detection.detection_rows(seed=seed)]
+    return ([row["text"] for row in detection.detection_rows(seed=seed)] + dialogues.texts(seed)
+            + instructions.texts(seed) + text2pandas.texts(seed))

@@ -1,0 +1,189 @@
+"""Causal-LM details that decide whether an instruction-tuned model learns to stop, measured honestly.
+
+- `ensure_pad_token`: a pad token distinct from EOS. Setting pad = EOS (the original Llama-2
+  notebooks' shortcut) lets padding logic treat every real EOS as padding, so the model is
+  never trained to end an answer and generates until `max_new_tokens`.
+- `sequence_lengths` / `length_report`: how long the examples are in tokens, and how many
+  `max_length` cuts (a cut example also loses its EOS).
+- `token_loss`: mean loss per completion token over a held-out split, and its perplexity,
+  exp(mean token loss): the model scored on reference answers, never on its own output.
+- `generate`: greedy answers that stop at any of the model's end tokens, with how many tokens
+  each took and whether it stopped by itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def ensure_pad_token(tokenizer, model, pad_token: str = "") -> dict:
+    """Give the tokenizer and model a pad token that is not EOS; returns what was done.
+
+    `pad_token` empty: keep the tokenizer's own pad token if it differs from EOS, else add a new
+    `<pad>`. Otherwise use `pad_token` (added if the vocabulary lacks it). A token added to the
+    vocabulary gets an embedding row (the embeddings are resized).
+    """
+    eos = tokenizer.eos_token
+    current = tokenizer.pad_token
+    wanted = pad_token or (current if current is not None and current != eos else "<pad>")
+    if wanted == eos:
+        raise ValueError(f"pad_token={wanted!r} is the EOS token; padding must use another token, "
+                         "or the model never learns to stop")
+    added = wanted not in tokenizer.get_vocab()
+    if added:
+        tokenizer.add_special_tokens({"pad_token": wanted})
+    else:
+        tokenizer.pad_token = wanted
+    resized = model.get_input_embeddings().weight.shape[0] < len(tokenizer)
+    if resized:
+        # mean_resizing=False: the new row only ever sits under padding (attention mask 0,
+        # label -100), so a plain initialisation is enough and keeps the load deterministic.
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    assert tokenizer.pad_token_id != tokenizer.eos_token_id
+    return {"pad_token": wanted, "pad_token_id": tokenizer.pad_token_id, "added": added,
+            "resized_embeddings": resized}
+
+
+def stop_token_ids(tokenizer, model=None) -> list[int]:
+    """Every token that ends an answer: the tokenizer's EOS and the generation config's EOS ids
+    (chat models often list their end-of-turn token there too)."""
+    ids = [tokenizer.eos_token_id]
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += configured if isinstance(configured, (list, tuple)) else [configured]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def sequence_lengths(tokenizer, dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Token counts of (prompt + completion) and of the prompt alone, for conversational
+    prompt/completion rows, tokenized exactly as TRL's SFTTrainer does (chat template,
+    generation prompt on the prompt alone)."""
+    full, prompt = [], []
+    for row in dataset:
+        prompt.append(len(tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
+                                                        tokenize=True, return_dict=True)["input_ids"]))
+        full.append(len(tokenizer.apply_chat_template(row["prompt"] + row["completion"],
+                                                      tokenize=True, return_dict=True)["input_ids"]))
+    return np.asarray(full), np.asarray(prompt)
+
+
+def length_report(lengths, prompt_lengths, max_length: int) -> dict:
+    """Length distribution and what `max_length` does to it: examples cut short (they lose their
+    final EOS) and examples whose prompt alone fills `max_length` (no answer token is left:
+    TRL drops them)."""
+    lengths = np.asarray(lengths)
+    prompt_lengths = np.asarray(prompt_lengths)
+    if lengths.size == 0:
+        raise ValueError("no examples to measure")
+    pct = np.percentile(lengths, [10, 50, 90, 99])
+    return {
+        "examples": int(lengths.size), "max_length": int(max_length),
+        "min": int(lengths.min()), "p10": float(pct[0]), "median": float(pct[1]),
+        "p90": float(pct[2]), "p99": float(pct[3]), "max": int(lengths.max()),
+        "mean": float(lengths.mean()),
+        "truncated": int((lengths > max_length).sum()),
+        "truncated_fraction": float((lengths > max_length).mean()),
+        "prompt_fills_max_length": int((prompt_lengths >= max_length).sum()),
+        "tokens_cut": int(np.clip(lengths - max_length, 0, None).sum()),
+    }
+
+
+def _autocast(device, dtype):
+    """Mixed precision as in training: on a GPU computing in 16 bits, layers of different dtypes
+    (a 16-bit base, fp32 adapters) meet under autocast; on a CPU everything is fp32."""
+    import torch
+
+    enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def label_checks(dataset, tokenizer, stop_ids=None) -> dict:
+    """What a prepared (tokenized, labelled) training set teaches, per example (per packed
+    piece when packed, from TRL's `seq_lengths`): how many start with exactly one BOS, how many
+    have a stop token (EOS or end of turn) among their labels, and the share of masked labels."""
+    stops = set(stop_ids or [tokenizer.eos_token_id])
+    bos = tokenizer.bos_token_id
+    pieces = one_bos = with_stop = masked = total = 0
+    for row in dataset:
+        ids, labels = row["input_ids"], row["labels"]
+        start = 0
+        for n in row.get("seq_lengths") or [len(ids)]:
+            piece, piece_labels = ids[start:start + n], labels[start:start + n]
+            start += n
+            pieces += 1
+            one_bos += bos is None or (piece[0] == bos and (n < 2 or piece[1] != bos))
+            with_stop += any(label in stops for label in piece_labels)
+        masked += sum(label == -100 for label in labels)
+        total += len(labels)
+    return {"examples": pieces, "one_bos": int(one_bos), "labels_with_stop_token": int(with_stop),
+            "masked_label_fraction": masked / total if total else 0.0}
+
+
+def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=None) -> dict:
+    """Mean cross-entropy per label token (labels != -100) over a tokenized split (`input_ids`,
+    `labels`), and its perplexity. Exact over tokens: Trainer's `eval_loss` averages batch means
+    instead. Each example is scored alone (right padding, attention mask), never packed with
+    another. `dtype`: the 16-bit compute dtype of a GPU run (autocast), or None."""
+    import torch
+    import torch.nn.functional as F
+
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    total, count = 0.0, 0
+    with torch.no_grad(), _autocast(device, dtype):
+        for start in range(0, len(dataset), batch_size):
+            rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            width = max(len(row["input_ids"]) for row in rows)
+            ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+            labels = torch.full((len(rows), width), -100, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, row in enumerate(rows):
+                n = len(row["input_ids"])
+                ids[j, :n], labels[j, :n], mask[j, :n] = (torch.tensor(row["input_ids"]),
+                                                          torch.tensor(row["labels"]), 1)
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+            # The logit at position t predicts the token at t + 1.
+            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
+            losses = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total += float(losses)
+            count += int((shift_labels != -100).sum())
+    if was_training:
+        model.train()
+    if count == 0:
+        raise ValueError("no label tokens to score (every label is -100)")
+    mean = total / count
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": count}
+
+
+def generate(model, tokenizer, prompt_messages: list[dict], max_new_tokens: int, dtype=None) -> dict:
+    """Greedy answer to one prompt (a list of messages), rendered with the chat template.
+
+    Stops at any stop token (`stop_token_ids`) or after `max_new_tokens`; `stopped` says which.
+    """
+    import torch
+
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens!r}")
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    inputs = tokenizer.apply_chat_template(prompt_messages, add_generation_prompt=True,
+                                           tokenize=True, return_dict=True, return_tensors="pt")
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    stops = stop_token_ids(tokenizer, model)
+    with torch.no_grad(), _autocast(device, dtype):
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+                                use_cache=True)
+    if was_training:
+        model.train()
+    new = output[0, inputs["input_ids"].shape[1]:].tolist()
+    stopped = bool(new) and new[-1] in stops
+    return {"answer": tokenizer.decode(new, skip_special_tokens=True).strip(),
+            "new_tokens": len(new), "stopped": stopped}

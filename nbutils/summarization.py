@@ -1,0 +1,181 @@
+"""Dialogue summarization with a sequence-to-sequence model: prompts, targets, lengths, generation.
+
+The original FLAN-T5 notebook built its training targets from the input dialogue (so the model
+learned to copy its prompt), let generation stop at transformers' default of 20 tokens, and never
+scored the test split. The pieces here make each of those explicit and testable:
+`tokenize_function` takes the targets from the summary column, `choose_max_length` and
+`length_report` pick the token limits from the data and say what they cut, `set_generation`
+fixes the generation length on the model itself (so the Trainer's evaluation, `predict` and a
+later `generate` all use it), and `generation_stats` reports how long the summaries came out and
+how many ran into the limit.
+"""
+
+from __future__ import annotations
+
+import string
+
+import numpy as np
+
+DEFAULT_TEMPLATE = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
+
+
+def check_template(template: str, param: str = "prompt_template") -> str:
+    """The prompt template must hold the field `{dialogue}` once, and no other field."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as err:  # a lone "{" or "}"
+        raise ValueError(f"{param}={template!r} is not a valid template ({err}); "
+                         "write a literal brace as '{{' or '}}'") from err
+    if fields != ["dialogue"]:
+        raise ValueError(f"{param}={template!r} must contain the field {{dialogue}} exactly once "
+                         f"and no other field; found {fields or 'no field'}")
+    return template
+
+
+def build_prompts(dialogues, template: str = DEFAULT_TEMPLATE) -> list[str]:
+    """The model's inputs: the instruction template with each dialogue filled in."""
+    return [template.format(dialogue=dialogue) for dialogue in dialogues]
+
+
+def empty_rows(values) -> list[int]:
+    """Indices of missing (None) or blank values."""
+    return [i for i, v in enumerate(values) if v is None or not str(v).strip()]
+
+
+def check_not_empty(splits, columns: dict[str, str], id_column: str = "") -> None:
+    """Stop on a missing or blank dialogue or summary, naming the split, column and rows.
+
+    An empty reference summary would teach the model to stop at once and score zero ROUGE, an
+    empty dialogue would ask it to invent a summary: neither is a usable example, and silently
+    dropping them would change the test set people compare against.
+    `columns` maps a parameter name to its column: {"summary_column": "summary", ...}.
+    """
+    for split_name, split in splits.items():
+        for param, column in columns.items():
+            bad = empty_rows(split[column])
+            if bad:
+                ids = list(split[id_column]) if id_column and id_column in split.column_names else None
+                shown = ", ".join(str(ids[i] if ids else i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
+                what = f"{id_column} " if ids else "row "
+                raise ValueError(f"{param}={column!r} is empty in {len(bad)} row(s) of the {split_name} "
+                                 f"split ({what}{shown}); every example needs a dialogue and a reference "
+                                 "summary. Fix the data, or set drop_empty_rows to drop such rows.")
+
+
+def drop_empty(splits, columns: list[str]):
+    """The splits without rows whose value in any of `columns` is missing or blank."""
+    return splits.filter(lambda row: all(row[c] is not None and str(row[c]).strip() for c in columns))
+
+
+def tokenize_function(tokenizer, template: str, dialogue_column: str, summary_column: str,
+                      max_source_length: int, max_target_length: int):
+    """A `datasets.map(batched=True)` function: prompt + dialogue -> `input_ids`, and the
+    **summary** -> `labels`. Nothing is padded here: `DataCollatorForSeq2Seq` pads each batch
+    and fills label padding with -100, which the loss ignores."""
+    def tokenize(batch):
+        features = tokenizer(build_prompts(batch[dialogue_column], template),
+                             max_length=max_source_length, truncation=True)
+        features["labels"] = tokenizer(text_target=list(batch[summary_column]),
+                                       max_length=max_target_length, truncation=True)["input_ids"]
+        return features
+
+    return tokenize
+
+
+def token_lengths(tokenizer, texts) -> np.ndarray:
+    """Tokens per text as the model sees it (special tokens such as T5's </s> included)."""
+    return np.asarray([len(ids) for ids in tokenizer(list(texts))["input_ids"]], dtype=np.int64)
+
+
+def choose_max_length(lengths, percentile: float, cap: int = 0, multiple_of: int = 8) -> int:
+    """The `percentile`-th percentile of `lengths`, rounded up to a multiple of `multiple_of`
+    (friendlier to GPU kernels), and at most `cap` when `cap` is positive."""
+    if not 0 < percentile <= 100:
+        raise ValueError(f"length_percentile must be in (0, 100], got {percentile!r}")
+    lengths = np.asarray(lengths)
+    if lengths.size == 0:
+        raise ValueError("cannot choose a length from no examples")
+    limit = int(np.ceil(np.percentile(lengths, percentile) / multiple_of) * multiple_of)
+    return min(limit, cap) if cap > 0 else limit
+
+
+def length_report(lengths, limit: int) -> dict:
+    """How the token lengths are distributed and how many examples `limit` truncates."""
+    lengths = np.asarray(lengths)
+    truncated = int((lengths > limit).sum())
+    return {"limit": int(limit), "examples": int(lengths.size),
+            "median": float(np.median(lengths)), "p90": float(np.percentile(lengths, 90)),
+            "p99": float(np.percentile(lengths, 99)), "max": int(lengths.max()),
+            "truncated": truncated, "truncated_fraction": round(truncated / max(lengths.size, 1), 4)}
+
+
+def set_generation(model, max_new_tokens: int, num_beams: int = 1):
+    """Fix the generation length and beam count on the model's own `generation_config`.
+
+    Without this, `generate` (and Seq2SeqTrainer's evaluation) stops at the default
+    `max_length` of 20 tokens, cutting most summaries mid-sentence. Setting it on the model
+    means every later call uses it and `save_pretrained` stores it.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"generation_max_new_tokens must be at least 1, got {max_new_tokens}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+    config = model.generation_config
+    if model.config.is_encoder_decoder:
+        # Expressed as max_length, which for an encoder-decoder counts decoder tokens from the one
+        # start token: Seq2SeqTrainer fills the config's unset fields with defaults (max_length
+        # 20), and max_new_tokens beside that would warn on every generate call.
+        config.max_new_tokens = None
+        config.max_length = max_new_tokens + 1
+    else:
+        config.max_new_tokens = max_new_tokens
+        config.max_length = None
+    config.num_beams = num_beams
+    config.early_stopping = True if num_beams > 1 else False
+    return config
+
+
+def _rows_without_padding(ids, pad_id: int) -> list[np.ndarray]:
+    """Generated token ids per row, without the -100 / pad fill (T5 also starts with pad)."""
+    ids = np.asarray(ids)
+    return [row[(row != -100) & (row != pad_id)] for row in ids]
+
+
+def decode_generated(tokenizer, ids) -> list[str]:
+    """Text of generated ids, as `Seq2SeqTrainer.predict` returns them (padded with -100)."""
+    ids = np.where(np.asarray(ids) == -100, tokenizer.pad_token_id, np.asarray(ids))
+    return [text.strip() for text in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def generation_stats(ids, tokenizer, max_new_tokens: int) -> dict:
+    """Mean and max generated length in tokens (up to, not counting, </s>), and the fraction
+    of outputs that never produced </s> before `max_new_tokens`: cut off by the limit."""
+    lengths, cut = [], 0
+    for row in _rows_without_padding(ids, tokenizer.pad_token_id):
+        eos = np.flatnonzero(row == tokenizer.eos_token_id)
+        lengths.append(int(eos[0]) if eos.size else len(row))
+        cut += int(eos.size == 0 and len(row) >= max_new_tokens)
+    lengths = np.asarray(lengths)
+    return {"gen_len_mean": round(float(lengths.mean()), 2) if lengths.size else 0.0,
+            "gen_len_max": int(lengths.max()) if lengths.size else 0,
+            "cut_at_limit": round(cut / max(len(lengths), 1), 4)}
+
+
+def check_prediction_order(label_ids, expected_labels) -> None:
+    """Stop if `Trainer.predict` returned its rows in another order than the data set's.
+
+    Predictions are paired with references by position. transformers 5 evaluates in
+    length-grouped (shuffled) order when `train_sampling_strategy="group_by_length"`, which
+    would silently pair each summary with another dialogue's reference; the label ids that
+    come back with the predictions show whether that happened.
+    """
+    label_ids = np.asarray(label_ids)
+    if len(label_ids) != len(expected_labels):
+        raise RuntimeError(f"predict returned {len(label_ids)} rows for {len(expected_labels)} examples")
+    for i, expected in enumerate(expected_labels):
+        row = label_ids[i]
+        got = row[row != -100][:len(expected)].tolist()
+        if got != list(expected):
+            raise RuntimeError(f"predictions are not in the data set's order (row {i} carries another "
+                               "example's labels): do not use train_sampling_strategy='group_by_length' "
+                               "with predict, or realign the predictions")

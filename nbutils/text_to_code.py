@@ -1,0 +1,162 @@
+"""Text-to-code helpers: the input format, the train/test overlap check, text metrics and a
+retrieval baseline.
+
+The execution metrics and the sandbox are in `code_exec`; these are the cheaper, textual
+companions: exact match and BLEU (sacrebleu) say how close the code *looks* to the reference,
+which execution accuracy then corrects (two different-looking snippets can compute the same
+answer).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# The original text2pandas notebook's input: question, then the schema.
+DEFAULT_INPUT_TEMPLATE = "<question> {question} <context> {context}"
+
+
+def format_input(question: str, context: str, template: str = DEFAULT_INPUT_TEMPLATE) -> str:
+    """The model's input text for one example. `template` names `{question}` and `{context}`."""
+    return template.format(question=(question or "").strip(), context=(context or "").strip())
+
+
+def check_template(template: str, param: str = "input_template") -> None:
+    """A template must name both fields and nothing else (str.format would fail mid-run)."""
+    import string
+
+    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
+    if fields != {"question", "context"}:
+        raise ValueError(f"{param}={template!r} must contain {{question}} and {{context}} and no other "
+                         f"field; found {sorted(fields) or 'none'}")
+
+
+def normalize_question(text: str) -> str:
+    """Lower case, single spaces, no trailing punctuation: `What is X?` == `what is  x`."""
+    return re.sub(r"\s+", " ", (text or "").lower()).strip().rstrip("?.! ")
+
+
+@dataclass
+class OverlapReport:
+    """Test rows that also appear in training, three ways from loose to strict."""
+
+    test_rows: int
+    same_question: list[int] = field(default_factory=list)  # normalized question seen in training
+    same_question_and_context: list[int] = field(default_factory=list)
+    exact_duplicates: list[int] = field(default_factory=list)  # question, context and answer
+
+    def summary(self) -> dict:
+        return {"test_rows": self.test_rows, "same_question": len(self.same_question),
+                "same_question_and_context": len(self.same_question_and_context),
+                "exact_duplicates": len(self.exact_duplicates)}
+
+    def table(self):
+        import pandas as pd
+
+        rows = [(name, len(idx), len(idx) / self.test_rows if self.test_rows else 0.0)
+                for name, idx in (("same question", self.same_question),
+                                  ("same question and context", self.same_question_and_context),
+                                  ("exact duplicate (question, context, answer)", self.exact_duplicates))]
+        return pd.DataFrame(rows, columns=["test rows that repeat training", "rows", "share"])
+
+
+def overlap(train_rows, test_rows) -> OverlapReport:
+    """Which test rows repeat a training row. Rows are (question, context, answer) tuples."""
+    train_rows, test_rows = list(train_rows), list(test_rows)
+    questions = {normalize_question(q) for q, _, _ in train_rows}
+    pairs = {(normalize_question(q), (c or "").strip()) for q, c, _ in train_rows}
+    triples = {(normalize_question(q), (c or "").strip(), (a or "").strip()) for q, c, a in train_rows}
+    report = OverlapReport(test_rows=len(test_rows))
+    for i, (q, c, a) in enumerate(test_rows):
+        key = normalize_question(q)
+        if key in questions:
+            report.same_question.append(i)
+        if (key, (c or "").strip()) in pairs:
+            report.same_question_and_context.append(i)
+        if (key, (c or "").strip(), (a or "").strip()) in triples:
+            report.exact_duplicates.append(i)
+    return report
+
+
+def exact_match(predictions, references) -> float:
+    """Share of predictions equal to the reference (outer whitespace ignored)."""
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(references)
+
+
+def bleu(predictions, references) -> float:
+    """Corpus BLEU (0 to 100) with sacrebleu's defaults (13a tokenization, exponential
+    smoothing). `evaluate.load("bleu")` would fetch a script from the hub."""
+    import sacrebleu
+
+    predictions, references = list(predictions), list(references)
+    if len(predictions) != len(references) or not references:
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return float(sacrebleu.corpus_bleu(predictions, [references]).score)
+
+
+def generation_budget(target_lengths, margin: float = 0.25, minimum_extra: int = 8) -> int:
+    """New tokens to allow at generation: the longest training target plus a margin, so that a
+    long test target is not cut (the original notebook stopped at transformers' default 20)."""
+    longest = max(int(n) for n in target_lengths)
+    return longest + max(minimum_extra, int(round(longest * margin)))
+
+
+def nearest_neighbour_answers(train_inputs, train_answers, test_inputs) -> list[str]:
+    """Baseline: for each test input, the answer of the most similar training input (TF-IDF on
+    word 1-2 grams, cosine). It needs no training and scores well exactly where test questions
+    repeat training ones, which is why the overlap check matters."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.metrics.pairwise import linear_kernel
+
+    train_inputs, train_answers, test_inputs = list(train_inputs), list(train_answers), list(test_inputs)
+    if not train_inputs or len(train_inputs) != len(train_answers):
+        raise ValueError("need as many training answers as training inputs, and at least one")
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), token_pattern=r"[A-Za-z0-9_]+", sublinear_tf=True)
+    train_matrix = vectorizer.fit_transform(train_inputs)
+    answers = []
+    for start in range(0, len(test_inputs), 256):  # bounded memory: 256 x 73k similarities
+        similarity = linear_kernel(vectorizer.transform(test_inputs[start:start + 256]), train_matrix)
+        answers += [train_answers[j] for j in similarity.argmax(axis=1).tolist()]
+    return answers
+
+
+def tokenize_pairs(tokenizer, inputs, targets, max_source_length: int, max_target_length: int = 0) -> dict:
+    """Input ids and labels, unpadded: `DataCollatorForSeq2Seq` pads each batch, inputs with the
+    pad token and labels with -100, so padding never counts in the loss (the original notebook
+    padded labels with the pad token, which the loss then learned and averaged in).
+    `max_target_length` 0 keeps every target whole."""
+    features = tokenizer(list(inputs), max_length=max_source_length, truncation=True)
+    labels = tokenizer(text_target=list(targets), max_length=max_target_length or None,
+                       truncation=bool(max_target_length))
+    features["labels"] = labels["input_ids"]
+    return features
+
+
+def generate_code(model, tokenizer, inputs, max_new_tokens: int, num_beams: int = 1,
+                  batch_size: int = 32, max_source_length: int = 512) -> list[str]:
+    """Generate one answer per input text, decoded as the metrics read it.
+
+    `max_new_tokens` is always passed (the default stops at 20 tokens). Inputs are batched by
+    length, so little of each batch is padding; answers come back in the order of `inputs`.
+    """
+    import torch
+
+    from .tokenizer_coverage import decode
+
+    inputs = list(inputs)
+    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    answers: list[str] = [""] * len(inputs)
+    model.eval()
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = tokenizer([inputs[i] for i in chunk], max_length=max_source_length, truncation=True,
+                          padding=True, return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            output = model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                    do_sample=False)
+        for i, ids in zip(chunk, output.tolist()):
+            answers[i] = decode(tokenizer, ids).strip()
+    return answers

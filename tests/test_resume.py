@@ -1,0 +1,70 @@
+"""Reliability end to end: determinism, resuming a killed run, and no secret in any output."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+from nbutils import checkpoints, record, runner
+
+PROJECT = "detect_ai_text/bert"
+
+
+def _run(outputs, **overrides):
+    project = runner.select(runner.discover(ROOT, "smoke"), [PROJECT])[0]
+    result = runner.run_project(project, "smoke", ROOT, outputs, overrides)
+    assert result.status == "ok", result.error
+    return result
+
+
+def test_same_parameters_and_seed_give_identical_metrics(smoke_run, tmp_path):
+    """The smoke run of the session and a fresh run: the same numbers, to the last digit."""
+    first = record.read_record(smoke_run("detect_ai_text")[1] / PROJECT)
+    second = _run(tmp_path).record
+    assert second["metrics"] == first["metrics"]
+    assert second["baselines"] == first["baselines"]
+    assert second["data"]["fingerprint"] == first["data"]["fingerprint"]
+    assert second["data"]["fingerprint"].startswith("sha256:")
+
+
+def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_run, tmp_path):
+    reference = record.read_record(smoke_run("detect_ai_text")[1] / PROJECT)
+    run_dir = tmp_path / "smoke" / PROJECT
+    command = [sys.executable, "-m", "nbutils.runner", "run", PROJECT, "--profile", "smoke",
+               "--root", str(ROOT), "--outputs", str(tmp_path)]
+    # A real interrupt: SIGKILL the runner once the first checkpoint is complete. The kernel
+    # notices its parent is gone and exits, as when a Kaggle or Colab session disappears.
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
+    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    state = json.loads((interrupted_at / "trainer_state.json").read_text())
+    assert state["global_step"] < state["max_steps"]
+
+    resumed = _run(tmp_path)  # the same command, the same output folder
+    executed = (run_dir / "detect_ai_text.ipynb").read_text()
+    assert f"resuming from {interrupted_at}" in executed
+    # Weights, optimizer, scheduler and RNG states were restored: the same final numbers.
+    assert resumed.record["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+
+
+def test_a_token_in_the_environment_never_reaches_any_output(tmp_path, monkeypatch):
+    secret = "hf_FAKEtoken1234567890notreal"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    _run(tmp_path)
+    leaks = [str(path) for path in tmp_path.rglob("*") if path.is_file()
+             and secret.encode() in path.read_bytes()]
+    assert not leaks, f"the token leaked into {leaks}"
