@@ -68,7 +68,8 @@ if importlib.util.find_spec("nbutils") is None:
         _source = ["--no-index", "--find-links", os.path.dirname(_wheels[-1]), "nbutils"]
     else:
         _source = ["nbutils @ git+{repository}"]
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *_source], check=True)'''
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *_source], check=True)
+    importlib.invalidate_caches()  # let this running kernel see the new package'''
 
 
 def slugify(text: str) -> str:

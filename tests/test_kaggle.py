@@ -104,3 +104,62 @@ def test_kaggle_is_recognised_by_its_folders_alone(tmp_path):
     (tmp_path / "kaggle" / "working").mkdir(parents=True)
     env = environment.detect({environment.KAGGLE_ROOT_VARIABLE: str(tmp_path / "kaggle")})
     assert env.name == "kaggle" and env.input_dir == tmp_path / "kaggle" / "input"
+
+
+def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
+    """Kaggle with internet off: inputs under <root>/input, writes under <root>/working, and a
+    kernel whose Python lacks nbutils until the notebook's first cell installs it from the
+    bundle's wheel dataset with --no-index."""
+    import os
+    import subprocess
+    import sys
+    import sysconfig
+
+    import papermill
+
+    kaggle_root = tmp_path / "kaggle"
+    (kaggle_root / "working").mkdir(parents=True)
+    shutil.copytree(bundles[0] / "nbutils-wheels", kaggle_root / "input" / "nbutils-wheels")
+    shutil.copy(cache / "sample-data" / "daigt_v2_train.csv", kaggle_root / "input" / "essays.csv")
+    shutil.copytree(cache / "tiny-models" / "bert", kaggle_root / "input" / "tiny-bert")
+
+    # A fresh venv that sees the pinned libraries (Kaggle's image has its own) but not nbutils.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    image = tmp_path / "image-site-packages"  # the pinned set minus nbutils's own (editable) install
+    image.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if "nbutils" not in entry.name:
+            (image / entry.name).symlink_to(entry)
+    (site / "image.pth").write_text(f"{image}\n")
+    python = venv / "bin" / "python"
+    probe = subprocess.run([str(python), "-c", "import nbutils"], cwd=tmp_path, capture_output=True)
+    assert probe.returncode != 0, "nbutils must be missing before the install cell runs"
+    kernels = tmp_path / "jupyter"
+    spec = kernels / "kernels" / "kaggle-sim"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [str(python), "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "kaggle-sim", "language": "python"}))
+
+    settings = kaggle.load_settings(ROOT, {"KAGGLE_USERNAME": "alice"})
+    smoke = {"data_source": str(kaggle_root / "input" / "essays.csv"),
+             "model_name": str(kaggle_root / "input" / "tiny-bert")}
+    folder = kaggle.prepare_project(runner.select(runner.discover(ROOT, "smoke"), ["detect_ai_text/bert"])[0],
+                                    "smoke", tmp_path / "bundle", settings, smoke)
+    env = {"KAGGLE_KERNEL_RUN_TYPE": "Batch", environment.KAGGLE_ROOT_VARIABLE: str(kaggle_root),
+           "JUPYTER_PATH": str(kernels), "PIP_NO_INDEX": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        papermill.execute_notebook(str(folder / "detect_ai_text.ipynb"), str(tmp_path / "executed.ipynb"),
+                                   kernel_name="kaggle-sim", cwd=str(kaggle_root / "working"),
+                                   progress_bar=False)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    run_dir = kaggle_root / "working" / "outputs" / "smoke" / "detect_ai_text" / "bert"
+    assert (run_dir / "metrics.json").is_file(), "outputs belong under /kaggle/working"
+    assert list(site.glob("nbutils-*.dist-info")), "the first cell installed the wheel into the venv"
+    assert "environment: kaggle" in (tmp_path / "executed.ipynb").read_text()

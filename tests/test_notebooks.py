@@ -36,3 +36,16 @@ def test_notebook_reads_like_a_tutorial(path):
     for i, kind in enumerate(kinds):
         if kind == "code" and i >= 3:
             assert "markdown" in kinds[max(0, i - 3):i], f"{path}: cell {i} has no markdown before it"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS)
+def test_first_code_cell_installs_nbutils_where_missing(path):
+    """Every notebook runs unedited on Kaggle (wheel dataset, internet off) and Colab."""
+    import tomllib
+
+    from nbutils.kaggle import install_cell
+
+    repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbutils"]["repository"]
+    nb = nbformat.read(ROOT / path, as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert first_code.source == install_cell(repository)

@@ -119,6 +119,21 @@ def test_stock_trainer_never_updates_layers_frozen_before_training(cache, tmp_pa
     assert not any(changed(start, end, g.name) for g in groups[:-1])
 
 
+def test_layer_group_trainer_updates_layers_frozen_before_training(cache, tmp_path):
+    """The same sequence with LayerGroupTrainer: its optimizer holds the frozen layers too."""
+
+    class UnfreezeAfterFirstStep(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            layers.unfreeze(model)
+
+    model, trainer = make_trainer(cache, tmp_path, callbacks=[UnfreezeAfterFirstStep()], num_train_epochs=1)
+    groups = layers.freeze(model)
+    start = snapshot(groups)
+    trainer.train()
+    end = snapshot(groups)
+    assert all(changed(start, end, g.name) for g in groups)
+
+
 def test_callback_refuses_an_optimizer_without_the_frozen_groups(cache, tmp_path):
     model, trainer = make_trainer(cache, tmp_path, trainer_class=Trainer, callbacks=[GradualUnfreezing()])
     layers.freeze(model)  # the stock optimizer will hold the head only
