@@ -49,3 +49,13 @@ def test_first_code_cell_installs_nbutils_where_missing(path):
     nb = nbformat.read(ROOT / path, as_version=4)
     first_code = next(c for c in nb.cells if c.cell_type == "code")
     assert first_code.source == install_cell(repository)
+
+
+@pytest.mark.parametrize("path", [p for p in NOTEBOOKS if p.startswith("notebooks/")])
+def test_readme_has_an_open_in_colab_badge_for_each_notebook(path):
+    import tomllib
+
+    repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbutils"]["repository"]
+    github = repository.removeprefix("https://github.com/")
+    link = f"https://colab.research.google.com/github/{github}/blob/main/{path}"
+    assert link in (ROOT / "README.md").read_text()
