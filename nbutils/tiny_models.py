@@ -161,7 +161,9 @@ def _build_t5(texts):
     alphabet = [c for c in ASCII if c not in T5_MISSING]
     texts = [t.translate({ord(c): None for c in T5_MISSING}) for t in texts]
     tok = T5Tokenizer(vocab=_unigram_vocab(texts, ["<pad>", "</s>", "<unk>"], alphabet), extra_ids=0)
-    # flan-t5's layout: gated-GELU feed-forward, untied input and output embeddings.
+    # flan-t5's layout: gated-GELU feed-forward. Asking for untied embeddings turns off T5's
+    # decoder-output scaling as in flan-t5, but transformers 5 ties T5's lm_head to the input
+    # embeddings whatever the config says, so the tiny T5 is tied (flan-t5 checkpoints are not).
     cfg = T5Config(vocab_size=len(tok), d_model=HIDDEN, d_kv=HIDDEN // HEADS, d_ff=FFN,
                    num_layers=LAYERS, num_decoder_layers=LAYERS, num_heads=HEADS,
                    feed_forward_proj="gated-gelu", tie_word_embeddings=False,
