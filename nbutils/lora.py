@@ -27,12 +27,9 @@ def _target_modules(target_modules):
     return "all-linear" if modules == ["all-linear"] else modules
 
 
-def causal_lm_lora_config(r: int, alpha: float, dropout: float, target_modules,
-                          modules_to_save=None):
-    """A `peft.LoraConfig` for a decoder-only model (task CAUSAL_LM, no bias training).
-
-    `modules_to_save` (such as `["lm_head"]`) are trained in full beside the adapters and saved
-    with them."""
+def _lora_config(task_type: str, r: int, alpha: float, dropout: float, target_modules,
+                 modules_to_save=None):
+    """A checked `peft.LoraConfig` (no bias training) for `task_type`."""
     from peft import LoraConfig
 
     if r < 1:
@@ -41,8 +38,16 @@ def causal_lm_lora_config(r: int, alpha: float, dropout: float, target_modules,
         raise ValueError(f"lora_dropout must be in [0, 1), got {dropout!r}")
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=_target_modules(target_modules), bias="none",
-                      modules_to_save=list(modules_to_save or []) or None,
-                      task_type="CAUSAL_LM")
+                      modules_to_save=list(modules_to_save or []) or None, task_type=task_type)
+
+
+def causal_lm_lora_config(r: int, alpha: float, dropout: float, target_modules,
+                          modules_to_save=None):
+    """A `peft.LoraConfig` for a decoder-only model (task CAUSAL_LM, no bias training).
+
+    `modules_to_save` (such as `["lm_head"]`) are trained in full beside the adapters and saved
+    with them."""
+    return _lora_config("CAUSAL_LM", r, alpha, dropout, target_modules, modules_to_save)
 
 
 def bnb_4bit_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype=None):
@@ -174,15 +179,7 @@ def check_target_modules(model, target_modules, param: str = "lora_target_module
 
 def seq2seq_lora_config(r: int, alpha: float, dropout: float, target_modules):
     """A `peft.LoraConfig` for an encoder-decoder model (task SEQ_2_SEQ_LM, no bias training)."""
-    from peft import LoraConfig
-
-    if r < 1:
-        raise ValueError(f"lora_r must be a positive rank, got {r!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"lora_dropout must be in [0, 1), got {dropout!r}")
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=_target_modules(target_modules), bias="none",
-                      task_type="SEQ_2_SEQ_LM")
+    return _lora_config("SEQ_2_SEQ_LM", r, alpha, dropout, target_modules)
 
 
 def add_lora(model, config, quantized: bool = False, gradient_checkpointing: bool = False):
