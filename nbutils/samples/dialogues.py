@@ -10,9 +10,10 @@ Train, validation and test are disjoint draws from the same generator, as in SAM
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
+
+from .jsonl import write_jsonl
 
 COLUMNS = ["id", "dialogue", "summary"]
 # SAMSum has 14,732 / 818 / 819 dialogues; the sample keeps roughly its proportions, small.
@@ -221,9 +222,4 @@ def write_dialogues_jsonl(path: str | Path, seed: int = 0, split: str = "train")
     """Write one split as JSON lines (one `{"id", "dialogue", "summary"}` object per line)."""
     if split not in SPLIT_SIZES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_SIZES)}, got {split!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in dialogue_rows(seed)[split]:
-            f.write(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False) + "\n")
-    return path
+    return write_jsonl(path, ({c: row[c] for c in COLUMNS} for row in dialogue_rows(seed)[split]))

@@ -23,6 +23,8 @@ import json
 import random
 from pathlib import Path
 
+from .jsonl import write_jsonl
+
 # Rows per file. guanaco-llama2-1k has 1,000; the notebook holds a tenth out for evaluation.
 N_TEXT_ROWS = 300
 N_CHAT_ROWS = 200
@@ -300,21 +302,12 @@ def chat_rows(n: int = N_CHAT_ROWS, seed: int = 0) -> list[dict]:
             for m in conversations(n, seed + 1000, system_share=0.3)]
 
 
-def _write_jsonl(path, rows) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return path
-
-
 def write_guanaco_jsonl(path: str | Path, seed: int = 0) -> Path:
-    return _write_jsonl(path, text_rows(seed=seed))
+    return write_jsonl(path, text_rows(seed=seed))
 
 
 def write_chat_jsonl(path: str | Path, seed: int = 0) -> Path:
-    return _write_jsonl(path, chat_rows(seed=seed))
+    return write_jsonl(path, chat_rows(seed=seed))
 
 
 def texts(seed: int = 0) -> list[str]:

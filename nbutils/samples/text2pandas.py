@@ -18,6 +18,8 @@ import json
 import random
 from pathlib import Path
 
+from .jsonl import write_jsonl
+
 COLUMNS = ["question", "context", "answer"]
 SPLITS = ("train", "test")
 TABLES_FILE = "tables.json"
@@ -223,12 +225,7 @@ def write_text2pandas_jsonl(path: str | Path, seed: int = 0, split: str = "train
     """Write one split as JSON lines (one `{"question", "context", "answer"}` object per line)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in text2pandas_rows(seed)[split]:
-            f.write(json.dumps({c: row[c] for c in COLUMNS}, ensure_ascii=False) + "\n")
-    return path
+    return write_jsonl(path, ({c: row[c] for c in COLUMNS} for row in text2pandas_rows(seed)[split]))
 
 
 def write_tables_json(path: str | Path, seed: int = 0) -> Path:
