@@ -14,6 +14,14 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def run_smoke_project(name: str, outputs: Path, **overrides):
+    """Run one smoke project through the real runner (in-process) into `outputs`."""
+    from nbutils import runner
+
+    project = runner.select(runner.discover(ROOT, "smoke"), [name])[0]
+    return runner.run_project(project, "smoke", ROOT, outputs, overrides)
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

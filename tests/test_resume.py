@@ -9,15 +9,14 @@ import time
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_smoke_project
 from nbutils import checkpoints, record, runner
 
 PROJECT = "detect_ai_text/bert"
 
 
 def _run(outputs, **overrides):
-    project = runner.select(runner.discover(ROOT, "smoke"), [PROJECT])[0]
-    result = runner.run_project(project, "smoke", ROOT, outputs, overrides)
+    result = run_smoke_project(PROJECT, outputs, **overrides)
     assert result.status == "ok", result.error
     return result
 

@@ -9,7 +9,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_smoke_project
 from nbutils import record, runner
 
 BACKBONES = ("bert", "deberta", "distilbert", "roberta")
@@ -86,8 +86,7 @@ def test_executed_notebook_shows_plots_inline(runs):
 
 
 def _run_bad(tmp_path, **overrides):
-    project = runner.select(runner.discover(ROOT, "smoke"), ["detect_ai_text/distilbert"])[0]
-    return runner.run_project(project, "smoke", ROOT, tmp_path, overrides)
+    return run_smoke_project("detect_ai_text/distilbert", tmp_path, **overrides)
 
 
 def test_missing_data_file_is_named(cache, tmp_path):

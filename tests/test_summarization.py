@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, run_smoke_project
 from nbutils import baselines, data, fixtures, lora, metrics, record, runner, runtime, summarization
 from nbutils.samples import dialogues
 
@@ -475,8 +475,7 @@ def test_executed_notebook_shows_examples_loss_curves_and_the_merge(runs):
 # --- bad input: each stops early with a message naming it ---------------------------------------
 
 def _run_bad(tmp_path, **overrides):
-    project = runner.select(runner.discover(ROOT, "smoke"), ["summarize_dialogues/flan_t5_base"])[0]
-    return runner.run_project(project, "smoke", ROOT, tmp_path, overrides)
+    return run_smoke_project("summarize_dialogues/flan_t5_base", tmp_path, **overrides)
 
 
 def test_missing_column_is_named_with_the_columns_present(cache, tmp_path):

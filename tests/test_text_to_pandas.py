@@ -7,7 +7,7 @@ import os
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_smoke_project
 from nbutils import code_exec, record, runner, table_context, text_to_code
 from nbutils import tokenizer_coverage as coverage
 from nbutils.code_exec import ExecutionEvaluator, Sandbox, canonical, results_match
@@ -463,8 +463,7 @@ def test_smoke_run_leaves_predictions_plots_and_a_model_that_writes_braces(run):
 
 
 def _run_bad(tmp_path, **overrides):
-    project = runner.select(runner.discover(ROOT, "smoke"), ["text_to_pandas"])[0]
-    return runner.run_project(project, "smoke", ROOT, tmp_path, overrides)
+    return run_smoke_project("text_to_pandas", tmp_path, **overrides)
 
 
 def test_missing_answer_column_is_named(cache, tmp_path):
