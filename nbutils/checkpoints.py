@@ -39,3 +39,21 @@ def resume_checkpoint(folder: str | Path, resume: bool = True) -> str | None:
         return None
     print(f"resuming from {checkpoints[-1]} (weights, optimizer, scheduler and RNG state)")
     return str(checkpoints[-1])
+
+
+def schedule(save_every_steps: int = 0, evaluate: bool = True) -> dict:
+    """TrainingArguments kwargs for when checkpoints are saved (the notebooks' `save_every_steps`).
+
+    0 saves at the end of every epoch; n > 0 every n optimizer steps, so that a long epoch on a
+    session that may vanish (Kaggle, Colab) loses at most n steps. With `evaluate`, evaluation
+    follows the same schedule: `load_best_model_at_end` needs every checkpoint to have a score.
+    """
+    if not isinstance(save_every_steps, int) or isinstance(save_every_steps, bool) or save_every_steps < 0:
+        raise ValueError(f"save_every_steps must be a whole number of optimizer steps >= 0 "
+                         f"(0: every epoch), got {save_every_steps!r}")
+    when = {"save_strategy": "steps", "save_steps": save_every_steps} if save_every_steps else {"save_strategy": "epoch"}
+    if evaluate:
+        when["eval_strategy"] = when["save_strategy"]
+        if save_every_steps:
+            when["eval_steps"] = save_every_steps
+    return when

@@ -94,3 +94,12 @@ def test_data_fingerprint_follows_the_file_contents(tmp_path):
     assert first.startswith("sha256:") and data.fingerprint(str(path)) == first
     path.write_text("text,label\na,1\n")
     assert data.fingerprint(str(path)) != first
+
+
+def test_checkpoint_schedule_follows_save_every_steps():
+    assert checkpoints.schedule(0) == {"save_strategy": "epoch", "eval_strategy": "epoch"}
+    assert checkpoints.schedule(25) == {"save_strategy": "steps", "save_steps": 25,
+                                        "eval_strategy": "steps", "eval_steps": 25}
+    assert checkpoints.schedule(25, evaluate=False) == {"save_strategy": "steps", "save_steps": 25}
+    with pytest.raises(ValueError, match="save_every_steps"):
+        checkpoints.schedule(-1)
