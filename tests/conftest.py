@@ -13,6 +13,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Every session smoke run sees this fake hub token in its environment, as a user's real one
+# would be; tests/test_secrets.py then scans all their output files for it.
+FAKE_TOKEN = "hf_FAKEsmokeTOKEN0123456789notreal"
+
 
 def run_smoke_project(name: str, outputs: Path, **overrides):
     """Run one smoke project through the real runner (in-process) into `outputs`."""
@@ -46,8 +50,16 @@ def smoke_run(cache, tmp_path_factory):
     def run(notebook: str) -> tuple[int, Path]:
         if notebook not in done:
             outputs = tmp_path_factory.mktemp(f"outputs-{notebook}")
-            code = runner.main(["run", notebook, "--profile", "smoke", "--root", str(ROOT),
-                                "--outputs", str(outputs)])
+            saved = os.environ.get("HF_TOKEN")
+            os.environ["HF_TOKEN"] = FAKE_TOKEN
+            try:
+                code = runner.main(["run", notebook, "--profile", "smoke", "--root", str(ROOT),
+                                    "--outputs", str(outputs)])
+            finally:
+                if saved is None:
+                    os.environ.pop("HF_TOKEN")
+                else:
+                    os.environ["HF_TOKEN"] = saved
             done[notebook] = (code, outputs / "smoke")
         return done[notebook]
 
