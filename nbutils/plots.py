@@ -50,13 +50,15 @@ def confusion_matrix(labels, predictions, path, class_names=("human", "generated
     return fig
 
 
-def roc_curves(curves: dict, path, title: str = "ROC (test)"):
-    """`curves` maps a name to (labels, probabilities); all are drawn on one axis."""
+def roc_curves(curves: dict, path, title: str = "ROC (test)", styles: dict | None = None):
+    """`curves` maps a name to (labels, probabilities); all are drawn on one axis. `styles`
+    maps a name to matplotlib line settings (e.g. {"linestyle": "--"}) for that curve."""
     from sklearn.metrics import RocCurveDisplay
 
     fig, ax = _figure(title)
     for name, (labels, probabilities) in curves.items():
-        RocCurveDisplay.from_predictions(labels, probabilities, name=name, ax=ax)
+        RocCurveDisplay.from_predictions(labels, probabilities, name=name, ax=ax,
+                                         curve_kwargs=(styles or {}).get(name))
     ax.plot([0, 1], [0, 1], ":", color="grey")
     _save(fig, path)
     return fig

@@ -13,6 +13,11 @@ The files are merged in that order (later wins, as with papermill's repeated `-f
 against the notebook's declared parameters, and the run lands in
 `outputs/<profile>/<project>/`: the executed notebook, `metrics.json` and the plots.
 A project that fails does not stop the others; the summary names it and the exit code is 1.
+
+A notebook that reads the outputs of other projects declares them in its metadata,
+`{"nbutils": {"needs": ["detect_ai_text"]}}` (notebook names or project names of the same
+profile): its projects run after those, and are skipped, with the reason, when one of them
+failed in the same invocation. A cycle of needs is an error before anything runs.
 """
 
 from __future__ import annotations
@@ -40,12 +45,28 @@ class Project:
     name: str
     notebook: Path
     param_files: list[Path]
+    needs: list[str] = field(default_factory=list)  # projects whose outputs it reads
+
+
+class OrderError(ValueError):
+    """Projects that cannot be ordered: a need that names no project, or a cycle of needs."""
+
+
+def notebook_needs(notebook: Path) -> list[str]:
+    """The projects a notebook's runs read the outputs of: its metadata's `nbutils.needs`."""
+    if not notebook.is_file():
+        return []  # reported when the project runs (project_parameters)
+    needs = json.loads(notebook.read_text()).get("metadata", {}).get("nbutils", {}).get("needs", [])
+    if not isinstance(needs, list) or not all(isinstance(n, str) and n for n in needs):
+        raise OrderError(f"{notebook}: metadata nbutils.needs must be a list of project or "
+                         f"notebook names, got {needs!r}")
+    return needs
 
 
 @dataclass
 class Result:
     project: str
-    status: str  # "ok" or "failed"
+    status: str  # "ok", "failed", or "skipped" (a project it needs did not finish)
     notebook: Path
     seconds: float
     record: dict | None = None
@@ -62,11 +83,58 @@ def discover(root: Path, profile: str) -> list[Project]:
         base = folder / f"{profile}.yaml"
         variants = sorted((folder / profile).glob("*.yaml")) if (folder / profile).is_dir() else []
         shared = [base] if base.is_file() else []
+        needs = notebook_needs(notebook) if variants or shared else []
         if variants:
-            projects += [Project(f"{folder.name}/{v.stem}", notebook, shared + [v]) for v in variants]
+            projects += [Project(f"{folder.name}/{v.stem}", notebook, shared + [v], needs)
+                         for v in variants]
         elif shared:
-            projects.append(Project(folder.name, notebook, shared))
+            projects.append(Project(folder.name, notebook, shared, needs))
     return projects
+
+
+def _matching(projects: list[Project], name: str) -> list[str]:
+    return [p.name for p in projects if p.name == name or p.name.startswith(name.rstrip("/") + "/")]
+
+
+def dependencies(projects: list[Project], known: list[Project] | None = None) -> dict[str, list[str]]:
+    """For each project, the projects among `projects` it must run after. Needs are resolved
+    against `known` (all projects of the profile): one that names none of them is an error,
+    one whose projects are not being run now (`run` of a subset) reads their earlier outputs."""
+    known = projects if known is None else known
+    running = {p.name for p in projects}
+    result = {}
+    for project in projects:
+        after = []
+        for need in project.needs:
+            hits = _matching(known, need)
+            if not hits:
+                raise OrderError(f"{project.name}: its notebook {project.notebook.name} needs {need!r}, "
+                                 "which is no project of this profile; projects: "
+                                 + ", ".join(p.name for p in known))
+            after += [h for h in hits if h in running and h not in after]
+        result[project.name] = after
+    return result
+
+
+def order(projects: list[Project], known: list[Project] | None = None) -> list[Project]:
+    """`projects` in run order: each after the projects it needs, otherwise as given."""
+    after = dependencies(projects, known)
+    ordered, done, pending = [], set(), list(projects)
+    while pending:
+        ready = next((p for p in pending if set(after[p.name]) <= done), None)
+        if ready is None:  # every pending project waits for another pending one: a cycle
+            path = [pending[0].name]
+            while True:
+                step = next(n for n in after[path[-1]] if n not in done)
+                if step in path:
+                    cycle = path[path.index(step):] + [step]
+                    raise OrderError("projects need each other in a cycle: " + " -> ".join(cycle)
+                                     + " (see the `nbutils.needs` metadata of their notebooks)")
+                path.append(step)
+        ordered.append(ready)
+        done.add(ready.name)
+        pending.remove(ready)
+    return ordered
 
 
 def select(projects: list[Project], names: list[str]) -> list[Project]:
@@ -263,26 +331,42 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(args.root).resolve()
     outputs = Path(args.outputs).resolve() if args.outputs else root / "outputs"
-    projects = discover(root, args.profile)
+    try:
+        projects = discover(root, args.profile)
+        known = projects
+        projects = order(projects)
+    except OrderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not projects:
         print(f"no projects for profile {args.profile!r} under {root / 'params'}", file=sys.stderr)
         return 2
     if args.command == "list":
         for p in projects:
             print(f"{p.name:32s} {p.notebook.relative_to(root)}  "
-                  + " ".join(str(f.relative_to(root)) for f in p.param_files))
+                  + " ".join(str(f.relative_to(root)) for f in p.param_files)
+                  + (f"  (after {', '.join(p.needs)})" if p.needs else ""))
         return 0
     if args.command == "run":
         if not args.projects:
             parser.error("`run` needs at least one project name")
-        projects = select(projects, args.projects)
+        projects = order(select(projects, args.projects), known)  # in the order they need
     overrides = dict(args.param)
+    after = dependencies(projects, known)
 
     results = []
     for project in projects:
         print(f"[{args.profile}] {project.name} ...", flush=True)
-        result = run_project(project, args.profile, root, outputs, overrides, args.kernel,
-                             args.log_output, args.nproc)
+        # A project whose inputs did not come out of this invocation would read stale or
+        # missing outputs: it is skipped, and the summary says why.
+        blocked = [r.project for r in results if r.project in after[project.name] and r.status != "ok"]
+        if blocked:
+            result = Result(project.name, "skipped", outputs / args.profile / project.name
+                            / project.notebook.name, 0.0,
+                            error=f"not run: it needs {', '.join(blocked)}, which did not finish")
+        else:
+            result = run_project(project, args.profile, root, outputs, overrides, args.kernel,
+                                 args.log_output, args.nproc)
         print(f"[{args.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
               + (f" - {result.error}" if result.error else ""), flush=True)
         results.append(result)
@@ -294,6 +378,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + markdown_table(summary_rows(results, root)))
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
+        if r.status == "skipped":
+            print(f"SKIPPED {r.project}: {r.error}", file=sys.stderr)
+            continue
         where = (f"executed notebook: {os.path.relpath(r.notebook)}" if r.notebook.is_file()
                  else "stopped before the notebook ran")
         print(f"FAILED {r.project}: {r.error}\n  {where}", file=sys.stderr)

@@ -94,3 +94,86 @@ def test_stale_record_is_not_reported_as_this_run(toy_root):
 def test_unknown_project_lists_the_known_ones(toy_root):
     with pytest.raises(SystemExit, match="unknown project 'toy/nope'.*toy/good"):
         runner.main(["run", "toy/nope", "--root", str(toy_root)])
+
+
+# --- projects that read other projects' outputs (notebook metadata `nbutils.needs`) ---------
+
+READER_BODY = '''import json, pathlib
+from nbutils import record
+# Reads the record toy/good left in this invocation: it must already be there.
+score = json.loads((pathlib.Path(output_dir).parent / "toy" / "good" / "metrics.json").read_text())["metrics"]["score"]
+rec = record.make_record(project=project, profile=profile, task="toy", model="none",
+    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
+    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": 0.0, "processes": 1},
+    parameters={"trainable": 0, "total": 0}, seed=0, config={})
+record.write_record(rec, output_dir)'''
+
+
+def add_reader(root, name, needs):
+    """A notebook `name` (sorting before "toy") whose metadata says it needs `needs`."""
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                           "display_name": "Python 3"},
+                                            "nbutils": {"needs": needs}})
+    params = nbformat.v4.new_code_cell(PARAMETERS)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Reader"), params, nbformat.v4.new_code_cell(READER_BODY)]
+    nbformat.write(nb, root / "notebooks" / f"{name}.ipynb")
+    (root / "params" / name).mkdir()
+    (root / "params" / name / "smoke.yaml").write_text("score: 0.0\n")
+
+
+def test_order_puts_a_project_after_the_ones_it_needs(toy_root):
+    add_reader(toy_root, "aggregate", ["toy/good"])
+    add_reader(toy_root, "report", ["toy"])
+    projects = runner.discover(toy_root, "smoke")
+    # Sorted by folder, both readers would run first.
+    assert [p.name for p in projects][:2] == ["aggregate", "report"]
+    assert projects[0].needs == ["toy/good"]
+    ordered = [p.name for p in runner.order(projects)]
+    assert ordered == ["toy/broken", "toy/good", "aggregate", "toy/typo", "report"]
+    # `run` of a subset keeps the order the needs give, whatever order the names came in.
+    chosen = runner.select(projects, ["aggregate", "toy/good"])
+    assert [p.name for p in runner.order(chosen, projects)] == ["toy/good", "aggregate"]
+    # A need that is not being run now is read from earlier outputs, not an ordering constraint.
+    assert runner.dependencies(runner.select(projects, ["report"]), projects) == {"report": []}
+
+
+def test_a_cycle_of_needs_is_an_error_before_anything_runs(toy_root, capsys):
+    add_reader(toy_root, "aggregate", ["report"])
+    add_reader(toy_root, "report", ["aggregate"])
+    with pytest.raises(runner.OrderError, match="cycle: aggregate -> report -> aggregate"):
+        runner.order(runner.discover(toy_root, "smoke"))
+    assert runner.main(["run-all", "--root", str(toy_root)]) == 2
+    assert "cycle: aggregate -> report -> aggregate" in capsys.readouterr().err
+    assert not (toy_root / "outputs").exists()
+
+
+def test_a_need_that_names_no_project_is_an_error(toy_root):
+    add_reader(toy_root, "aggregate", ["toys"])
+    with pytest.raises(runner.OrderError, match="aggregate: its notebook aggregate.ipynb needs 'toys', "
+                                                "which is no project of this profile"):
+        runner.order(runner.discover(toy_root, "smoke"))
+
+
+def test_needs_that_are_not_a_list_of_names_are_an_error(toy_root):
+    add_reader(toy_root, "aggregate", "toy")
+    with pytest.raises(runner.OrderError, match="aggregate.ipynb: metadata nbutils.needs must be a list "
+                                                "of project or notebook names, got 'toy'"):
+        runner.discover(toy_root, "smoke")
+
+
+def test_run_all_runs_readers_after_their_needs_and_skips_them_when_one_failed(toy_root, capsys):
+    add_reader(toy_root, "aggregate", ["toy/good"])  # toy/good succeeds
+    add_reader(toy_root, "report", ["toy"])  # toy/broken and toy/typo fail
+    assert runner.main(["run-all", "--root", str(toy_root)]) == 1
+    out = capsys.readouterr()
+    started = [line.split()[1] for line in out.out.splitlines() if line.endswith(" ...")]
+    assert started == ["toy/broken", "toy/good", "aggregate", "toy/typo", "report"]
+    summary = json.loads((toy_root / "outputs" / "smoke" / "summary.json").read_text())
+    rows = {row["project"]: row for row in summary["runs"]}
+    # aggregate read the record toy/good wrote earlier in the same run-all.
+    assert rows["aggregate"]["status"] == "ok" and rows["aggregate"]["value"] == 0.75
+    assert rows["report"]["status"] == "skipped"
+    assert rows["report"]["error"] == "not run: it needs toy/broken, toy/typo, which did not finish"
+    assert not (toy_root / "outputs" / "smoke" / "report").exists(), "a skipped project never starts"
+    assert "SKIPPED report: not run: it needs toy/broken, toy/typo" in out.err

@@ -1,0 +1,330 @@
+"""Combine detection runs: each model alone, the mean of probabilities, rank averaging, stacking.
+
+The detection notebook leaves, per run, `validation_probabilities.csv` and
+`test_probabilities.csv` (columns row_id, label, prob_generated) beside its run record. Runs
+combine only when they scored the same essays in the same order with the same labels, so
+that is checked first (`check_aligned`). The stacker, a logistic regression over the runs'
+log-odds, is fitted on the validation split only: `fit_stacker` refuses any other split, and
+`Stacker.predict` refuses rows it was fitted on. Every method's decision threshold is chosen
+on its own validation scores (`choose_threshold`) and only then applied to the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .record import RECORD_FILE
+
+SPLITS = ("validation", "test")
+COLUMNS = ("row_id", "label", "prob_generated")
+MEAN, RANK, STACK = "mean_probability", "rank_average", "stacked_logreg"
+METHODS = (MEAN, RANK, STACK)
+MINIMUM_RUNS = 2
+
+
+class EnsembleError(ValueError):
+    """Runs that cannot be combined: too few, malformed, or not scoring the same essays."""
+
+
+def probability_file(folder: str | Path, split: str) -> Path:
+    return Path(folder) / f"{split}_probabilities.csv"
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str  # the run's folder name under runs_dir (e.g. "deberta")
+    folder: Path
+    record: dict  # its metrics.json
+    splits: dict  # split -> DataFrame with COLUMNS
+
+    @property
+    def files(self) -> list[Path]:
+        return [probability_file(self.folder, split) for split in SPLITS]
+
+
+def default_runs_dir(run_dir: str | Path, project: str, notebook: str = "detect_ai_text") -> Path:
+    """`<outputs>/<profile>/<notebook>` for a run in `<outputs>/<profile>/<project>` (the
+    runner's layout): the detection runs of the same profile, beside this one."""
+    run_dir, parts = Path(run_dir), Path(project).parts
+    if not parts or run_dir.parts[-len(parts):] != parts:
+        raise EnsembleError(f"output_dir {run_dir} does not end with the project name {project!r}, "
+                            "so the detection runs beside it cannot be found: set runs_dir")
+    return run_dir.parents[len(parts) - 1] / notebook
+
+
+def read_probabilities(path: Path) -> pd.DataFrame:
+    """One probability file, checked: its columns, unique row ids, 0/1 labels, probabilities."""
+    table = pd.read_csv(path)
+    missing = [c for c in COLUMNS if c not in table.columns]
+    if missing:
+        raise EnsembleError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)} "
+                            "(as the detection notebook writes them)")
+    table = table[list(COLUMNS)]
+    if table["row_id"].duplicated().any():
+        dup = table.loc[table["row_id"].duplicated(), "row_id"].iloc[0]
+        raise EnsembleError(f"{path}: row_id {dup} appears more than once")
+    bad = ~table["label"].isin([0, 1])
+    if bad.any():
+        raise EnsembleError(f"{path}: label must be 0 or 1, row_id {table.loc[bad, 'row_id'].iloc[0]} "
+                            f"has {table.loc[bad, 'label'].iloc[0]}")
+    probs = pd.to_numeric(table["prob_generated"], errors="coerce")
+    bad = ~probs.between(0, 1)  # also catches NaN and text
+    if bad.any():
+        raise EnsembleError(f"{path}: prob_generated must be a probability in [0, 1], row_id "
+                            f"{table.loc[bad, 'row_id'].iloc[0]} has {table.loc[bad, 'prob_generated'].iloc[0]}")
+    return table.assign(prob_generated=probs.astype(float))
+
+
+def find_runs(runs_dir: str | Path, names: list[str] | tuple = ()) -> tuple[list[Run], dict[str, str]]:
+    """The finished runs in `runs_dir` (those named, or every subfolder), and why the others
+    were left out. A run counts once it has its record and both probability files: the runner
+    deletes a run's record when it starts it again, so a rerun that failed is not read."""
+    import json
+
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise EnsembleError(f"runs_dir {runs_dir} does not exist: run the detection notebook first "
+                            "(make run RUN=detect_ai_text) or point runs_dir at its runs")
+    names = list(names) or sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
+    if len(set(names)) != len(names):
+        raise EnsembleError(f"runs names a run more than once: {names}")
+    clash = sorted(set(names) & set(METHODS))
+    if clash:
+        raise EnsembleError(f"a run may not be named like an ensemble method: {clash}")
+    runs, left_out = [], {}
+    for name in names:
+        folder = runs_dir / name
+        needed = [folder / RECORD_FILE] + [probability_file(folder, s) for s in SPLITS]
+        missing = [p.name for p in needed if not p.is_file()]
+        if not folder.is_dir():
+            left_out[name] = f"no folder {folder} (not run)"
+        elif missing:
+            left_out[name] = f"no {', '.join(missing)} (the run did not finish)"
+        else:
+            runs.append(Run(name, folder, json.loads((folder / RECORD_FILE).read_text()),
+                            {s: read_probabilities(probability_file(folder, s)) for s in SPLITS}))
+    return runs, left_out
+
+
+def load_runs(runs_dir: str | Path, names: list[str] | tuple = (),
+              minimum: int = MINIMUM_RUNS) -> tuple[list[Run], dict[str, str]]:
+    """`find_runs`, and an error naming the folder when fewer than `minimum` runs finished."""
+    runs, left_out = find_runs(runs_dir, names)
+    if len(runs) < minimum:
+        found = ", ".join(r.name for r in runs) or "none"
+        why = "; ".join(f"{name}: {reason}" for name, reason in left_out.items())
+        raise EnsembleError(
+            f"an ensemble needs at least {minimum} finished detection runs in {runs_dir}, found "
+            f"{len(runs)} ({found})" + (f"; left out: {why}" if why else "")
+            + ". Run the detection notebook first (make run RUN=detect_ai_text) or set runs_dir / runs")
+    return runs, left_out
+
+
+SAME_SPLIT_HINT = ("runs combine only when they split the same data the same way: the same "
+                   "data_source, seed, val_size, test_size, max_samples, group_column and holdout "
+                   "settings (the cross-validation and search variants use other rows)")
+
+
+def check_aligned(runs: list[Run]) -> None:
+    """Every run must hold the same rows (row_id), in the same order, with the same labels, in
+    each split; otherwise an error names the two runs and the first row where they differ."""
+    first = runs[0]
+    for split in SPLITS:
+        a = first.splits[split]
+        for other in runs[1:]:
+            b = other.splits[split]
+            ids_a, ids_b = a["row_id"].to_numpy(), b["row_id"].to_numpy()
+            n = min(len(ids_a), len(ids_b))
+            differ = np.flatnonzero(ids_a[:n] != ids_b[:n])
+            if differ.size:
+                i = int(differ[0])
+                how = ("the same essays in a different order" if sorted(ids_a) == sorted(ids_b)
+                       else "different essays")
+                raise EnsembleError(
+                    f"runs {first.name!r} and {other.name!r} hold {how} in the {split} split: "
+                    f"row {i} is row_id {ids_a[i]} in {first.name!r} but row_id {ids_b[i]} in "
+                    f"{other.name!r}; {SAME_SPLIT_HINT}")
+            if len(ids_a) != len(ids_b):
+                longer, ids = (first, ids_a) if len(ids_a) > len(ids_b) else (other, ids_b)
+                raise EnsembleError(
+                    f"runs {first.name!r} and {other.name!r} hold different essays in the {split} "
+                    f"split: {len(ids_a)} vs {len(ids_b)} rows; row {n} (row_id {ids[n]}) is only in "
+                    f"{longer.name!r}; {SAME_SPLIT_HINT}")
+            labels_a, labels_b = a["label"].to_numpy(), b["label"].to_numpy()
+            differ = np.flatnonzero(labels_a != labels_b)
+            if differ.size:
+                i = int(differ[0])
+                raise EnsembleError(
+                    f"runs {first.name!r} and {other.name!r} label row_id {ids_a[i]} of the {split} "
+                    f"split (row {i}) differently: {labels_a[i]} vs {labels_b[i]}; the runs must read "
+                    "the same data with the same label_column")
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """One split of the aligned runs: its rows, labels and each run's P(generated)."""
+    split: str  # "validation" or "test"
+    row_ids: np.ndarray
+    labels: np.ndarray
+    probabilities: pd.DataFrame  # one column per run, rows in row_ids order
+
+
+def aligned_scores(runs: list[Run]) -> dict[str, SplitScores]:
+    """Check the runs align (`check_aligned`), then one `SplitScores` per split."""
+    check_aligned(runs)
+    tables = {}
+    for split in SPLITS:
+        first = runs[0].splits[split]
+        probs = pd.DataFrame({r.name: r.splits[split]["prob_generated"].to_numpy() for r in runs})
+        tables[split] = SplitScores(split, first["row_id"].to_numpy(), first["label"].to_numpy(), probs)
+    return tables
+
+
+def mean_probability(probabilities: pd.DataFrame) -> np.ndarray:
+    return probabilities.mean(axis=1).to_numpy()
+
+
+def rank_average(probabilities: pd.DataFrame) -> np.ndarray:
+    """The mean over runs of each row's rank within its split, as a fraction (ties share the
+    mean rank). Only the order of each run's scores counts, so a run with confident,
+    bunched-up probabilities weighs no more than one with spread-out ones."""
+    return probabilities.rank(pct=True).mean(axis=1).to_numpy()
+
+
+def log_odds(probabilities) -> np.ndarray:
+    """The stacker's features: log(p / (1 - p)), clipped so that 0 and 1 stay finite."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+@dataclass
+class Stacker:
+    """A logistic regression over the runs' log-odds, fitted on validation rows only."""
+    model: object  # the fitted LogisticRegressionCV
+    columns: list[str]  # the runs, in feature order
+    fitted_row_ids: np.ndarray  # the (validation) rows it was fitted on
+    validation_scores: np.ndarray  # out-of-fold P(generated) for each of those rows
+    folds: int
+
+    def predict(self, scores: SplitScores) -> np.ndarray:
+        """P(generated) for rows it was not fitted on (the test split)."""
+        if list(scores.probabilities.columns) != self.columns:
+            raise EnsembleError(f"the stacker was fitted on runs {self.columns}, "
+                                f"got {list(scores.probabilities.columns)}")
+        seen = np.intersect1d(scores.row_ids, self.fitted_row_ids)
+        if seen.size:
+            raise EnsembleError(
+                f"the stacker was fitted on {seen.size} of these {scores.split} rows (row_id "
+                f"{seen[0]}, ...): its scores there would be in-sample. For the validation split "
+                "use stacker.validation_scores (out of fold)")
+        return self.model.predict_proba(log_odds(scores.probabilities.to_numpy()))[:, 1]
+
+    def summary(self) -> dict:
+        return {"fitted_on": "validation", "rows": int(len(self.fitted_row_ids)), "folds": self.folds,
+                "C": float(self.model.C_),
+                "coefficients": {c: float(w) for c, w in zip(self.columns, self.model.coef_[0])},
+                "intercept": float(self.model.intercept_[0])}
+
+
+def fit_stacker(validation: SplitScores, folds: int = 5, seed: int = 0, cs: int = 10) -> Stacker:
+    """Fit the stacker on the validation split, choosing the regularization strength C (`cs`
+    values, log-spaced from 1e-4 to 1e4) by `folds`-fold cross-validated log loss.
+
+    Its out-of-fold validation scores (`cross_val_predict`: each validation row scored by a
+    stacker, C chosen again inside, fitted on the other folds) are what its threshold is chosen
+    on; scores of the rows a model was fitted on would flatter it.
+    """
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    if validation.split != "validation":
+        raise EnsembleError(f"the stacker is fitted on the validation split only, got the "
+                            f"{validation.split!r} split: it must never see the rows it is scored on")
+    if folds < 2:
+        raise EnsembleError(f"stacker_folds must be at least 2, got {folds}")
+    labels = np.asarray(validation.labels)
+    rarer = int(np.bincount(labels, minlength=2).min())
+    # Outer folds for the out-of-fold scores, inner folds inside each to choose C: each class
+    # needs folds + 2 rows for the inner folds to find `folds` of them.
+    if rarer < folds + 2:
+        raise EnsembleError(f"stacker_folds {folds} needs at least {folds + 2} validation essays "
+                            f"of each class, the rarer class has {rarer}: lower stacker_folds")
+
+    def make():
+        return LogisticRegressionCV(Cs=cs, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+                                    scoring="neg_log_loss", l1_ratios=(0.0,),
+                                    use_legacy_attributes=False, max_iter=1000)
+
+    features = log_odds(validation.probabilities.to_numpy())
+    outer = StratifiedKFold(folds, shuffle=True, random_state=seed + 1)
+    out_of_fold = cross_val_predict(make(), features, labels, cv=outer, method="predict_proba")[:, 1]
+    model = make().fit(features, labels)
+    return Stacker(model, list(validation.probabilities.columns), np.asarray(validation.row_ids).copy(),
+                   out_of_fold, folds)
+
+
+def choose_threshold(labels, scores) -> tuple[float, float]:
+    """The cut on `scores` (validation) with the best accuracy there, and that accuracy.
+
+    Among equally accurate cuts the highest is taken, then moved halfway down to the next lower
+    score, so that validation predictions are unchanged and a test essay scored a little below
+    the lowest generated validation essay is still called generated.
+    """
+    from sklearn.metrics import roc_curve
+
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
+    positives = labels.sum()
+    accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
+    accuracy[~np.isfinite(cuts)] = -1  # the cut above every score calls nothing generated
+    best = int(np.argmax(accuracy))
+    lower = scores[scores < cuts[best]]
+    cut = (cuts[best] + lower.max()) / 2 if lower.size else cuts[best]
+    return float(cut), float(accuracy[best])
+
+
+def method_scores(tables: dict[str, SplitScores], stacker: Stacker) -> dict[str, dict[str, np.ndarray]]:
+    """Validation and test scores of every method: each run alone, then the three ensembles."""
+    methods = {name: {s: tables[s].probabilities[name].to_numpy() for s in SPLITS}
+               for name in tables["validation"].probabilities.columns}
+    methods[MEAN] = {s: mean_probability(tables[s].probabilities) for s in SPLITS}
+    methods[RANK] = {s: rank_average(tables[s].probabilities) for s in SPLITS}
+    methods[STACK] = {"validation": stacker.validation_scores, "test": stacker.predict(tables["test"])}
+    return methods
+
+
+def evaluate(methods: dict[str, dict[str, np.ndarray]], tables: dict[str, SplitScores]) -> dict[str, dict]:
+    """Per method: the threshold chosen on its validation scores, its validation accuracy and
+    ROC AUC there, and the test metrics at that threshold (ROC AUC from the scores)."""
+    from sklearn.metrics import roc_auc_score
+
+    from .metrics import binary_classification_metrics
+
+    results = {}
+    for name, scores in methods.items():
+        threshold, val_accuracy = choose_threshold(tables["validation"].labels, scores["validation"])
+        test = binary_classification_metrics(tables["test"].labels, scores["test"], threshold)
+        results[name] = {**test, "threshold": threshold, "validation_accuracy": val_accuracy,
+                         "validation_roc_auc": float(roc_auc_score(tables["validation"].labels,
+                                                                   scores["validation"]))}
+    return results
+
+
+def best_single(results: dict[str, dict], runs: list[Run]) -> str:
+    """The run with the best validation ROC AUC (first listed on a tie): chosen without the test."""
+    return max((r.name for r in runs), key=lambda name: results[name]["validation_roc_auc"])
+
+
+def fingerprint(runs: list[Run]) -> str:
+    """SHA-256 over every probability file read, with its run and file name, in order."""
+    digest = hashlib.sha256()
+    for run in runs:
+        for path in run.files:
+            digest.update(f"{run.name}/{path.name}\n".encode())
+            digest.update(path.read_bytes())
+    return f"sha256:{digest.hexdigest()}"
