@@ -43,16 +43,27 @@ def load_table(source: str, split: str = "train", param: str = "data_source"):
 
 
 def fingerprint(source: str, dataset=None) -> str:
-    """What identifies the data a run read: the SHA-256 of a file's bytes, or, for a hub data
-    set, its `datasets` fingerprint (which follows the revision of the files it was built from)."""
+    """What identifies the data a run read: the SHA-256 of a file's bytes; for a folder (as
+    `load_splits` reads it), the SHA-256 over the name and bytes of each split file in it; or,
+    for a hub data set, its `datasets` fingerprint (which follows the revision of the files it
+    was built from)."""
     import hashlib
 
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        digest = hashlib.sha256()
+        for file in sorted(folder.iterdir()):
+            if file.suffix.lower() in FILE_BUILDERS and _split_of(file.stem):
+                digest.update(f"{file.name}\n{fingerprint(str(file))}\n".encode())
+        return f"sha256:{digest.hexdigest()}"
     if is_file_source(source):
         digest = hashlib.sha256()
         with open(Path(source).expanduser(), "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return f"sha256:{digest.hexdigest()}"
+    if hasattr(dataset, "keys") and not hasattr(dataset, "_fingerprint"):  # a DatasetDict: every split
+        return "datasets:" + ",".join(f"{name}={split._fingerprint}" for name, split in dataset.items())
     return f"datasets:{getattr(dataset, '_fingerprint', None)}"
 
 

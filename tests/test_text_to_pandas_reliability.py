@@ -1,0 +1,167 @@
+"""Text to pandas, issues 8 and 10: determinism, resuming a killed run, the data fingerprint,
+padding efficiency, and predictions that stay paired with their test rows."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_smoke_project
+from nbutils import checkpoints, data, record, text_to_code
+from nbutils.samples import text2pandas
+
+NOTEBOOK = "text_to_pandas"
+
+
+@pytest.fixture(scope="module")
+def session_run(smoke_run):
+    code, folder = smoke_run(NOTEBOOK)
+    assert code == 0
+    return folder / NOTEBOOK
+
+
+def _run(outputs, **overrides):
+    result = run_smoke_project(NOTEBOOK, outputs, **overrides)
+    assert result.status == "ok", result.error
+    return result
+
+
+def test_same_parameters_and_seed_give_identical_metrics(session_run, tmp_path, monkeypatch):
+    """A fresh run and the session's smoke run: the same numbers, to the last digit (training,
+    generation and the sandboxed scoring are all deterministic on CPU). The fresh run has a hub
+    token in its environment, which the notebook passes to every from_pretrained: it must not
+    appear in any file the run leaves (executed notebook, record, predictions, checkpoints)."""
+    secret = "hf_FAKEtoken1234567890notreal"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    first = record.read_record(session_run)
+    second = _run(tmp_path).record
+    leaks = [str(path) for path in tmp_path.rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
+    assert not leaks, f"the token leaked into {leaks}"
+    assert "hub token: set" in (tmp_path / "smoke" / NOTEBOOK / f"{NOTEBOOK}.ipynb").read_text()
+    assert second["metrics"] == first["metrics"]
+    assert second["baselines"] == first["baselines"]
+    for key in ("fingerprint", "tables_fingerprint"):
+        assert second["data"][key] == first["data"][key]
+        assert first["data"][key].startswith("sha256:")
+    for key in ("real_tokens", "token_slots", "padding_efficiency"):
+        assert second["train"][key] == first["train"][key]
+
+
+def _logged(run_dir, key):
+    """`key` per step from the run's last checkpoint's log history (restored, then continued)."""
+    last = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    history = json.loads((last / checkpoints.STATE_FILE).read_text())["log_history"]
+    return {entry["step"]: entry[key] for entry in history if key in entry}
+
+
+def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(session_run, tmp_path):
+    reference = record.read_record(session_run)
+    run_dir = tmp_path / "smoke" / NOTEBOOK
+    command = [sys.executable, "-m", "nbutils.runner", "run", NOTEBOOK, "--profile", "smoke",
+               "--root", str(ROOT), "--outputs", str(tmp_path)]
+    # A real interrupt: SIGKILL the runner once the first checkpoint (end of epoch 1 of 6) is
+    # complete. The kernel notices its parent is gone and exits, as when a session disappears.
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
+    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
+    assert state["global_step"] < state["max_steps"]
+
+    resumed = _run(tmp_path)  # the same command, the same output folder
+    executed = (run_dir / f"{NOTEBOOK}.ipynb").read_text()
+    assert "resuming from" in executed and f"checkpoints/{interrupted_at.name}" in executed
+    # After the interruption the resumed run logs the learning rates and losses of the
+    # uninterrupted one: the scheduler and the optimizer state came back, not only the weights
+    # (a fresh optimizer or schedule would change both). The first loss logged after the resume
+    # is left out: the Trainer averages the loss since the last log, and a resumed run starts
+    # that average at the checkpoint's step, so it covers fewer steps.
+    for key, skip in (("learning_rate", 0), ("loss", 1)):
+        before, after = _logged(session_run, key), _logged(run_dir, key)
+        later = [step for step in before if step > state["global_step"]][skip:]
+        assert later and [after[s] for s in later] == pytest.approx([before[s] for s in later], abs=1e-6), key
+    metrics, expected = dict(resumed.record["metrics"]), dict(reference["metrics"])
+    assert metrics.pop("outcomes") == expected.pop("outcomes")  # counts per failure kind
+    assert metrics == pytest.approx(expected, abs=1e-6)
+    assert resumed.record["train"]["epochs"] == reference["train"]["epochs"]
+
+
+def test_training_spends_most_token_slots_on_real_tokens(session_run):
+    """Dynamic padding with length-grouped batches (issue 8). The record counts inputs and
+    answers (T5's decoder runs over every label slot). On this sample (342 training rows,
+    inputs 38/44/53 tokens at the 10th/50th/90th percentile but up to 128) random batches of 16
+    keep about 0.57 of the slots real (inputs 0.50). Length grouping gets about 0.77 (inputs
+    0.80), not 0.9: transformers sorts by length only within mega-batches of
+    min(50, rows // (4 x batch)) batches, here 5 batches of 16, and it sorts by input length, so
+    the answers in a batch still differ in length. On the full data (72k rows) the mega-batches
+    hold 50 batches."""
+    train = record.read_record(session_run)["train"]
+    assert 0 < train["real_tokens"] <= train["token_slots"]
+    assert train["padding_efficiency"] == pytest.approx(train["real_tokens"] / train["token_slots"], abs=1e-3)
+    assert train["padding_efficiency"] >= 0.7, train
+    assert train["input_padding_efficiency"] >= 0.75, train
+    assert 0 < train["target_padding_efficiency"] <= 1 and train["tokens_per_s"] > 0
+
+
+def test_saved_predictions_stay_paired_with_their_test_rows(session_run, cache):
+    """Training batches are length-grouped and generation batches by length too; every saved
+    prediction must still belong to its own row."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    rec = record.read_record(session_run)
+    predictions = pd.read_csv(session_run / "test_predictions.csv", keep_default_na=False)
+    # The ids are the test file's rows, in order, less those whose question appears in training.
+    rows = text2pandas.text2pandas_rows()
+    seen = [(r["question"], r["context"], r["answer"]) for r in rows["train"]]
+    leaked = set(text_to_code.overlap(seen, [(r["question"], r["context"], r["answer"])
+                                             for r in rows["test"]]).same_question)
+    assert list(predictions["row_id"]) == [i for i in range(text2pandas.N_TEST) if i not in leaked]
+    test_file = [json.loads(line) for line in (cache / "sample-data" / "text2pandas" / "test.jsonl")
+                 .read_text().splitlines()]
+    for _, row in predictions.iterrows():
+        source = test_file[row["row_id"]]
+        assert (row["question"], row["context"], row["reference"]) == (
+            source["question"], source["context"], source["answer"])
+    # Each generated answer is the one its own input gives alone. Checked on the shortest and
+    # longest inputs, which length-sorted generation moves furthest from their places.
+    config = rec["config"]
+    inputs = [text_to_code.format_input(q, c, config["input_template"])
+              for q, c in zip(predictions["question"], predictions["context"])]
+    by_length = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
+    picked = by_length[:3] + by_length[-3:]
+    tokenizer = AutoTokenizer.from_pretrained(session_run / "model")
+    model = AutoModelForSeq2SeqLM.from_pretrained(session_run / "model")
+    torch.manual_seed(0)
+    alone = [text_to_code.generate_code(model, tokenizer, [inputs[i]], rec["data"]["generation_max_new_tokens"],
+                                        config["num_beams"], 1, config["max_source_length"])[0]
+             for i in picked]
+    assert alone == [predictions["generated"][i] for i in picked]
+    assert len({predictions["generated"][i] for i in picked}) > 1, "all answers alike: the check proves nothing"
+
+
+def test_folder_fingerprint_follows_its_split_files(tmp_path):
+    (tmp_path / "train.jsonl").write_text('{"q": 1}\n')
+    (tmp_path / "test.jsonl").write_text('{"q": 2}\n')
+    first = data.fingerprint(str(tmp_path))
+    assert first.startswith("sha256:") and data.fingerprint(str(tmp_path)) == first
+    (tmp_path / "notes.txt").write_text("not data")  # not a split file: not read, not hashed
+    assert data.fingerprint(str(tmp_path)) == first
+    (tmp_path / "test.jsonl").write_text('{"q": 3}\n')
+    assert data.fingerprint(str(tmp_path)) != first
+    (tmp_path / "test.jsonl").write_text('{"q": 2}\n')
+    (tmp_path / "test.jsonl").rename(tmp_path / "validation.jsonl")  # same bytes, another split
+    assert data.fingerprint(str(tmp_path)) not in (first, data.fingerprint(str(tmp_path / "train.jsonl")))
