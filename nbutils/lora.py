@@ -103,9 +103,11 @@ def trainable_to_float32(model) -> int:
 
 
 def merge_adapter_and_save(base_model: str, adapter_dir: str | Path, out_dir: str | Path,
-                           tokenizer, dtype=None, trust_remote_code: bool = False) -> Path:
+                           tokenizer, dtype=None, trust_remote_code: bool = False,
+                           token: str | None = None) -> Path:
     """Load the base model in full (not 4-bit) precision, apply the saved adapter, merge it into
-    the weights and save a standalone model (safetensors) with the tokenizer.
+    the weights and save a standalone model (safetensors) with the tokenizer. `token`: the hub
+    token a gated base checkpoint needs (never printed).
 
     Merging into 4-bit weights would round the update away, so the base is reloaded unquantized.
     If the tokenizer gained tokens (a pad token), the base's embeddings are resized first; the
@@ -115,7 +117,7 @@ def merge_adapter_and_save(base_model: str, adapter_dir: str | Path, out_dir: st
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtype, use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
+                                                 trust_remote_code=trust_remote_code, token=token)
     if model.get_input_embeddings().weight.shape[0] != len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
@@ -180,6 +182,12 @@ def check_target_modules(model, target_modules, param: str = "lora_target_module
 def seq2seq_lora_config(r: int, alpha: float, dropout: float, target_modules):
     """A `peft.LoraConfig` for an encoder-decoder model (task SEQ_2_SEQ_LM, no bias training)."""
     return _lora_config("SEQ_2_SEQ_LM", r, alpha, dropout, target_modules)
+
+
+def classification_lora_config(r: int, alpha: float, dropout: float, target_modules):
+    """A `peft.LoraConfig` for a sequence classifier (task SEQ_CLS, no bias training): PEFT
+    trains and saves the fresh classification head in full beside the adapters."""
+    return _lora_config("SEQ_CLS", r, alpha, dropout, target_modules)
 
 
 def add_lora(model, config, quantized: bool = False, gradient_checkpointing: bool = False):

@@ -1,0 +1,139 @@
+"""Instruction tuning end to end: the batching it decided and what training processed, the same
+numbers from the same parameters, a killed QLoRA run that resumes to the uninterrupted numbers,
+and a hub token that never reaches any output.
+
+The session smoke run (`smoke_run("instruction_tune")`) is the reference for every comparison.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_smoke_project
+from nbutils import checkpoints, record
+
+VARIANTS = ("llama2_7b", "qwen2_5_0_5b_instruct")
+QLORA = "instruction_tune/llama2_7b"  # its smoke params save a checkpoint every 5 optimizer steps
+LORA = "instruction_tune/qwen2_5_0_5b_instruct"
+FAKE_TOKEN = "hf_FAKEsft2token0987654321notreal"
+
+
+@pytest.fixture(scope="module")
+def reference(smoke_run):
+    code, folder = smoke_run("instruction_tune")
+    assert code == 0
+    return folder
+
+
+def _final_state(run_dir):
+    """The trainer state of a run's last checkpoint (save_total_limit keeps only that one)."""
+    return json.loads((checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+                       / checkpoints.STATE_FILE).read_text())
+
+
+# --- batching: packed, no padding, every real token trained on, the recipe's steps -------------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_record_holds_the_batching_decision_and_the_tokens_processed(reference, variant):
+    run_dir = reference / "instruction_tune" / variant
+    rec = record.read_record(run_dir)
+    batching, train, lengths = rec["data"]["batching"], rec["train"], rec["data"]["lengths"]
+    # The tiny Llama runs sdpa attention, which keeps packed examples apart: it packs, one row
+    # per forward (a dense mask over a packed row costs its length squared).
+    assert batching["packing"] is True
+    assert "keeps packed examples apart" in batching["reason"] and "sdpa" in batching["reason"]
+    assert batching["rows"] < lengths["examples"], "packing puts several examples in a row"
+    # Packed rows are fewer than examples, yet an optimizer step still holds about the recipe's
+    # batch of examples: the run takes the recipe's number of steps.
+    assert batching["steps_per_epoch"] == batching["recipe_steps_per_epoch"]
+    state = _final_state(run_dir)
+    assert state["global_step"] == state["max_steps"] == batching["steps_per_epoch"] * train["epochs"]
+    # No padding in packed rows, and every real token (each example up to max_length) is
+    # trained on once per epoch: the length report's tokens minus those max_length cuts.
+    assert train["padding_efficiency"] >= 0.9
+    assert train["real_tokens"] <= train["token_slots"]
+    per_epoch = lengths["mean"] * lengths["examples"] - lengths["tokens_cut"]
+    assert train["real_tokens"] == pytest.approx(per_epoch * train["epochs"], abs=1)
+    assert train["tokens_per_s"] > 0 and train["samples_per_s"] > 0
+    assert rec["data"]["fingerprint"].startswith("sha256:")
+
+
+# --- determinism, and no token in any output -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fresh_lora_run(tmp_path_factory):
+    """The LoRA variant run afresh, with a (fake) hub token in the environment."""
+    outputs = tmp_path_factory.mktemp("fresh-instruction-tune")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HF_TOKEN", FAKE_TOKEN)
+        result = run_smoke_project(LORA, outputs)
+    assert result.status == "ok", result.error
+    return outputs, result.record
+
+
+def test_same_parameters_and_seed_give_identical_metrics(reference, fresh_lora_run):
+    first = record.read_record(reference / LORA)
+    second = fresh_lora_run[1]
+    assert second["metrics"] == first["metrics"]  # to the last digit
+    assert second["baselines"] == first["baselines"]
+    assert second["data"]["fingerprint"] == first["data"]["fingerprint"]
+    assert second["data"]["batching"] == first["data"]["batching"]
+
+
+def test_the_hub_token_never_reaches_any_output(fresh_lora_run):
+    outputs = fresh_lora_run[0]
+    executed = (outputs / "smoke" / LORA / "instruction_tune.ipynb").read_text()
+    assert "hub token: set" in executed  # the notebook did read it
+    leaks = [str(p) for p in outputs.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
+    assert not leaks, f"the token leaked into {leaks}"
+
+
+# --- a killed QLoRA run resumes and finishes with the uninterrupted numbers ----------------------
+
+def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_path):
+    run_dir = tmp_path / "smoke" / QLORA
+    command = [sys.executable, "-m", "nbutils.runner", "run", QLORA, "--profile", "smoke",
+               "--root", str(ROOT), "--outputs", str(tmp_path)]
+    # A real interrupt: SIGKILL the runner's process group once the first checkpoint (step 5 of
+    # 12 in the first epoch) is complete, as when a Kaggle or Colab session disappears.
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
+        assert process.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint within 5 minutes"
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
+    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
+    assert state["global_step"] < state["max_steps"]
+    # The checkpoint holds the adapter, not the 4-bit base, plus the optimizer and scheduler.
+    saved = {p.name for p in interrupted_at.iterdir()}
+    assert {"adapter_model.safetensors", "optimizer.pt", "scheduler.pt"} <= saved
+    assert "model.safetensors" not in saved
+
+    resumed = run_smoke_project(QLORA, tmp_path)  # the same command, the same output folder
+    assert resumed.status == "ok", resumed.error
+    executed = (run_dir / "instruction_tune.ipynb").read_text()
+    assert "resuming from" in executed and f"checkpoints/{interrupted_at.name}" in executed
+    # Adapter, optimizer (AdamW's moments), scheduler and RNG states were all restored: every
+    # training loss logged after the resume, and the final numbers, are the uninterrupted run's.
+    expected = record.read_record(reference / QLORA)
+    assert resumed.record["metrics"] == pytest.approx(expected["metrics"], abs=1e-6)
+    assert resumed.record["baselines"]["before_training"] == pytest.approx(
+        expected["baselines"]["before_training"], abs=1e-6)
+
+    def losses(rd):
+        return {e["step"]: e["loss"] for e in _final_state(rd)["log_history"] if "loss" in e}
+
+    reference_losses = losses(reference / QLORA)
+    assert len(reference_losses) >= 5
+    assert losses(run_dir) == pytest.approx(reference_losses, abs=1e-6)
