@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -123,6 +124,12 @@ def build_wheel(root: Path, out: Path) -> Path:
 def wheels_dataset(root: Path, out: Path, settings: KaggleSettings) -> Path:
     folder = out / settings.wheels_dataset
     build_wheel(root, folder)
+    # The notebooks themselves, for `num_processes` > 1: nbutils.launch runs them in each process.
+    notebooks = folder / "notebooks"
+    shutil.rmtree(notebooks, ignore_errors=True)
+    notebooks.mkdir()
+    for notebook in sorted((root / "notebooks").glob("*.ipynb")):
+        shutil.copy2(notebook, notebooks / notebook.name)
     metadata = {"title": "nbutils wheels", "id": f"{settings.username}/{settings.wheels_dataset}",
                 "licenses": [{"name": "apache-2.0"}]}
     (folder / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")

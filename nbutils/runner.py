@@ -189,17 +189,11 @@ def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path
     and every process runs that script; the Trainer shards the batches and only the main process
     writes files. Returns the log of all processes.
     """
-    import nbformat
-    import papermill
     import torch
-    from nbconvert import PythonExporter
 
-    prepared = run_dir / notebook.name
-    papermill.execute_notebook(str(notebook), str(prepared), parameters=parameters,
-                               prepare_only=True, progress_bar=False)
-    script = run_dir / f"{notebook.stem}.py"
-    source, _ = PythonExporter().from_notebook_node(nbformat.read(prepared, as_version=4))
-    script.write_text(source)
+    from nbutils.launch import notebook_script
+
+    script = notebook_script(notebook, parameters, run_dir / "launch")
     log = run_dir / "launch.log"
     # `--multi_gpu` selects accelerate's torchrun launcher (`--cpu` would start one process).
     # Without CUDA, ACCELERATE_USE_CPU makes the Trainer join the processes over gloo.
@@ -266,7 +260,7 @@ def _fmt(value, digits=3) -> str:
 
 
 SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "baseline", "train_s",
-                   "samples_per_s", "trainable", "total", "notebook")
+                   "samples_per_s", "tokens_per_s", "padding_eff", "trainable", "total", "notebook")
 
 
 def summary_rows(results: list[Result], root: Path) -> list[dict]:
@@ -281,6 +275,8 @@ def summary_rows(results: list[Result], root: Path) -> list[dict]:
             "value": rec.get("metrics", {}).get(metric), "baseline": baseline,
             "train_s": rec.get("train", {}).get("runtime_s"),
             "samples_per_s": rec.get("train", {}).get("samples_per_s"),
+            "tokens_per_s": rec.get("train", {}).get("tokens_per_s"),
+            "padding_eff": rec.get("train", {}).get("padding_efficiency"),
             "trainable": rec.get("parameters", {}).get("trainable"),
             "total": rec.get("parameters", {}).get("total"),
             "notebook": os.path.relpath(r.notebook, root), "error": r.error,

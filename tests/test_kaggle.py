@@ -34,8 +34,9 @@ def test_every_full_project_gets_a_complete_kernel_bundle(bundles):
         assert (folder / meta["code_file"]).is_file()
         assert meta["language"] == "python" and meta["kernel_type"] == "notebook"
         assert "alice/nbutils-wheels" in meta["dataset_sources"]
-        # Hub checkpoints are downloaded at run time, so these kernels need the internet.
-        assert meta["enable_internet"] is True
+        # Hub checkpoints are downloaded at run time, so these kernels need the internet (the
+        # ensemble reads other runs' probabilities and downloads nothing).
+        assert meta["enable_internet"] is (project.name != "detect_ensemble")
 
 
 def test_bundled_notebook_has_the_full_parameters_injected(bundles):
@@ -59,6 +60,9 @@ def test_wheels_dataset_holds_the_nbutils_wheel(bundles):
     assert len(list(folder.glob("nbutils-*-py3-none-any.whl"))) == 1
     meta = json.loads((folder / "dataset-metadata.json").read_text())
     assert meta["id"] == "alice/nbutils-wheels" and meta["title"] and meta["licenses"]
+    # The notebooks ride along: with num_processes > 1, nbutils.launch runs them in each process.
+    assert sorted(p.name for p in (folder / "notebooks").glob("*.ipynb")) == \
+        sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_missing_user_name_is_a_clear_error():
@@ -109,7 +113,9 @@ def test_kaggle_is_recognised_by_its_folders_alone(tmp_path):
 def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
     """Kaggle with internet off: inputs under <root>/input, writes under <root>/working, and a
     kernel whose Python lacks nbutils until the notebook's first cell installs it from the
-    bundle's wheel dataset with --no-index."""
+    bundle's wheel dataset with --no-index. It trains in two processes launched from inside the
+    notebook (accelerate.notebook_launcher, as on Kaggle's two T4s; gloo here), which run the
+    notebook copy that the wheels dataset carries."""
     import os
     import subprocess
     import sys
@@ -145,11 +151,14 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
 
     settings = kaggle.load_settings(ROOT, {"KAGGLE_USERNAME": "alice"})
     smoke = {"data_source": str(kaggle_root / "input" / "essays.csv"),
-             "model_name": str(kaggle_root / "input" / "tiny-bert")}
+             "model_name": str(kaggle_root / "input" / "tiny-bert"), "num_processes": 2}
     folder = kaggle.prepare_project(runner.select(runner.discover(ROOT, "smoke"), ["detect_ai_text/bert"])[0],
                                     "smoke", tmp_path / "bundle", settings, smoke)
     env = {"KAGGLE_KERNEL_RUN_TYPE": "Batch", environment.KAGGLE_ROOT_VARIABLE: str(kaggle_root),
-           "JUPYTER_PATH": str(kernels), "PIP_NO_INDEX": "1"}
+           # The image's own Jupyter data (nbconvert's templates, which nbutils.launch uses) stays
+           # visible, as on Kaggle; the kernel spec comes first.
+           "JUPYTER_PATH": os.pathsep.join([str(kernels), str(Path(sys.prefix) / "share" / "jupyter")]),
+           "PIP_NO_INDEX": "1"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -162,4 +171,8 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
     run_dir = kaggle_root / "working" / "outputs" / "smoke" / "detect_ai_text" / "bert"
     assert (run_dir / "metrics.json").is_file(), "outputs belong under /kaggle/working"
     assert list(site.glob("nbutils-*.dist-info")), "the first cell installed the wheel into the venv"
-    assert "environment: kaggle" in (tmp_path / "executed.ipynb").read_text()
+    executed = (tmp_path / "executed.ipynb").read_text()
+    assert "trained in 2 processes" in executed
+    assert "input/nbutils-wheels/notebooks/detect_ai_text.ipynb" in executed
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["processes"] == 2
+    assert "environment: kaggle" in (run_dir / "launch.log").read_text()

@@ -1,0 +1,155 @@
+"""Training in several processes from inside a notebook (Kaggle's two T4s), with Accelerate.
+
+`accelerate.notebook_launcher` forks the notebook's kernel into one process per device. A fork
+only works while nothing in the kernel has touched CUDA, and importing the Trainer already
+does (it imports bitsandbytes, which queries the GPUs; accelerate refuses to launch once
+bitsandbytes is imported). So a notebook launches right after its parameters are checked,
+before it imports anything heavy:
+
+    if launch.wanted(num_processes):
+        launch.run_in_processes("detect_ai_text", config, num_processes)
+
+Each process runs the same notebook, with these parameters injected and converted to a script
+(the same path as `make run ... NPROC=2`, which uses `accelerate launch`): the Trainer joins
+them into one DDP run (gloo on a CPU, NCCL on GPUs) and only the main process writes files.
+The notebook's own kernel then shows the processes' log, the run record and the plots, and
+skips its remaining cells, which the processes have already run.
+
+The notebook file comes from the repository checkout (the editable install of `nbutils`) or,
+on Kaggle, from the wheels dataset that `make kaggle` builds (`notebooks/<name>.ipynb` beside
+the wheel). The processes run that copy: edits made to the open notebook after the bundle was
+built do not reach them, which the launch says.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import sys
+from pathlib import Path
+
+LAUNCHED = "NBUTILS_LAUNCHED"  # set in every launched process: it must not launch again
+
+
+def in_launched_process() -> bool:
+    """True inside a process started by `run_in_processes`, `accelerate launch` or torchrun."""
+    return os.environ.get(LAUNCHED) == "1" or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def wanted(num_processes: int) -> bool:
+    """Should this kernel launch `num_processes` training processes? Not inside one already."""
+    if not isinstance(num_processes, int) or isinstance(num_processes, bool) or num_processes < 1:
+        raise ValueError(f"num_processes must be a whole number >= 1, got {num_processes!r}")
+    return num_processes > 1 and not in_launched_process()
+
+
+def notebook_file(name: str) -> Path:
+    """The notebook `name` (without .ipynb) for the processes to run; a clear error if absent."""
+    checkout = Path(__file__).resolve().parent.parent / "notebooks" / f"{name}.ipynb"
+    kaggle_root = os.environ.get("NBUTILS_KAGGLE_ROOT", "/kaggle")
+    candidates = [checkout, *map(Path, sorted(glob.glob(f"{kaggle_root}/input/*/notebooks/{name}.ipynb")))]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        f"num_processes > 1 runs the notebook {name}.ipynb in each process, but no copy was found "
+        f"(looked in {', '.join(str(p) for p in candidates[:1])} and {kaggle_root}/input/*/notebooks/). "
+        "On Kaggle attach the wheels dataset built by `make kaggle`; elsewhere run from the "
+        "repository checkout, or use `make run RUN=<project> NPROC=n`.")
+
+
+def notebook_script(notebook: Path, parameters: dict, folder: Path) -> Path:
+    """The notebook with `parameters` injected by papermill (prepare-only), as a Python script."""
+    import nbformat
+    import papermill
+    from nbconvert import PythonExporter
+
+    folder.mkdir(parents=True, exist_ok=True)
+    prepared = folder / f"{notebook.stem}.prepared.ipynb"
+    papermill.execute_notebook(str(notebook), str(prepared), parameters=parameters,
+                               prepare_only=True, progress_bar=False)
+    source, _ = PythonExporter().from_notebook_node(nbformat.read(prepared, as_version=4))
+    script = folder / f"{notebook.stem}.py"
+    script.write_text(source)
+    return script
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _run_script(script: str, log: str) -> None:
+    """One launched process: run the notebook's script with its output in the shared log."""
+    import runpy
+
+    os.environ[LAUNCHED] = "1"
+    with open(log, "a", buffering=1) as out:
+        # The forked kernel's stdout belongs to the notebook front end: write to the log file.
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
+        sys.stdout = sys.stderr = out
+        runpy.run_path(script, run_name="__main__")
+
+
+def skip_remaining_cells(reason: str) -> None:
+    """Turn every later cell of this kernel into a no-op (the launched processes ran them)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    shell.input_transformers_post.append(lambda lines: [f"# skipped: {reason}\n"])
+
+
+def run_in_processes(name: str, parameters: dict, num_processes: int) -> dict:
+    """Run notebook `name` with `parameters` in `num_processes` DDP processes from this kernel.
+
+    Returns the run record the main process wrote; shows the log's tail and the plots; and
+    makes the rest of this notebook's cells no-ops (restart the kernel to run cells here again).
+    """
+    import torch
+    from accelerate import notebook_launcher
+
+    from nbutils import environment, record
+
+    run_dir = environment.run_folder(parameters["output_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    notebook = notebook_file(name)
+    script = notebook_script(notebook, parameters, run_dir / "launch")
+    log = run_dir / "launch.log"
+    log.write_text("")
+    (run_dir / record.RECORD_FILE).unlink(missing_ok=True)  # an old record must not pass for this run's
+    print(f"training in {num_processes} processes: each runs {notebook} with this notebook's "
+          f"parameters (log: {log})")
+    if not torch.cuda.is_available():  # no CUDA context is created by this check
+        os.environ["ACCELERATE_USE_CPU"] = "true"  # the Trainer then joins the processes over gloo
+    notebook_launcher(_run_script, args=(str(script), str(log)), num_processes=num_processes,
+                      use_port=_free_port())
+    record_path = run_dir / record.RECORD_FILE
+    if not record_path.is_file():
+        tail = "\n".join(log.read_text().splitlines()[-20:])
+        raise RuntimeError(f"the {num_processes} processes finished without a run record in {run_dir}; "
+                           f"the end of {log}:\n{tail}")
+    run_record = record.read_record(run_dir)
+    _show(run_record, run_dir)
+    skip_remaining_cells(f"run in {num_processes} processes; results in {run_dir}")
+    return run_record
+
+
+def _show(run_record: dict, run_dir: Path) -> None:
+    try:
+        from IPython.display import Image, display
+    except ImportError:
+        return
+    metric = run_record["primary_metric"]
+    print(f"{run_record['project']}: {metric} {run_record['metrics'][metric]:.4f} on the test split, "
+          f"trained in {run_record['train'].get('processes')} processes; "
+          "the cells below were run by those processes and are skipped here")
+    display({k: run_record[k] for k in ("metrics", "baselines", "train", "data")}, raw=False)
+    for plot in sorted(run_dir.glob("*.png")):
+        display(Image(filename=str(plot)))
