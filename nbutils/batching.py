@@ -323,8 +323,11 @@ def train_token_summary(trainer, train_output, count_labels: bool | None = None)
     runtime = float(metrics["train_runtime"])
     real = int(round(stats["real_tokens"] * epochs))
     slots = int(round(stats["token_slots"] * epochs))
+    # A resumed run's runtime covers only the steps run in this call: rate those steps' tokens.
+    state = trainer.state
+    share = (state.global_step - getattr(trainer, "_initial_global_step", 0)) / max(state.max_steps, 1)
     summary = {"real_tokens": real, "token_slots": slots, "padding_efficiency": stats["padding_efficiency"],
-               "tokens_per_s": round(real / runtime, 1) if runtime > 0 else None}
+               "tokens_per_s": round(real * share / runtime, 1) if runtime > 0 else None}
     for part in ("input_padding_efficiency", "target_padding_efficiency"):  # encoder-decoder models
         if part in stats:
             summary[part] = stats[part]

@@ -273,6 +273,29 @@ def test_train_token_summary_gives_the_record_fields(cache, tmp_path):
     assert summary["tokens_per_s"] == pytest.approx(summary["real_tokens"] / output.metrics["train_runtime"], rel=1e-2)
 
 
+def test_a_resumed_run_rates_only_the_tokens_of_the_steps_it_ran(cache, tmp_path):
+    """After a resume, train_runtime covers the remaining steps only; so must the tokens/s."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    tok = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "bert"))
+    rows = Dataset.from_list(_random_rows(16, 3, 30, len(tok), labels=True))
+
+    def trainer():
+        return Trainer(model=tiny_classifier(cache, "bert"),
+                       args=training_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=2,
+                                          save_strategy="steps", save_steps=2, **batching.length_grouping()),
+                       train_dataset=rows, processing_class=tok,
+                       data_collator=batching.classification_collator(tok))
+
+    trainer().train()  # 8 steps, a checkpoint every 2
+    resumed = trainer()
+    output = resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-6"))  # 2 of 8 steps left
+    summary = batching.train_token_summary(resumed, output)
+    assert summary["tokens_per_s"] == pytest.approx(
+        summary["real_tokens"] * 2 / 8 / output.metrics["train_runtime"], rel=1e-2)
+
+
 # --- predictions stay in the data's order ----------------------------------------------------------
 
 def test_keep_eval_order_undoes_the_length_grouping_of_predict(cache, tmp_path):
