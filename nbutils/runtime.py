@@ -37,3 +37,22 @@ def describe_device() -> str:
     if torch.cuda.is_available():
         return f"CUDA: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def device_map():
+    """`device_map` for `from_pretrained` of a model that is trained here.
+
+    One process with GPUs: "auto" (a model too big for one GPU is spread over all of them).
+    Several processes (DDP, `num_processes` > 1 or `accelerate launch`): each loads its whole
+    copy on its own GPU, `{"": local_rank}`; a model spread with "auto" cannot be trained with
+    DDP. On a CPU: None (the Trainer places the model).
+    """
+    import os
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return "auto"

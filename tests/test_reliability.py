@@ -103,3 +103,16 @@ def test_checkpoint_schedule_follows_save_every_steps():
     assert checkpoints.schedule(25, evaluate=False) == {"save_strategy": "steps", "save_steps": 25}
     with pytest.raises(ValueError, match="save_every_steps"):
         checkpoints.schedule(-1)
+
+
+def test_device_map_gives_each_ddp_process_its_own_gpu(monkeypatch):
+    from nbutils import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.device_map() is None  # CPU: the Trainer places the model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert runtime.device_map() == "auto"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert runtime.device_map() == {"": 1}
