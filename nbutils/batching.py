@@ -7,7 +7,8 @@ of the slots real. This module is the one place that decides batching instead:
 - classification and seq2seq: pad each batch only to its own longest example
   (`classification_collator`, `seq2seq_collator`, the latter filling label padding with -100)
   and draw examples of similar length together (`length_grouping()` -> TrainingArguments kwargs).
-  `keep_eval_order(trainer)` then stops the length grouping from reordering `predict()`'s output.
+  `order_batches(trainer)` then makes that order resumable (seeded per epoch) and stops the
+  length grouping from reordering `predict()`'s output.
 - SFT (TRL): `sft_batching(model, ...)` packs examples into rows without padding where the
   model's attention keeps packed examples apart, which it checks on the model itself
   (`packed_attention_isolated`), and falls back to length-grouped plain padding where it does
@@ -63,6 +64,57 @@ def length_grouping(enabled: bool = True) -> dict:
     Note: the same setting also reorders evaluation and `predict()`; see `keep_eval_order`.
     """
     return {"train_sampling_strategy": "group_by_length" if enabled else "random"}
+
+
+class EpochSeededLengthGroupedSampler:
+    """transformers' length-grouped order, drawn from `seed + epoch` instead of the global RNG.
+
+    transformers' `LengthGroupedSampler` draws each epoch's order from the global torch random
+    state when the epoch starts. A run resumed in the middle of epoch e >= 1 restores the RNG
+    state of its checkpoint, not the state at the start of epoch e, so it would train the rest
+    of that epoch on other batches than the uninterrupted run did. Seeding each epoch's order
+    with seed + epoch (what accelerate does for plain shuffling) makes it independent of
+    history: the same order in a resumed run and in every DDP process.
+    """
+
+    def __init__(self, lengths, batch_size: int, seed: int):
+        self.lengths, self.batch_size, self.seed, self.epoch = list(lengths), batch_size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # the Trainer calls it at the start of every epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def order_batches(trainer):
+    """Make a trainer's batch order safe to rely on; returns the trainer. Call it right after
+    building any Trainer that may use `length_grouping()`:
+
+    - training: the length-grouped order of each epoch comes from seed + epoch
+      (`EpochSeededLengthGroupedSampler`), so a run resumed mid-epoch sees the same batches;
+    - evaluation and `predict()`: rows in the data's own order (`keep_eval_order`).
+    """
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    original = trainer._get_train_sampler
+
+    def train_sampler(*args, **kwargs):
+        sampler = original(*args, **kwargs)
+        if isinstance(sampler, LengthGroupedSampler):
+            seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
+            sampler = EpochSeededLengthGroupedSampler(sampler.lengths, sampler.batch_size, seed)
+        return sampler
+
+    trainer._get_train_sampler = train_sampler
+    return keep_eval_order(trainer)
 
 
 def keep_eval_order(trainer):

@@ -350,3 +350,43 @@ def test_bench_lengths_follow_the_quoted_percentiles():
         assert p10 == pytest.approx(profile.p10, rel=0.05)
         assert median == pytest.approx(profile.median, rel=0.05)
         assert p90 == pytest.approx(profile.p90, rel=0.05)
+
+
+def test_length_grouped_order_depends_only_on_seed_and_epoch():
+    lengths = [3, 30, 7, 12, 25, 9, 14, 2, 28, 17, 5, 21] * 4
+    sampler = batching.EpochSeededLengthGroupedSampler(lengths, batch_size=4, seed=0)
+    first = list(sampler)
+    torch.manual_seed(123)  # the global RNG has no say
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(first) == sorted(second) == list(range(len(lengths)))  # every example once
+    assert first != second  # a new order each epoch
+    again = batching.EpochSeededLengthGroupedSampler(lengths, batch_size=4, seed=0)
+    again.set_epoch(1)
+    assert list(again) == second
+
+
+def test_a_run_resumed_mid_epoch_trains_on_the_same_batches(cache, tmp_path):
+    """Killed in the middle of the second epoch and resumed: the same final weights. With
+    transformers' own length-grouped sampler the resumed epoch would be reshuffled from the
+    checkpoint's RNG state, and the weights would differ."""
+    from datasets import Dataset
+    from transformers import Trainer
+
+    tok = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "bert"))
+    rows = Dataset.from_list(_random_rows(24, 3, 30, len(tok), labels=True))
+
+    def trainer(folder):
+        torch.manual_seed(0)
+        return batching.order_batches(Trainer(
+            model=tiny_classifier(cache, "bert"),
+            args=training_args(folder, per_device_train_batch_size=4, num_train_epochs=3,
+                               save_strategy="steps", save_steps=8, **batching.length_grouping()),
+            train_dataset=rows, processing_class=tok, data_collator=batching.classification_collator(tok)))
+
+    whole = trainer(tmp_path / "whole")
+    whole.train()  # 18 steps; checkpoint-8 lies in the middle of the second epoch
+    resumed = trainer(tmp_path / "whole")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoints" / "checkpoint-8"))
+    for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name

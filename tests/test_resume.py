@@ -59,6 +59,16 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_ru
     # Weights, optimizer, scheduler and RNG states were restored: the same final numbers.
     assert resumed.record["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
 
+    # Rerunning the finished run finds its last checkpoint (kept beside the best one) and has
+    # nothing left to train: the same numbers, no further optimizer step.
+    last = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    final_state = json.loads((last / "trainer_state.json").read_text())
+    assert final_state["global_step"] == final_state["max_steps"], "the last checkpoint was not kept"
+    again = _run(tmp_path)
+    assert f"checkpoints/{last.name}" in (run_dir / "detect_ai_text.ipynb").read_text()
+    assert again.record["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    assert checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1] == last
+
 
 def test_a_token_in_the_environment_never_reaches_any_output(tmp_path, monkeypatch):
     secret = "hf_FAKEtoken1234567890notreal"
