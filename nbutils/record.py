@@ -24,6 +24,9 @@ RECORD_FIELDS = (
 )
 DATA_FIELDS = ("source", "train", "validation", "test")
 TRAIN_FIELDS = ("runtime_s", "samples_per_s", "epochs", "processes")
+# A run that trained a model by gradient steps (epochs set) also says what that cost in tokens:
+# real tokens and token slots processed, their ratio, and real tokens per second.
+TOKEN_FIELDS = ("real_tokens", "token_slots", "padding_efficiency", "tokens_per_s")
 PARAMETER_FIELDS = ("trainable", "total")
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl",
@@ -87,6 +90,10 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
         missing = [f for f in fields if f not in value]
         if missing:
             raise KeyError(f"run record field {name!r} lacks {missing}")
+    missing = [f for f in TOKEN_FIELDS if f not in train] if train.get("epochs") is not None else []
+    if missing:
+        raise KeyError(f"run record field 'train' lacks {missing}: a trained model's record counts its "
+                       "tokens (nbutils.batching.train_token_summary)")
     record = {
         "schema_version": SCHEMA_VERSION, "project": project, "profile": profile, "task": task,
         "model": model, "data": data, "metrics": metrics, "primary_metric": primary_metric,

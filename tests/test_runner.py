@@ -18,7 +18,7 @@ if fail:
     raise RuntimeError("this toy project fails on purpose")
 rec = record.make_record(project=project, profile=profile, task="toy", model="none",
     data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
-    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": 0.0, "processes": 1},
+    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
     parameters={"trainable": 0, "total": 0}, seed=0, config={"score": score})
 record.write_record(rec, output_dir)'''
 
@@ -104,7 +104,7 @@ from nbutils import record
 score = json.loads((pathlib.Path(output_dir).parent / "toy" / "good" / "metrics.json").read_text())["metrics"]["score"]
 rec = record.make_record(project=project, profile=profile, task="toy", model="none",
     data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
-    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": 0.0, "processes": 1},
+    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
     parameters={"trainable": 0, "total": 0}, seed=0, config={})
 record.write_record(rec, output_dir)'''
 
