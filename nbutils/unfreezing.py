@@ -14,6 +14,8 @@ silently training a model whose lower layers never change.
 
 from __future__ import annotations
 
+import math
+
 from transformers import TrainerCallback
 
 from .layers import freeze_to, layer_groups, tunable_parameters
@@ -57,6 +59,21 @@ class GradualUnfreezing(TrainerCallback):
                 "the model before training.")
         self.history, self.trainable, self.epochs_begun = [], 0, 0
         self._unfreeze_next(model, state)  # the head only
+        self._catch_up(model, state)
+
+    def _catch_up(self, model, state) -> None:
+        # Resuming from a checkpoint: the Trainer restores its state before this callback runs,
+        # so unfreeze the groups an uninterrupted run would have unfrozen by now. Otherwise the
+        # resumed run would restart from the head alone and train a different model.
+        if self.every_steps:
+            for _ in range(state.global_step // self.every_steps):
+                self._unfreeze_next(model, state)
+        elif state.global_step:
+            # The Trainer calls on_epoch_begin again for the epoch it resumes in (even mid-epoch),
+            # so count only the epochs completed: that call does the rest.
+            self.epochs_begun = int(math.floor(float(state.epoch or 0) + 1e-6))
+            for _ in range(max(0, self.epochs_begun - 1)):
+                self._unfreeze_next(model, state)
 
     def on_epoch_begin(self, args, state, control, model=None, **kwargs):
         self.epochs_begun += 1

@@ -153,3 +153,30 @@ def test_several_processes_are_refused(cache):
     with pytest.raises(RuntimeError, match="gradual unfreezing runs in a single process"):
         GradualUnfreezing().on_train_begin(SimpleNamespace(world_size=2), None, None,
                                            model=tiny_classifier(cache, "bert"), optimizer=None)
+
+
+@pytest.mark.parametrize("every_steps, resume_at", [(0, 6), (0, 4), (3, 7)])
+def test_a_resumed_run_unfreezes_as_the_uninterrupted_one(cache, tmp_path, every_steps, resume_at):
+    """Resuming mid-epoch (step 6 of 4-step epochs), at an epoch's end (step 4), or between two
+    unfreezings (every 3 steps, resumed at 7): the callback unfreezes the groups the uninterrupted
+    run had unfrozen by then, so the resumed run ends with the very same weights. (Without the
+    catch-up it restarted from the head alone and trained a different model.)"""
+
+    def run(folder, **args):
+        model = tiny_classifier(cache, "bert")
+        data, tokenizer = tokenized_essays(cache)
+        trainer = LayerGroupTrainer(model=model, args=training_args(folder, num_train_epochs=3, **args),
+                                    train_dataset=data, data_collator=DataCollatorWithPadding(tokenizer),
+                                    callbacks=[GradualUnfreezing(every_steps=every_steps)])
+        return model, trainer
+
+    model, trainer = run(tmp_path / "whole")
+    trainer.train()
+    whole = {name: p.detach().clone() for name, p in model.named_parameters()}
+
+    _, first = run(tmp_path / "cut", save_strategy="steps", save_steps=resume_at, max_steps=resume_at)
+    first.train()  # stops at `resume_at` with a checkpoint, as an interrupted run leaves it
+    model, second = run(tmp_path / "cut")
+    second.train(resume_from_checkpoint=str(tmp_path / "cut" / "checkpoints" / f"checkpoint-{resume_at}"))
+    for name, p in model.named_parameters():
+        assert torch.equal(p, whole[name]), f"{name} differs after resuming at step {resume_at}"
