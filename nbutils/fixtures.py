@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import samples, tiny_models
+from . import samples, tiny_models, tiny_pretraining
 
 DEFAULT_ROOT = Path(".cache")
 SEED = 0
@@ -50,6 +50,9 @@ def build(root: str | Path = DEFAULT_ROOT, force: bool = False, quiet: bool = Fa
     stamp = _stamp()
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # The briefly pre-trained tiny BERT (strategies study) has a stamp of its own: its
+        # pre-training takes a while, so it is redone only when its own code changes.
+        tiny_pretraining.build(root, seed=SEED, force=force, quiet=quiet)
         if not force and stamp_file.exists() and json.loads(stamp_file.read_text()).get("stamp") == stamp:
             return root
         from transformers.utils import logging as hf_logging

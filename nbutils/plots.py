@@ -99,3 +99,69 @@ def outcome_bars(counts: dict[str, dict[str, int]], path, title: str = "Executio
     ax.legend()
     _save(fig, path)
     return fig
+
+
+# --- The fine-tuning strategies study
+
+
+def train_validation_losses(histories: dict[str, list[dict]], path,
+                            title: str = "Train vs validation loss (evaluation mode)"):
+    """One panel per strategy: loss on a sample of the training rows and on the validation split
+    at each evaluation (`nbutils.strategies.loss_history` rows), on a shared loss axis; the
+    space between the lines is the overfitting gap."""
+    import matplotlib.pyplot as plt
+
+    names = list(histories)
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(2.9 * max(1, len(names)), 3.2),
+                             sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], names):
+        rows = histories[name]
+        steps = [r["step"] for r in rows]
+        ax.plot(steps, [r["train_loss"] for r in rows], "o-", markersize=3, label="train")
+        ax.plot(steps, [r["validation_loss"] for r in rows], "o-", markersize=3, label="validation")
+        ax.fill_between(steps, [r["train_loss"] for r in rows], [r["validation_loss"] for r in rows],
+                        color="tab:orange", alpha=0.12)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("loss")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+    return fig
+
+
+def metric_vs_forgetting(points: dict[str, tuple[float, float]], path, metric_name: str = "test ROC AUC",
+                         title: str = "Task metric vs forgetting"):
+    """A labelled point per strategy: forgetting (the rise in masked-LM loss on general text) on
+    x, the task metric on y. Up and to the left is better on both counts."""
+    fig, ax = _figure(title)
+    for name, (forgetting, metric) in points.items():
+        ax.scatter([forgetting], [metric], s=40)
+        ax.annotate(name, (forgetting, metric), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.axvline(0, color="grey", linestyle=":")
+    ax.set_xlabel("forgetting: masked-LM loss after - before (nats/token)")
+    ax.set_ylabel(metric_name)
+    _save(fig, path)
+    return fig
+
+
+def data_size_curves(curves: dict[str, dict], path, metric_name: str = "test ROC AUC",
+                     title: str = "Task metric vs training-set size"):
+    """One line per strategy: the task metric at each training-set size (`{rows: metric}`)."""
+    fig, ax = _figure(title)
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ticks = set()
+    for name, points in curves.items():
+        sizes = sorted(points, key=float)
+        ticks.update(float(s) for s in sizes)
+        ax.plot([float(s) for s in sizes], [points[s] for s in sizes], "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(ticks))  # label the sizes trained, in plain numbers
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("training examples (log scale)")
+    ax.set_ylabel(metric_name)
+    ax.legend()
+    _save(fig, path)
+    return fig

@@ -1,0 +1,428 @@
+"""Fine-tuning strategies side by side: what each one trains, and what the run shows.
+
+The strategies study notebook trains one backbone on one task several ways:
+
+| name | what trains | learning rate |
+|---|---|---|
+| `full` | every layer | `learning_rate` |
+| `full_high_lr` | every layer | `high_learning_rate` |
+| `frozen` | the layer groups above the bottom `freeze_to` (`nbutils.layers.freeze_to`) | `learning_rate` |
+| `gradual` | the head first, then one more group from the top down (`nbutils.unfreezing`), each lower group at a lower rate (`nbutils.optim`) | `learning_rate` at the head |
+| `lora` | low-rank adapters on the frozen backbone, and the classifier head (`peft`) | `lora_learning_rate` |
+
+This module builds them (`plan`, `prepare_model`, `trainer_setup`), reads the Trainer's log into
+train-vs-validation loss curves (`loss_history`, `overfitting`), keeps finished runs on disk so an
+interrupted study resumes where it stopped (`save_result`, `saved_result`), and writes the
+conclusion from the numbers (`conclusion`), so the text stays true whatever the profile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DESCRIPTIONS = {
+    "full": "full fine-tuning",
+    "full_high_lr": "full fine-tuning, high learning rate",
+    "frozen": "lower layers frozen",
+    "gradual": "gradual unfreezing + discriminative learning rates",
+    "lora": "LoRA",
+}
+STRATEGY_NAMES = tuple(DESCRIPTIONS)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    name: str
+    description: str
+    learning_rate: float
+    freeze_to: int = 0  # bottom layer groups frozen (negative: all but the top -n)
+    gradual: bool = False  # gradual unfreezing with discriminative rates
+    lr_factor: float = 1.0
+    lr_decay: float | None = None
+    lora: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def what_trains(self, n_groups: int) -> str:
+        """In words, for a model of `n_groups` layer groups."""
+        if self.lora:
+            return "LoRA adapters and the head"
+        if self.gradual:
+            return f"the head, then one more of the {n_groups} layer groups at a time, downwards"
+        if self.freeze_to:
+            frozen = self.freeze_to if self.freeze_to > 0 else n_groups + self.freeze_to
+            return f"the top {n_groups - frozen} of {n_groups} layer groups"
+        return f"all {n_groups} layer groups"
+
+
+def check_names(names, param: str = "strategies") -> list[str]:
+    """The strategy names, checked: a non-empty list of known names, each once."""
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{param} must be a non-empty list of strategy names ({', '.join(STRATEGY_NAMES)}), "
+                         f"got {names!r}")
+    unknown = [n for n in names if n not in DESCRIPTIONS]
+    if unknown:
+        raise ValueError(f"{param}: unknown strategy {unknown[0]!r}; known: {', '.join(STRATEGY_NAMES)}")
+    doubled = sorted({n for n in names if list(names).count(n) > 1})
+    if doubled:
+        raise ValueError(f"{param} names {', '.join(doubled)} more than once")
+    return list(names)
+
+
+def plan(names, *, learning_rate: float, high_learning_rate: float, lora_learning_rate: float,
+         freeze_to: int, lr_factor: float = 2.6, lr_decay: float = 0.0) -> dict[str, Strategy]:
+    """The strategies to run, in the order given, with their settings checked."""
+    from .optim import discriminative_learning_rates
+
+    names = check_names(names)
+    for param, value in (("learning_rate", learning_rate), ("high_learning_rate", high_learning_rate),
+                         ("lora_learning_rate", lora_learning_rate)):
+        if not value > 0:
+            raise ValueError(f"{param} must be positive, got {value!r}")
+    if "full_high_lr" in names and not high_learning_rate > learning_rate:
+        raise ValueError(f"high_learning_rate ({high_learning_rate:g}) must be above learning_rate "
+                         f"({learning_rate:g}): the full_high_lr strategy is full fine-tuning at a higher rate")
+    if "frozen" in names and (not isinstance(freeze_to, int) or isinstance(freeze_to, bool) or freeze_to == 0):
+        raise ValueError(f"freeze_to must be a non-zero whole number for the frozen strategy (the bottom n "
+                         f"layer groups, or -n: all but the top n), got {freeze_to!r}")
+    discriminative_learning_rates(2, 1.0, lr_factor, lr_decay or None)  # checks the two settings
+    made = {
+        "full": Strategy("full", DESCRIPTIONS["full"], learning_rate),
+        "full_high_lr": Strategy("full_high_lr", DESCRIPTIONS["full_high_lr"], high_learning_rate),
+        "frozen": Strategy("frozen", DESCRIPTIONS["frozen"], learning_rate, freeze_to=freeze_to),
+        "gradual": Strategy("gradual", DESCRIPTIONS["gradual"], learning_rate, gradual=True,
+                            lr_factor=lr_factor, lr_decay=lr_decay or None),
+        "lora": Strategy("lora", DESCRIPTIONS["lora"], lora_learning_rate, lora=True),
+    }
+    return {name: made[name] for name in names}
+
+
+def prepare_model(strategy: Strategy, model, lora_config=None, blocks_per_group: int = 1):
+    """Apply the strategy to a fresh task model: freeze its lower groups, or wrap it in LoRA.
+    Gradual unfreezing freezes nothing here: its callback does that when training starts."""
+    from . import layers, lora
+
+    if strategy.freeze_to:
+        layers.freeze_to(model, strategy.freeze_to, blocks_per_group)
+    if strategy.lora:
+        if lora_config is None:
+            raise ValueError("the lora strategy needs a LoraConfig")
+        model = lora.add_lora(model, lora_config)
+    return model
+
+
+def unfreeze_pace(total_steps: int, n_groups: int, by: float = 0.5) -> int:
+    """Steps between two unfreezings so that every layer group trains from `by` (a fraction) of
+    training on: with 14 groups and 3 epochs, one group per epoch would leave most of a
+    BERT-base frozen for the whole run."""
+    if n_groups < 2:
+        return max(1, total_steps)
+    return max(1, int(total_steps * by) // (n_groups - 1))
+
+
+def optimizer_steps(examples: int, batch_size: int, gradient_accumulation_steps: int, epochs: float,
+                    processes: int = 1) -> int:
+    """The optimizer steps the Trainer will run (its own rounding: whole batches per epoch)."""
+    batches = math.ceil(examples / (batch_size * processes))
+    per_epoch = max(1, batches // gradient_accumulation_steps)
+    return math.ceil(epochs * per_epoch)
+
+
+def trainer_setup(strategy: Strategy, blocks_per_group: int = 1, unfreeze_every_steps: int = 0):
+    """(Trainer class, extra keyword arguments for it, extra callbacks) for the strategy.
+
+    Gradual unfreezing needs `nbutils.optim.LayerGroupTrainer`, whose optimizer holds every
+    parameter from the start (the stock Trainer would never update a group unfrozen later)."""
+    from transformers import Trainer
+
+    from .optim import LayerGroupTrainer
+    from .unfreezing import GradualUnfreezing
+
+    if strategy.gradual:
+        options = dict(lr_factor=strategy.lr_factor, lr_decay=strategy.lr_decay,
+                       blocks_per_group=blocks_per_group)
+        return LayerGroupTrainer, options, [GradualUnfreezing(unfreeze_every_steps, blocks_per_group)]
+    return Trainer, {}, []
+
+
+def check_fractions(sizes, param: str = "data_sizes") -> list[float]:
+    """Training-set sizes as fractions of the training split: a non-empty list, each in (0, 1]."""
+    if not isinstance(sizes, (list, tuple)) or not sizes:
+        raise ValueError(f"{param} must be a non-empty list of fractions of the training split, got {sizes!r}")
+    for fraction in sizes:
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+            raise ValueError(f"{param}: each size is a fraction of the training split in (0, 1], got {fraction!r}")
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"{param} names a size more than once: {sizes!r}")
+    return sorted(float(f) for f in sizes)
+
+
+def subsample(dataset, fraction: float, seed: int, label_column: str = "labels", param: str = "data_sizes"):
+    """A stratified random `fraction` of `dataset`'s rows (in their original order); 1: all."""
+    import numpy as np
+    from sklearn.model_selection import train_test_split
+
+    check_fractions([fraction], param)
+    if fraction == 1:
+        return dataset
+    labels = np.asarray(list(dataset[label_column]))
+    n = round(fraction * len(dataset))
+    classes = len(set(labels.tolist()))
+    if n < 2 * classes:
+        raise ValueError(f"{param}: {fraction} of {len(dataset)} training rows is {n} rows, too few to train "
+                         f"and keep every class (at least {2 * classes}); use a larger fraction")
+    keep, _ = train_test_split(np.arange(len(dataset)), train_size=n, stratify=labels, random_state=seed)
+    return dataset.select(np.sort(keep))
+
+
+def combined_train_summary(summaries: list[dict]) -> dict:
+    """One run-record `train` entry for several training runs: total runtime, samples per second
+    and real tokens over all of them, padding efficiency over all their token slots."""
+    if not summaries:
+        raise ValueError("no training runs to summarize")
+    runtime = sum(s["runtime_s"] for s in summaries)
+    samples = sum(s["runtime_s"] * s["samples_per_s"] for s in summaries)
+    real = sum(s.get("real_tokens", 0) for s in summaries)
+    slots = sum(s.get("token_slots", 0) for s in summaries)
+    return {"runtime_s": round(runtime, 3), "samples_per_s": round(samples / runtime, 3) if runtime else 0.0,
+            "epochs": max(s["epochs"] for s in summaries), "processes": max(s["processes"] for s in summaries),
+            "runs": len(summaries), "real_tokens": real, "token_slots": slots,
+            "padding_efficiency": round(real / slots, 4) if slots else None,
+            "tokens_per_s": round(real / runtime, 1) if runtime else None}
+
+
+# ----------------------------------------------------------------------------------------------
+# Train vs validation loss
+
+
+def loss_history(log_history: list[dict], train_key: str = "eval_train_loss",
+                 validation_key: str = "eval_validation_loss") -> list[dict]:
+    """One row per evaluation during training: step, epoch, the loss on (a sample of) the
+    training rows and on the validation split, both in evaluation mode (no dropout, the same
+    model), their gap, and the Trainer's running training loss at that point (with dropout,
+    averaged since the previous log)."""
+    rows: dict[int, dict] = {}
+    running = None
+    for entry in log_history:
+        if "loss" in entry:
+            running = entry["loss"]
+        for key, field in ((train_key, "train_loss"), (validation_key, "validation_loss")):
+            if key in entry:
+                row = rows.setdefault(entry["step"], {"step": entry["step"], "epoch": entry.get("epoch")})
+                row[field] = float(entry[key])
+                row["running_train_loss"] = running
+    history = [row for _, row in sorted(rows.items()) if "train_loss" in row and "validation_loss" in row]
+    for row in history:
+        row["gap"] = row["validation_loss"] - row["train_loss"]
+    return history
+
+
+def overfitting(history: list[dict], tolerance: float = 0.05) -> dict:
+    """How far the run overfit, from its `loss_history`.
+
+    `final_gap`: validation minus training loss at the end; `gap_growth`: how much that gap
+    widened since the first evaluation; `validation_rise`: how far the final validation loss lies
+    above its lowest point (0.2 = 20% above). `overfit` is the classic signature: the validation
+    loss ended more than `tolerance` above its best while the training loss kept falling.
+    """
+    if not history:
+        return {"evaluations": 0, "final_gap": None, "gap_growth": None, "best_validation_loss": None,
+                "best_step": None, "validation_rise": None, "overfit": None}
+    best = min(history, key=lambda row: row["validation_loss"])
+    last = history[-1]
+    rise = last["validation_loss"] / best["validation_loss"] - 1 if best["validation_loss"] > 0 else 0.0
+    return {"evaluations": len(history), "final_gap": last["gap"], "gap_growth": last["gap"] - history[0]["gap"],
+            "best_validation_loss": best["validation_loss"], "best_step": best["step"],
+            "final_train_loss": last["train_loss"], "final_validation_loss": last["validation_loss"],
+            "validation_rise": rise, "tolerance": tolerance,
+            "overfit": bool(rise > tolerance and last["train_loss"] < best["train_loss"])}
+
+
+# ----------------------------------------------------------------------------------------------
+# Finished runs on disk: an interrupted study resumes at the run it stopped in
+
+
+def _result_path(folder, name: str) -> Path:
+    return Path(folder) / f"{name}.json"
+
+
+def save_result(folder, name: str, result: dict) -> Path:
+    """Write one finished run's results (atomically: a crash never leaves half a file)."""
+    from .record import is_main_process
+
+    path = _result_path(folder, name)
+    if is_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        tmp.replace(path)
+    return path
+
+
+def saved_result(folder, name: str, settings: dict) -> dict | None:
+    """The saved results of run `name`, if it finished with the same `settings`; else None."""
+    path = _result_path(folder, name)
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    return result if result.get("settings") == json.loads(json.dumps(settings, default=float)) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The results table and the conclusion
+
+
+def results_table(results: dict[str, dict], metric: str = "roc_auc", metric_name: str = "ROC AUC"):
+    """One row per strategy: test metric, forgetting, overfitting, parameters trained, time."""
+    import pandas as pd
+
+    rows = {}
+    for name, result in results.items():
+        forgetting, fit = result.get("forgetting") or {}, result.get("overfitting") or {}
+        rows[name] = {
+            f"test {metric_name}": result["test"][metric],
+            "test accuracy": result["test"].get("accuracy"),
+            "MLM loss after": forgetting.get("mlm_loss_after"),
+            "forgetting": forgetting.get("forgetting"),
+            "final loss gap": fit.get("final_gap"),
+            "validation loss rise": fit.get("validation_rise"),
+            "trainable share": result["parameters"]["trainable"] / result["parameters"]["total"],
+            "train s": result["train"]["runtime_s"],
+        }
+    # One dtype per column, so .round() works.
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("strategy")
+
+
+def _fmt(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _overfitting_sentence(fit: dict, whose: str) -> str:
+    """One sentence on a run's `overfitting` summary."""
+    rise, tolerance = fit.get("validation_rise") or 0.0, fit.get("tolerance", 0.05)
+    if fit.get("overfit"):
+        return (f"{whose} validation loss ended {rise:.0%} above its lowest point while the training loss kept "
+                "falling: it **overfit**.")
+    if rise > tolerance:
+        return (f"{whose} validation loss ended {rise:.0%} above its lowest point, but the training loss did not "
+                "keep falling: no clear overfitting.")
+    return f"{whose} validation loss ended within {tolerance:.0%} of its lowest point: no sign of overfitting."
+
+
+def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | None = None,
+               informative_head: bool = True, metric: str = "roc_auc", metric_name: str = "ROC AUC",
+               tie: float = 0.005) -> str:
+    """A markdown paragraph per finding, each computed from this run's numbers.
+
+    `results` maps strategy name -> its results (`test`, `forgetting`, `overfitting`,
+    `parameters`, `learning_rate`, `description`); `before` is the backbone's masked-LM result
+    before fine-tuning; `curve` maps strategy -> {training rows: test metric}. Scores within
+    `tie` of each other are called level rather than ranked.
+    """
+    if not results:
+        raise ValueError("no results to conclude from")
+    lines = []
+    label = {name: f"**{r.get('description', name)}**" for name, r in results.items()}
+    scores = {name: r["test"][metric] for name, r in results.items()}
+    ranked = sorted(scores, key=lambda n: (-scores[n], n))
+    best, worst = ranked[0], ranked[-1]
+    if len(ranked) > 1 and scores[best] - scores[worst] <= tie:
+        lines.append(f"- **Task metric.** Every strategy scored about the same test {metric_name} "
+                     f"({_fmt(scores[worst])} to {_fmt(scores[best])}).")
+    else:
+        level = [n for n in ranked[1:] if scores[best] - scores[n] <= tie]
+        also = f" (level with {', '.join(label[n] for n in level)})" if level else ""
+        text = f"- **Task metric.** {label[best]} scored the highest test {metric_name}, {_fmt(scores[best])}{also}"
+        if len(ranked) > 1:
+            text += f"; {label[worst]} the lowest, {_fmt(scores[worst])}"
+        lines.append(text + ".")
+
+    forgot = {n: r["forgetting"]["forgetting"] for n, r in results.items() if r.get("forgetting")}
+    if forgot:
+        order = sorted(forgot, key=lambda n: (-forgot[n], n))
+        most, least = order[0], order[-1]
+        after = {n: results[n]["forgetting"]["mlm_loss_after"] for n in forgot}
+        text = (f"- **Forgetting.** Before fine-tuning, the backbone's masked-LM loss on the held-out "
+                f"general text was {_fmt(before['loss'])}. Fine-tuning raised it most with {label[most]} "
+                f"(to {_fmt(after[most])}, {forgot[most]:+.3f})")
+        if len(order) > 1:
+            text += f" and least with {label[least]} (to {_fmt(after[least])}, {forgot[least]:+.3f})"
+        lines.append(text + ".")
+        if "full" in forgot and "frozen" in forgot:
+            verb = "cut" if forgot["frozen"] < forgot["full"] else "did not cut"
+            lines.append(f"- **Freezing.** Freezing the lower layers {verb} forgetting: {forgot['frozen']:+.3f} "
+                         f"against {forgot['full']:+.3f} for full fine-tuning at the same rate, with test "
+                         f"{metric_name} {_fmt(scores['frozen'])} against {_fmt(scores['full'])}.")
+        if not informative_head:
+            lines.append(f"- **Caveat.** The masked-LM loss before fine-tuning is close to chance "
+                         f"(uniform guessing over the vocabulary): this backbone's MLM head knows little, "
+                         f"so the forgetting numbers mean little.")
+
+    if "full" in results and "full_high_lr" in results:
+        normal, high = results["full"], results["full_high_lr"]
+        fit_n, fit_h = normal.get("overfitting") or {}, high.get("overfitting") or {}
+        text = (f"- **High learning rate.** At {high.get('learning_rate', float('nan')):g} instead of "
+                f"{normal.get('learning_rate', float('nan')):g}, full fine-tuning scored "
+                f"{_fmt(scores['full_high_lr'])} instead of {_fmt(scores['full'])}")
+        if "full" in forgot and "full_high_lr" in forgot:
+            text += f", forgot {forgot['full_high_lr']:+.3f} instead of {forgot['full']:+.3f}"
+        if fit_h.get("final_gap") is not None and fit_n.get("final_gap") is not None:
+            text += (f", and ended with a train-vs-validation loss gap of {_fmt(fit_h['final_gap'])} instead of "
+                     f"{_fmt(fit_n['final_gap'])}. " + _overfitting_sentence(fit_h, "Its"))
+            text += " At the normal rate, " + _overfitting_sentence(fit_n, "the")
+        else:
+            text += "."
+        lines.append(text)
+
+    if "gradual" in results:
+        text = f"- **Gradual unfreezing.** With discriminative learning rates it scored {_fmt(scores['gradual'])}"
+        if "gradual" in forgot:
+            text += f" and forgot {forgot['gradual']:+.3f}"
+            if "full" in forgot:
+                text += f" (full fine-tuning: {_fmt(scores['full'])}, {forgot['full']:+.3f})"
+        lines.append(text + ".")
+
+    if "lora" in results:
+        share = results["lora"]["parameters"]["trainable"] / results["lora"]["parameters"]["total"]
+        text = (f"- **LoRA.** It trained {share:.2%} of the parameters and scored {_fmt(scores['lora'])}")
+        if "lora" in forgot:
+            text += f", forgetting {forgot['lora']:+.3f}"
+        lines.append(text + ".")
+
+    if curve:
+        parts, smallest = [], {}
+        for name, points in curve.items():
+            sizes = sorted(points, key=float)
+            if len(sizes) >= 2:
+                small, large = sizes[0], sizes[-1]
+                smallest[name] = (float(small), points[small])
+                parts.append(f"{label.get(name, name)} went from {_fmt(points[small])} with {small} training "
+                             f"rows to {_fmt(points[large])} with {large}")
+        if parts:
+            text = f"- **Data size.** Test {metric_name}: " + "; ".join(parts) + "."
+            if len(smallest) >= 2 and len({size for size, _ in smallest.values()}) == 1:
+                lead = sorted(smallest, key=lambda n: (-smallest[n][1], n))
+                gap = smallest[lead[0]][1] - smallest[lead[1]][1]
+                text += (f" With the fewest rows, {label.get(lead[0], lead[0])} led by {gap:.3f}." if gap > tie else
+                         " With the fewest rows, they were level.")
+            lines.append(text)
+    return "\n".join(lines)
+
+
+@contextmanager
+def quiet_transformers(quiet: bool = True):
+    """Within the block, transformers logs errors only (its load report is a warning)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -1,0 +1,188 @@
+"""End to end: the fine-tuning strategies study on its smoke profile, through papermill, offline.
+
+The tiny backbone is a BERT the fixtures briefly pre-trained with masked-LM on the project's
+general text (`nbutils.tiny_pretraining`): the random tiny models' MLM heads predict at chance,
+so forgetting measured through them would be noise.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import nbformat
+import pandas as pd
+import pytest
+
+from conftest import ROOT, run_smoke_project
+from nbutils import checkpoints, record
+from nbutils import strategies as study
+
+PROJECT = "finetuning_strategies"
+STRATEGIES = ["full", "full_high_lr", "frozen", "gradual", "lora"]
+
+
+@pytest.fixture(scope="module")
+def run(smoke_run):
+    code, folder = smoke_run(PROJECT)
+    assert code == 0, f"the smoke run failed: see {folder / PROJECT / (PROJECT + '.ipynb')}"
+    return folder / PROJECT
+
+
+@pytest.fixture(scope="module")
+def rec(run):
+    return record.read_record(run)
+
+
+def test_record_holds_every_strategy(rec):
+    assert tuple(rec) == record.RECORD_FIELDS and rec["project"] == PROJECT
+    strategies = rec["metrics"]["strategies"]
+    assert list(strategies) == STRATEGIES
+    best = rec["metrics"]["best_strategy"]
+    assert rec["metrics"]["roc_auc"] == max(s["test"]["roc_auc"] for s in strategies.values())
+    assert rec["metrics"]["roc_auc"] == strategies[best]["test"]["roc_auc"]
+    for name, s in strategies.items():
+        assert set(s["test"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+        assert s["forgetting"]["mlm_loss_before"] == rec["metrics"]["forgetting_before"]["loss"]
+        assert len(s["history"]) == s["overfitting"]["evaluations"] == 8  # 4 epochs, 2 evaluations each
+        assert all({"train_loss", "validation_loss", "gap", "running_train_loss"} <= set(h) for h in s["history"])
+        assert 0 < s["parameters"]["trainable"] <= s["parameters"]["total"]
+    assert strategies["lora"]["parameters"]["trainable"] < 0.1 * strategies["lora"]["parameters"]["total"]
+    assert strategies["frozen"]["parameters"]["trainable"] < 0.5 * strategies["full"]["parameters"]["trainable"]
+    rates = strategies["gradual"]["learning_rates"]  # ULMFiT's factor between neighbouring groups
+    assert rates["head"] == pytest.approx(2.6 * rates["encoder.layer.1"])
+    assert rates["head"] == pytest.approx(2.6 ** 3 * rates["embeddings"])
+    assert rec["metrics"]["mlm_head_informative"] is True
+    general = rec["data"]["general_text"]
+    assert general["passages"] == 132 and general["masked_tokens"] > 500 and general["fingerprint"].startswith("sha256:")
+
+
+def test_it_learns(rec):
+    """The tiny pre-trained BERT learns the task under full fine-tuning."""
+    assert rec["metrics"]["strategies"]["full"]["test"]["roc_auc"] >= 0.85
+
+
+def test_training_hard_forgets_more_than_freezing_the_lower_layers(rec):
+    """The issue's claim, measured: at a high learning rate with every layer training, the
+    backbone's masked-LM loss on held-out general text rises far more than with the lower layers
+    frozen (same data, same steps). Also more than full fine-tuning at the normal rate: the
+    learning rate, not just which layers train, drives forgetting."""
+    s = rec["metrics"]["strategies"]
+    forgot = {name: s[name]["forgetting"]["forgetting"] for name in s}
+    assert forgot["full_high_lr"] > 2 * forgot["frozen"] > 0
+    assert forgot["full_high_lr"] > 2 * forgot["full"]
+    assert forgot["frozen"] < forgot["full"]
+
+
+def test_data_size_curve_covers_two_strategies_at_three_sizes(rec):
+    curve = rec["metrics"]["data_size_curve"]
+    assert set(curve) == {"full", "lora"}
+    for name, points in curve.items():
+        assert sorted(map(int, points)) == [120, 240, rec["data"]["train"]]
+        assert points[str(rec["data"]["train"])] == rec["metrics"]["strategies"][name]["test"]["roc_auc"]
+
+
+def test_batching_wastes_little_on_padding(rec):
+    """Per-batch padding with length grouping: 93% of the slots are real tokens in the main runs.
+    The small data-size runs group fewer batches (8 to 15 an epoch), so the total sits lower."""
+    by_run = rec["train"]["by_run"]
+    assert len(by_run) == rec["train"]["runs"] == 9
+    for name in STRATEGIES:
+        assert by_run[name]["padding_efficiency"] >= 0.9, name
+    assert rec["train"]["real_tokens"] <= rec["train"]["token_slots"]
+    assert rec["train"]["padding_efficiency"] >= 0.85
+
+
+def test_run_leaves_probabilities_plots_and_no_checkpoints(run, rec):
+    probs = pd.read_csv(run / "test_probabilities.csv")
+    assert list(probs.columns) == ["row_id", "label"] + [f"prob_generated_{n}" for n in STRATEGIES]
+    assert len(probs) == rec["data"]["test"] and probs["row_id"].is_unique
+    for plot in ("loss_gap.png", "metric_vs_forgetting.png", "data_size_curve.png"):
+        assert (run / plot).stat().st_size > 5000, plot
+    assert sorted(p.stem for p in (run / "runs").glob("*.json")) == sorted(
+        STRATEGIES + ["full@0.25", "full@0.5", "lora@0.25", "lora@0.5"])
+    assert not list((run / "checkpoints").rglob("*.safetensors")), "finished runs delete their checkpoints"
+
+
+def conclusion_text(notebook) -> str:
+    nb = nbformat.read(notebook, as_version=4)
+    return next(o["data"]["text/markdown"] for c in nb.cells if c.cell_type == "code"
+                for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
+
+
+def test_conclusion_is_written_from_the_runs_numbers(run, rec):
+    text = conclusion_text(run / f"{PROJECT}.ipynb")
+    s = rec["metrics"]["strategies"]
+    best = rec["metrics"]["best_strategy"]
+    most = max(s, key=lambda n: s[n]["forgetting"]["forgetting"])
+    assert f"**{study.DESCRIPTIONS[best]}** scored the highest test ROC AUC, {s[best]['test']['roc_auc']:.3f}" in text
+    assert f"most with **{study.DESCRIPTIONS[most]}** (to {s[most]['forgetting']['mlm_loss_after']:.3f}" in text
+    assert "Freezing the lower layers cut forgetting" in text
+    assert text == study.conclusion(s, rec["metrics"]["forgetting_before"], rec["metrics"]["data_size_curve"],
+                                    rec["metrics"]["mlm_head_informative"])
+
+
+def test_same_parameters_and_seed_give_identical_metrics(rec, tmp_path):
+    second = run_smoke_project(PROJECT, tmp_path)
+    assert second.status == "ok", second.error
+    assert second.record["metrics"] == rec["metrics"]
+    assert second.record["data"]["fingerprint"] == rec["data"]["fingerprint"]
+
+
+def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(rec, tmp_path):
+    """SIGKILL the run in the middle of its second strategy (step 40, mid-way through its second
+    epoch: the smoke profile saves every 20 steps), then run it again: the first strategy's
+    results are read back, the second continues from its checkpoint (weights, optimizer,
+    scheduler, RNG, the epoch's batch order), and the numbers match the uninterrupted run's."""
+    run_dir = tmp_path / "smoke" / PROJECT
+    command = [sys.executable, "-m", "nbutils.runner", "run", PROJECT, "--profile", "smoke",
+               "--root", str(ROOT), "--outputs", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = run_dir / "checkpoints" / "full_high_lr"
+    deadline = time.time() + 300
+    while not ((run_dir / "runs" / "full.json").is_file()
+               and any(c.name == "checkpoint-40" for c in checkpoints.complete_checkpoints(second))):
+        assert process.poll() is None, "the run ended before the second strategy's first checkpoint"
+        assert time.time() < deadline, "no checkpoint of the second strategy within 5 minutes"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    assert not (run_dir / "runs" / "full_high_lr.json").exists(), "killed too late"
+    interrupted_at = checkpoints.complete_checkpoints(second)[-1]
+    state = json.loads((interrupted_at / "trainer_state.json").read_text())
+    assert state["global_step"] < state["max_steps"] and state["epoch"] % 1 != 0  # mid-epoch
+
+    resumed = run_smoke_project(PROJECT, tmp_path)
+    assert resumed.status == "ok", resumed.error
+    executed = (run_dir / f"{PROJECT}.ipynb").read_text()
+    assert "full: finished in an earlier session" in executed
+    assert "resuming from" in executed and f"full_high_lr/{interrupted_at.name}" in executed
+    got, expected = flat(resumed.record["metrics"]), flat(rec["metrics"])
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+
+
+def flat(value, prefix=""):
+    """Nested dicts and lists as one {path: leaf} dict (pytest.approx does not nest)."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    out = {}
+    for key, item in items:
+        out.update(flat(item, f"{prefix}/{key}"))
+    return out
+
+
+def test_an_unknown_strategy_stops_the_run_early_with_the_valid_names(tmp_path):
+    result = run_smoke_project(PROJECT, tmp_path, strategies=["full", "freeze"])
+    assert result.status == "failed"
+    assert "strategies: unknown strategy 'freeze'; known: full, full_high_lr, frozen, gradual, lora" in result.error
+    assert not (tmp_path / "smoke" / PROJECT / "runs").exists(), "it stopped before training anything"

@@ -1,0 +1,213 @@
+"""The strategies study's helpers: the plan and its checks, loss curves and the overfitting
+verdict, resumable results, subsampling, and a conclusion that follows the numbers."""
+
+import pytest
+from datasets import Dataset
+
+from nbutils import layers
+from nbutils import strategies as study
+from nbutils.optim import LayerGroupTrainer
+from nbutils.unfreezing import GradualUnfreezing
+
+RATES = dict(learning_rate=2e-5, high_learning_rate=1e-4, lora_learning_rate=5e-4, freeze_to=7)
+
+
+# --- the plan
+
+
+def test_plan_keeps_the_order_and_the_settings():
+    plan = study.plan(["lora", "full", "frozen", "full_high_lr", "gradual"], lr_decay=0.9, **RATES)
+    assert list(plan) == ["lora", "full", "frozen", "full_high_lr", "gradual"]
+    assert plan["full_high_lr"].learning_rate == 1e-4 and plan["full"].learning_rate == 2e-5
+    assert plan["lora"].lora and plan["lora"].learning_rate == 5e-4
+    assert plan["frozen"].freeze_to == 7 and not plan["full"].freeze_to
+    assert plan["gradual"].gradual and plan["gradual"].lr_decay == 0.9
+
+
+@pytest.mark.parametrize("names, message", [
+    (["full", "ful"], "strategies: unknown strategy 'ful'; known: full, full_high_lr, frozen, gradual, lora"),
+    ([], "strategies must be a non-empty list"),
+    (["full", "full"], "strategies names full more than once"),
+    ("full", "strategies must be a non-empty list"),
+])
+def test_bad_strategy_names_are_named(names, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        study.plan(names, **RATES)
+
+
+def test_a_high_learning_rate_must_be_higher():
+    with pytest.raises(ValueError, match=r"high_learning_rate \(2e-05\) must be above learning_rate"):
+        study.plan(["full_high_lr"], **{**RATES, "high_learning_rate": 2e-5})
+    study.plan(["full"], **{**RATES, "high_learning_rate": 2e-5})  # irrelevant without full_high_lr
+
+
+def test_frozen_needs_layers_to_freeze():
+    with pytest.raises(ValueError, match="freeze_to must be a non-zero whole number for the frozen strategy"):
+        study.plan(["frozen"], **{**RATES, "freeze_to": 0})
+
+
+def test_prepare_model_freezes_or_adds_lora(cache):
+    from nbutils import lora
+    from training_helpers import tiny_classifier
+
+    plan = study.plan(["full", "frozen", "lora", "gradual"], **{**RATES, "freeze_to": 2})
+    frozen = study.prepare_model(plan["frozen"], tiny_classifier(cache, "bert"))
+    groups = layers.layer_groups(frozen)
+    assert [all(p.requires_grad for _, p in g.parameters) for g in groups] == [False, False, True, True]
+    config = lora.classification_lora_config(4, 8, 0.0, ["query", "value"])
+    adapted = study.prepare_model(plan["lora"], tiny_classifier(cache, "bert"), config)
+    trainable = {n for n, p in adapted.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "classifier" in n for n in trainable)
+    for name in ("full", "gradual"):  # gradual freezes when training starts, not here
+        model = study.prepare_model(plan[name], tiny_classifier(cache, "bert"))
+        assert all(p.requires_grad for p in model.parameters())
+    trainer_class, options, callbacks = study.trainer_setup(plan["gradual"], 1, 5)
+    assert trainer_class is LayerGroupTrainer and options["lr_factor"] == 2.6
+    assert isinstance(callbacks[0], GradualUnfreezing) and callbacks[0].every_steps == 5
+
+
+def test_unfreezing_pace_and_step_count():
+    # 479 rows in batches of 16: 30 batches an epoch; 4 epochs: 120 steps
+    assert study.optimizer_steps(479, 16, 1, 4) == 120
+    assert study.optimizer_steps(479, 16, 4, 1) == 7 and study.optimizer_steps(479, 16, 1, 0.5) == 15
+    assert study.unfreeze_pace(120, 4) == 20  # all four groups train from step 60 on
+    assert study.unfreeze_pace(1000, 14) == 38 and study.unfreeze_pace(3, 14) == 1
+
+
+# --- loss curves and overfitting
+
+
+def log(*points):
+    """A Trainer log: running training losses and evaluations of the two eval sets."""
+    history = []
+    for step, running, train, validation in points:
+        history.append({"loss": running, "step": step, "epoch": step / 10})
+        history.append({"eval_train_loss": train, "step": step, "epoch": step / 10})
+        history.append({"eval_validation_loss": validation, "step": step, "epoch": step / 10})
+    return history
+
+
+def test_loss_history_pairs_the_two_evaluations_at_each_step():
+    rows = study.loss_history(log((10, 0.7, 0.6, 0.65), (20, 0.5, 0.4, 0.5)))
+    assert [(r["step"], r["train_loss"], r["validation_loss"], r["running_train_loss"]) for r in rows] == [
+        (10, 0.6, 0.65, 0.7), (20, 0.4, 0.5, 0.5)]
+    assert rows[1]["gap"] == pytest.approx(0.1)
+
+
+def test_overfitting_is_a_rising_validation_loss_while_the_training_loss_falls():
+    overfit = study.overfitting(study.loss_history(log((10, .7, .6, .6), (20, .5, .4, .5), (30, .3, .2, .7))))
+    assert overfit["overfit"] and overfit["best_step"] == 20
+    assert overfit["validation_rise"] == pytest.approx(0.4) and overfit["final_gap"] == pytest.approx(0.5)
+    assert overfit["gap_growth"] == pytest.approx(0.5)
+    steady = study.overfitting(study.loss_history(log((10, .7, .6, .6), (20, .5, .4, .5), (30, .3, .3, .51))))
+    assert not steady["overfit"]  # 2% above its best: within the tolerance
+    diverged = study.overfitting(study.loss_history(log((10, .7, .6, .6), (20, .5, .4, .5), (30, .9, .9, .9))))
+    assert not diverged["overfit"]  # both losses rose: that is instability, not overfitting
+    assert study.overfitting([])["overfit"] is None
+
+
+# --- resumable results
+
+
+def test_saved_results_are_read_back_only_with_the_same_settings(tmp_path):
+    settings = {"run": "full", "config": {"learning_rate": 2e-5, "strategies": ["full"]}}
+    study.save_result(tmp_path, "full", {"settings": settings, "test": {"roc_auc": 0.9}})
+    assert study.saved_result(tmp_path, "full", settings)["test"]["roc_auc"] == 0.9
+    assert study.saved_result(tmp_path, "full", {**settings, "config": {"learning_rate": 3e-5}}) is None
+    assert study.saved_result(tmp_path, "lora", settings) is None
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- data sizes
+
+
+def test_subsample_is_stratified_seeded_and_checked():
+    rows = Dataset.from_dict({"labels": [0] * 60 + [1] * 40, "i": list(range(100))})
+    quarter = study.subsample(rows, 0.25, seed=1)
+    assert len(quarter) == 25 and sum(quarter["labels"]) == 10
+    assert list(quarter["i"]) == sorted(quarter["i"])
+    assert list(study.subsample(rows, 0.25, seed=1)["i"]) == list(quarter["i"])
+    assert study.subsample(rows, 1.0, seed=1) is rows
+    with pytest.raises(ValueError, match=r"data_sizes: each size is a fraction of the training split in \(0, 1\]"):
+        study.subsample(rows, 25, seed=1)
+    with pytest.raises(ValueError, match="data_sizes: 0.02 of 100 training rows is 2 rows, too few"):
+        study.subsample(rows, 0.02, seed=1)
+    assert study.check_fractions([1.0, 0.1, 0.3]) == [0.1, 0.3, 1.0]
+    with pytest.raises(ValueError, match="data_sizes names a size more than once"):
+        study.check_fractions([0.5, 0.5])
+
+
+def test_combined_train_summary():
+    a = {"runtime_s": 10, "samples_per_s": 100, "epochs": 3.0, "processes": 1, "real_tokens": 900, "token_slots": 1000}
+    b = {"runtime_s": 30, "samples_per_s": 20, "epochs": 3.0, "processes": 1, "real_tokens": 100, "token_slots": 200}
+    total = study.combined_train_summary([a, b])
+    assert total["runtime_s"] == 40 and total["samples_per_s"] == pytest.approx(1600 / 40)
+    assert total["padding_efficiency"] == pytest.approx(1000 / 1200, abs=1e-4) and total["runs"] == 2
+
+
+# --- the conclusion follows the numbers
+
+
+def result(name, auc, forgot, gap=0.1, rise=0.0, overfit=False, trainable=100, lr=2e-5):
+    return {"description": study.DESCRIPTIONS[name], "learning_rate": lr, "test": {"roc_auc": auc, "accuracy": auc - 0.1},
+            "forgetting": {"forgetting": forgot, "mlm_loss_before": 2.0, "mlm_loss_after": 2.0 + forgot},
+            "overfitting": {"final_gap": gap, "validation_rise": rise, "overfit": overfit, "tolerance": 0.05},
+            "parameters": {"trainable": trainable, "total": 100}, "train": {"runtime_s": 1.0}}
+
+
+def results(**changes):
+    made = {"full": result("full", 0.95, 0.5), "full_high_lr": result("full_high_lr", 0.90, 5.0, lr=1e-4),
+            "frozen": result("frozen", 0.81, 0.2, trainable=20), "gradual": result("gradual", 0.78, 0.08),
+            "lora": result("lora", 0.80, 2.0, trainable=3)}
+    for name, fields in changes.items():
+        made[name] = result(name, **fields)
+    return made
+
+
+def test_conclusion_names_the_best_and_the_most_forgetful_strategy():
+    text = study.conclusion(results(), {"loss": 2.0}, {"full": {120: 0.75, 479: 0.95}, "lora": {120: 0.71, 479: 0.8}})
+    assert "**full fine-tuning** scored the highest test ROC AUC, 0.950" in text
+    assert "**gradual unfreezing + discriminative learning rates** the lowest, 0.780" in text
+    assert "most with **full fine-tuning, high learning rate** (to 7.000, +5.000)" in text
+    assert "least with **gradual unfreezing + discriminative learning rates**" in text
+    assert "Freezing the lower layers cut forgetting: +0.200 against +0.500" in text
+    assert "It trained 3.00% of the parameters" in text
+    assert "went from 0.750 with 120 training rows to 0.950 with 479" in text
+    assert "With the fewest rows, **full fine-tuning** led by 0.040." in text
+    assert "Caveat" not in text
+
+
+def test_conclusion_changes_with_the_numbers():
+    swapped = results(frozen={"auc": 0.97, "forgot": 6.0}, full_high_lr={"auc": 0.9, "forgot": 0.1, "lr": 1e-4})
+    text = study.conclusion(swapped, {"loss": 2.0}, informative_head=False)
+    assert "**lower layers frozen** scored the highest test ROC AUC, 0.970" in text
+    assert "most with **lower layers frozen**" in text
+    assert "Freezing the lower layers did not cut forgetting" in text
+    assert "Caveat" in text
+
+
+def test_conclusion_says_whether_the_high_learning_rate_overfit():
+    overfit = results(full_high_lr={"auc": 0.9, "forgot": 5.0, "gap": 0.4, "rise": 0.3, "overfit": True, "lr": 1e-4})
+    assert "Its validation loss ended 30% above its lowest point while the training loss kept falling: it **overfit**." \
+        in study.conclusion(overfit, {"loss": 2.0})
+    assert "Its validation loss ended within 5% of its lowest point: no sign of overfitting." \
+        in study.conclusion(results(), {"loss": 2.0})
+    level = results(**{n: {"auc": 0.9, "forgot": 1.0} for n in ("full", "frozen", "gradual", "lora")},
+                    full_high_lr={"auc": 0.901, "forgot": 1.0, "lr": 1e-4})
+    assert "Every strategy scored about the same test ROC AUC (0.900 to 0.901)" in study.conclusion(level, {"loss": 2.0})
+
+
+def test_what_each_strategy_trains_in_words():
+    plan = study.plan(list(study.STRATEGY_NAMES), **{**RATES, "freeze_to": -5})
+    assert [plan[n].what_trains(14) for n in study.STRATEGY_NAMES] == [
+        "all 14 layer groups", "all 14 layer groups", "the top 5 of 14 layer groups",
+        "the head, then one more of the 14 layer groups at a time, downwards", "LoRA adapters and the head"]
+    assert study.plan(["frozen"], **RATES)["frozen"].what_trains(14) == "the top 7 of 14 layer groups"
+
+
+def test_results_table_has_one_numeric_row_per_strategy():
+    table = study.results_table(results())
+    assert list(table.index) == ["full", "full_high_lr", "frozen", "gradual", "lora"]
+    assert table.loc["frozen", "test ROC AUC"] == 0.81 and table.loc["lora", "trainable share"] == 0.03
+    assert table.loc["full_high_lr", "forgetting"] == 5.0 and table.loc["full", "MLM loss after"] == 2.5
+    assert all(dtype.kind == "f" for dtype in table.dtypes)  # so .round() works on every column
