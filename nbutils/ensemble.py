@@ -57,6 +57,23 @@ def default_runs_dir(run_dir: str | Path, project: str, notebook: str = "detect_
     return run_dir.parents[len(parts) - 1] / notebook
 
 
+def kaggle_runs_dir(env, run_dir: str | Path, project: str, notebook: str = "detect_ai_text") -> Path:
+    """On Kaggle each detection run is a kernel of its own, and its outputs (its
+    /kaggle/working) are attached to this one as an input: `<input>/<kernel>/<output_dir>`, e.g.
+    `/kaggle/input/llm-notebooks-detect-ai-text-bert/outputs/full/detect_ai_text/bert`. This
+    gathers every attached run of `notebook` for the profile of `run_dir` into one folder of links
+    under this run's folder, laid out as `default_runs_dir` expects, and returns it."""
+    beside = default_runs_dir(run_dir, project, notebook)  # .../outputs/<profile>/<notebook>
+    relative = beside.relative_to(env.working_dir)  # outputs/<profile>/<notebook>
+    gathered = Path(run_dir) / "kaggle_runs"
+    gathered.mkdir(parents=True, exist_ok=True)
+    for run in sorted(Path(env.input_dir).glob(f"*/{relative}/*")):
+        link = gathered / run.name
+        if run.is_dir() and not link.exists():
+            link.symlink_to(run, target_is_directory=True)
+    return gathered
+
+
 def read_probabilities(path: Path) -> pd.DataFrame:
     """One probability file, checked: its columns, unique row ids, 0/1 labels, probabilities."""
     table = pd.read_csv(path)

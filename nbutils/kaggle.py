@@ -77,9 +77,20 @@ def slugify(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleSettings) -> dict:
+def kernel_title(project_name: str) -> str:
+    return f"LLM notebooks {project_name.replace('/', ' ')}"
+
+
+def kernel_id(project_name: str, settings: KaggleSettings) -> str:
+    return f"{settings.username}/{slugify(kernel_title(project_name))}"
+
+
+def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleSettings,
+                    kernel_sources: list[str] = ()) -> dict:
+    """`kernel_sources`: the projects whose kernels' outputs this one reads (its notebook's
+    `needs`); Kaggle attaches their outputs under /kaggle/input."""
     notebook = project.notebook.stem
-    title = f"LLM notebooks {project.name.replace('/', ' ')}"
+    title = kernel_title(project.name)
     datasets = [f"{settings.username}/{settings.wheels_dataset}"]
     competitions = [settings.competitions[notebook]] if notebook in settings.competitions else []
     needs_internet = []
@@ -97,7 +108,7 @@ def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleS
                 f"provides it: add `{folder} = \"owner/slug\"` under [tool.nbutils.kaggle.datasets] "
                 "in pyproject.toml")
     return {
-        "id": f"{settings.username}/{slugify(title)}",
+        "id": kernel_id(project.name, settings),
         "title": title,
         "code_file": project.notebook.name,
         "language": "python",
@@ -107,7 +118,7 @@ def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleS
         "enable_internet": bool(needs_internet),
         "dataset_sources": sorted(set(datasets)),
         "competition_sources": competitions,
-        "kernel_sources": [],
+        "kernel_sources": [kernel_id(name, settings) for name in kernel_sources],
         "model_sources": [],
     }
 
@@ -137,7 +148,7 @@ def wheels_dataset(root: Path, out: Path, settings: KaggleSettings) -> Path:
 
 
 def prepare_project(project: runner.Project, profile: str, out: Path, settings: KaggleSettings,
-                    overrides: dict | None = None) -> Path:
+                    overrides: dict | None = None, kernel_sources: list[str] = ()) -> Path:
     import papermill
 
     parameters = runner.project_parameters(project, profile, f"outputs/{profile}/{project.name}",
@@ -146,7 +157,7 @@ def prepare_project(project: runner.Project, profile: str, out: Path, settings: 
     folder.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(str(project.notebook), str(folder / project.notebook.name),
                                parameters=parameters, prepare_only=True, progress_bar=False)
-    metadata = kernel_metadata(project, parameters, settings)
+    metadata = kernel_metadata(project, parameters, settings, kernel_sources)
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return folder
 
@@ -160,10 +171,11 @@ def build_bundles(root: Path, out: Path, profile: str = "full", settings: Kaggle
         if missing:
             raise KaggleConfigError(f"no {profile} parameters for: {', '.join(missing)} "
                                     f"(add params/<notebook>/{profile}.yaml or {profile}/<variant>.yaml)")
+    needs = runner.dependencies(projects)  # kernels whose outputs a kernel reads
     if names:
         projects = runner.select(projects, names)
     folders = [wheels_dataset(root, out, settings)]
-    folders += [prepare_project(p, profile, out, settings, overrides) for p in projects]
+    folders += [prepare_project(p, profile, out, settings, overrides, needs[p.name]) for p in projects]
     return folders
 
 

@@ -176,3 +176,30 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
     assert "input/nbutils-wheels/notebooks/detect_ai_text.ipynb" in executed
     assert json.loads((run_dir / "metrics.json").read_text())["train"]["processes"] == 2
     assert "environment: kaggle" in (run_dir / "launch.log").read_text()
+
+
+def test_the_ensemble_kernel_attaches_the_detection_kernels_outputs(bundles):
+    out, _ = bundles
+    meta = json.loads((out / "detect_ensemble" / "kernel-metadata.json").read_text())
+    detection = [p.name for p in runner.discover(ROOT, "full") if p.name.startswith("detect_ai_text/")]
+    assert meta["kernel_sources"] == [kaggle.kernel_id(name, kaggle.load_settings(
+        ROOT, {"KAGGLE_USERNAME": "alice"})) for name in detection]
+    for name in detection:  # those ids are the ids of the detection bundles themselves
+        bundle = json.loads((out / name.replace("/", "-") / "kernel-metadata.json").read_text())
+        assert bundle["id"] in meta["kernel_sources"] and bundle["kernel_sources"] == []
+
+
+def test_ensemble_gathers_the_attached_detection_runs_on_kaggle(tmp_path):
+    """Each detection kernel's /kaggle/working is mounted as /kaggle/input/<kernel>/."""
+    from nbutils import ensemble
+
+    env = environment.detect({environment.KAGGLE_ROOT_VARIABLE: str(tmp_path), "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
+    for run in ("bert", "roberta"):
+        folder = tmp_path / "input" / f"llm-notebooks-detect-ai-text-{run}" / "outputs" / "full" / "detect_ai_text" / run
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text("{}")
+    run_dir = environment.run_folder("outputs/full/detect_ensemble", env)
+    gathered = ensemble.kaggle_runs_dir(env, run_dir, "detect_ensemble")
+    assert sorted(p.name for p in gathered.iterdir()) == ["bert", "roberta"]
+    assert (gathered / "bert" / "metrics.json").is_file()
+    assert gathered.is_relative_to(tmp_path / "working")
