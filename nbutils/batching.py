@@ -384,3 +384,21 @@ def train_token_summary(trainer, train_output, count_labels: bool | None = None)
         if part in stats:
             summary[part] = stats[part]
     return summary
+
+
+def eval_batch_size(requested: int, *datasets) -> int:
+    """Per-device evaluation batch size, capped so that in a multi-process run each split fills
+    at least one batch per process.
+
+    With several processes (DDP) and a split smaller than one per-device batch, accelerate
+    fills the processes' batches by repeating examples and `predict()` returned them all (16
+    test dialogues came back as 64 rows with batch 32 in 2 processes). A batch of at most
+    ceil(rows / processes) avoids that; in one process the requested size stands.
+    """
+    import os
+
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if processes <= 1:
+        return requested
+    smallest = min((len(d) for d in datasets), default=requested * processes)
+    return max(1, min(requested, math.ceil(smallest / processes)))

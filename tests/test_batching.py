@@ -390,3 +390,12 @@ def test_a_run_resumed_mid_epoch_trains_on_the_same_batches(cache, tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "whole" / "checkpoints" / "checkpoint-8"))
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_eval_batch_size_lets_each_process_fill_a_batch(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert batching.eval_batch_size(32, range(16)) == 32  # one process: as asked
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert batching.eval_batch_size(32, range(16), range(40)) == 8  # the smaller split, halved
+    assert batching.eval_batch_size(4, range(16)) == 4
+    assert batching.eval_batch_size(32, range(1)) == 1
