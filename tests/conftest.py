@@ -26,6 +26,27 @@ def run_smoke_project(name: str, outputs: Path, **overrides):
     return runner.run_project(project, "smoke", ROOT, outputs, overrides)
 
 
+def kill_run(process) -> None:
+    """A real interrupt, at once: SIGKILL a runner process and every process under it.
+
+    The kernel that papermill starts sits in a process group of its own; killing only the
+    runner's group left it training for up to a second (until it noticed its parent was gone),
+    long enough on a tiny model to pass the checkpoint a test meant to interrupt. So the kernel
+    is killed first, then the runner.
+    """
+    import signal
+
+    import psutil
+
+    runner_process = psutil.Process(process.pid)
+    for child in [*runner_process.children(recursive=True), runner_process]:
+        try:
+            child.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    process.wait()
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

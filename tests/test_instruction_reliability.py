@@ -6,15 +6,13 @@ The session smoke run (`smoke_run("instruction_tune")`) is the reference for eve
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, run_smoke_project
+from conftest import ROOT, run_smoke_project, kill_run
 from nbutils import checkpoints, record
 
 VARIANTS = ("llama2_7b", "qwen2_5_0_5b_instruct")
@@ -108,9 +106,7 @@ def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_pa
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    kill_run(process)  # the runner and its kernel, at once
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())

@@ -1,15 +1,13 @@
 """Reliability end to end: determinism, resuming a killed run, and no secret in any output."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ROOT, run_smoke_project
+from conftest import ROOT, run_smoke_project, kill_run
 from nbutils import checkpoints, record, runner
 
 PROJECT = "detect_ai_text/bert"
@@ -45,9 +43,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_ru
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    kill_run(process)  # the runner and its kernel, at once
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / "trainer_state.json").read_text())

@@ -6,8 +6,6 @@ so forgetting measured through them would be noise.
 """
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +14,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_smoke_project
+from conftest import ROOT, run_smoke_project, kill_run
 from nbutils import checkpoints, record
 from nbutils import strategies as study
 
@@ -148,9 +146,7 @@ def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(rec, t
         assert process.poll() is None, "the run ended before the second strategy's first checkpoint"
         assert time.time() < deadline, "no checkpoint of the second strategy within 5 minutes"
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    kill_run(process)  # the runner and its kernel, at once
     assert not (run_dir / "runs" / "full_high_lr.json").exists(), "killed too late"
     interrupted_at = checkpoints.complete_checkpoints(second)[-1]
     state = json.loads((interrupted_at / "trainer_state.json").read_text())

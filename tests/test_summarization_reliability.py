@@ -3,10 +3,8 @@ optimizer and scheduler state), the data fingerprint, the non-finite-loss guard,
 efficiency of the length-grouped training batches."""
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +13,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import ROOT, run_smoke_project
+from conftest import ROOT, run_smoke_project, kill_run
 from nbutils import batching, checkpoints, data, fixtures, lora, record, summarization
 
 NOTEBOOK = "summarize_dialogues"
@@ -85,9 +83,7 @@ def test_killed_lora_run_resumes_and_finishes_with_the_uninterrupted_metrics(ses
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    kill_run(process)  # the runner and its kernel, at once
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())

@@ -2,8 +2,6 @@
 padding efficiency, and predictions that stay paired with their test rows."""
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_smoke_project
+from conftest import ROOT, run_smoke_project, kill_run
 from nbutils import checkpoints, data, record, text_to_code
 from nbutils.samples import text2pandas
 
@@ -73,9 +71,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(session_
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "no checkpoint within 5 minutes"
         time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    time.sleep(3)  # the orphaned kernel polls for its parent every second
+    kill_run(process)  # the runner and its kernel, at once
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
