@@ -47,6 +47,35 @@ def kill_run(process) -> None:
     process.wait()
 
 
+def interrupt_smoke_run(name: str, outputs: Path, until=None, waiting_for: str = "its first checkpoint",
+                        poll: float = 0.1) -> Path:
+    """Start project `name`'s smoke run through the runner's command line (into `outputs`), wait
+    until `until()` holds (by default: a complete checkpoint in the run's `checkpoints` folder),
+    then kill it at once with `kill_run`: a real interrupt, as when a Kaggle or Colab session
+    disappears. Returns the run folder."""
+    import subprocess
+    import sys
+    import time
+
+    from nbutils import checkpoints
+
+    run_dir = outputs / "smoke" / name
+    if until is None:
+        def until():
+            return bool(checkpoints.complete_checkpoints(run_dir / "checkpoints"))
+    command = [sys.executable, "-m", "nbutils.runner", "run", name, "--profile", "smoke",
+               "--root", str(ROOT), "--outputs", str(outputs)]
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not until():
+        assert process.poll() is None, f"the run ended before {waiting_for}"
+        assert time.time() < deadline, f"5 minutes passed without {waiting_for}"
+        time.sleep(poll)
+    kill_run(process)
+    return run_dir
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

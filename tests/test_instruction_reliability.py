@@ -6,13 +6,10 @@ The session smoke run (`smoke_run("instruction_tune")`) is the reference for eve
 """
 
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT, run_smoke_project, kill_run
+from conftest import interrupt_smoke_run, run_smoke_project
 from nbutils import checkpoints, record
 
 VARIANTS = ("llama2_7b", "qwen2_5_0_5b_instruct")
@@ -94,19 +91,9 @@ def test_the_hub_token_never_reaches_any_output(fresh_lora_run):
 # --- a killed QLoRA run resumes and finishes with the uninterrupted numbers ----------------------
 
 def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_path):
-    run_dir = tmp_path / "smoke" / QLORA
-    command = [sys.executable, "-m", "nbutils.runner", "run", QLORA, "--profile", "smoke",
-               "--root", str(ROOT), "--outputs", str(tmp_path)]
-    # A real interrupt: SIGKILL the runner's process group once the first checkpoint (step 5 of
-    # 12 in the first epoch) is complete, as when a Kaggle or Colab session disappears.
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.1)
-    kill_run(process)  # the runner and its kernel, at once
+    # SIGKILL the runner and its kernel once the first checkpoint (step 5 of 12 in the first
+    # epoch) is complete, as when a Kaggle or Colab session disappears.
+    run_dir = interrupt_smoke_run(QLORA, tmp_path)
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())

@@ -1,14 +1,11 @@
 """Reliability end to end: determinism, resuming a killed run, and no secret in any output."""
 
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
-from conftest import ROOT, run_smoke_project, kill_run
-from nbutils import checkpoints, record, runner
+from conftest import interrupt_smoke_run, run_smoke_project
+from nbutils import checkpoints, record
 
 PROJECT = "detect_ai_text/bert"
 
@@ -31,19 +28,9 @@ def test_same_parameters_and_seed_give_identical_metrics(smoke_run, tmp_path):
 
 def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_run, tmp_path):
     reference = record.read_record(smoke_run("detect_ai_text")[1] / PROJECT)
-    run_dir = tmp_path / "smoke" / PROJECT
-    command = [sys.executable, "-m", "nbutils.runner", "run", PROJECT, "--profile", "smoke",
-               "--root", str(ROOT), "--outputs", str(tmp_path)]
-    # A real interrupt: SIGKILL the runner once the first checkpoint is complete. The kernel
-    # notices its parent is gone and exits, as when a Kaggle or Colab session disappears.
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.1)
-    kill_run(process)  # the runner and its kernel, at once
+    # SIGKILL the runner and its kernel once the first checkpoint is complete, as when a Kaggle
+    # or Colab session disappears.
+    run_dir = interrupt_smoke_run(PROJECT, tmp_path)
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / "trainer_state.json").read_text())

@@ -6,15 +6,12 @@ so forgetting measured through them would be noise.
 """
 
 import json
-import subprocess
-import sys
-import time
 
 import nbformat
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_smoke_project, kill_run
+from conftest import interrupt_smoke_run, run_smoke_project
 from nbutils import checkpoints, record
 from nbutils import strategies as study
 
@@ -135,18 +132,14 @@ def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(rec, t
     results are read back, the second continues from its checkpoint (weights, optimizer,
     scheduler, RNG, the epoch's batch order), and the numbers match the uninterrupted run's."""
     run_dir = tmp_path / "smoke" / PROJECT
-    command = [sys.executable, "-m", "nbutils.runner", "run", PROJECT, "--profile", "smoke",
-               "--root", str(ROOT), "--outputs", str(tmp_path)]
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     second = run_dir / "checkpoints" / "full_high_lr"
-    deadline = time.time() + 300
-    while not ((run_dir / "runs" / "full.json").is_file()
-               and any(c.name == "checkpoint-40" for c in checkpoints.complete_checkpoints(second))):
-        assert process.poll() is None, "the run ended before the second strategy's first checkpoint"
-        assert time.time() < deadline, "no checkpoint of the second strategy within 5 minutes"
-        time.sleep(0.05)
-    kill_run(process)  # the runner and its kernel, at once
+
+    def mid_second_strategy():
+        return ((run_dir / "runs" / "full.json").is_file()
+                and any(c.name == "checkpoint-40" for c in checkpoints.complete_checkpoints(second)))
+
+    interrupt_smoke_run(PROJECT, tmp_path, mid_second_strategy, "the second strategy's checkpoint-40",
+                        poll=0.05)
     assert not (run_dir / "runs" / "full_high_lr.json").exists(), "killed too late"
     interrupted_at = checkpoints.complete_checkpoints(second)[-1]
     state = json.loads((interrupted_at / "trainer_state.json").read_text())

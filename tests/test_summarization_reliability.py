@@ -5,15 +5,12 @@ efficiency of the length-grouped training batches."""
 import json
 import re
 import shutil
-import subprocess
-import sys
-import time
 
 import pytest
 import torch
 from transformers import TrainerCallback
 
-from conftest import ROOT, run_smoke_project, kill_run
+from conftest import interrupt_smoke_run, run_smoke_project
 from nbutils import batching, checkpoints, data, fixtures, lora, record, summarization
 
 NOTEBOOK = "summarize_dialogues"
@@ -71,19 +68,9 @@ def test_killed_lora_run_resumes_and_finishes_with_the_uninterrupted_metrics(ses
     from safetensors.torch import load_file
 
     reference_dir = session_runs / TRAINS
-    run_dir = tmp_path / "smoke" / TRAINS
-    command = [sys.executable, "-m", "nbutils.runner", "run", TRAINS, "--profile", "smoke",
-               "--root", str(ROOT), "--outputs", str(tmp_path)]
-    # A real interrupt: the kernel notices its parent is gone and exits, as when a Kaggle or
-    # Colab session disappears.
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.1)
-    kill_run(process)  # the runner and its kernel, at once
+    # SIGKILL the runner and its kernel at the first checkpoint, as when a Kaggle or Colab
+    # session disappears.
+    run_dir = interrupt_smoke_run(TRAINS, tmp_path)
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())

@@ -2,14 +2,11 @@
 padding efficiency, and predictions that stay paired with their test rows."""
 
 import json
-import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_smoke_project, kill_run
+from conftest import interrupt_smoke_run, run_smoke_project
 from nbutils import checkpoints, data, record, text_to_code
 from nbutils.samples import text2pandas
 
@@ -59,19 +56,9 @@ def _logged(run_dir, key):
 
 def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(session_run, tmp_path):
     reference = record.read_record(session_run)
-    run_dir = tmp_path / "smoke" / NOTEBOOK
-    command = [sys.executable, "-m", "nbutils.runner", "run", NOTEBOOK, "--profile", "smoke",
-               "--root", str(ROOT), "--outputs", str(tmp_path)]
-    # A real interrupt: SIGKILL the runner once the first checkpoint (end of epoch 1 of 6) is
-    # complete. The kernel notices its parent is gone and exits, as when a session disappears.
-    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
-        assert process.poll() is None, "the run ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint within 5 minutes"
-        time.sleep(0.1)
-    kill_run(process)  # the runner and its kernel, at once
+    # SIGKILL the runner and its kernel once the first checkpoint (end of epoch 1 of 6) is
+    # complete, as when a session disappears.
+    run_dir = interrupt_smoke_run(NOTEBOOK, tmp_path)
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
     interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
