@@ -133,7 +133,19 @@ def _receive(stream) -> dict | None:
     return json.loads(data) if len(data) == size else None
 
 
+class _Discard:
+    """Where a snippet's `print` goes: nowhere (the caller's sys.stdout may be anything, e.g.
+    pytest's capture, when the worker was forked from it)."""
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
 def _child_run(compiled, frames: dict) -> dict:
+    sys.stdout = sys.stderr = _Discard()
     try:
         namespace = _namespace(frames)
         exec(compiled, namespace)
@@ -234,7 +246,8 @@ def _frames(tables: dict) -> dict:
 def warm_up() -> None:
     """Import and touch what generated code commonly calls, so pandas' lazy imports (which need
     to open files, refused in the child) happen in the worker, once. Formatting included:
-    `repr(df)`, `df.to_string()`, `print(df)` import pandas' format modules on first use."""
+    `repr(df)`, `df.to_string()`, `print(df)` import pandas' format modules on first use. Each
+    step on its own: one that fails here (a pandas quirk) must not stop the others."""
     import io
 
     import numpy as np
@@ -242,28 +255,54 @@ def warm_up() -> None:
 
     df = pd.DataFrame({"a": ["x", "y", "x"], "b": [1.0, 2.0, 3.0], "c": [3, 1, 2],
                        "d": pd.to_datetime(["2020-01-02", "2021-03-04", "2022-05-06"])})
-    df.groupby("a").agg({"b": "sum", "c": "mean"})
-    df.groupby("a").agg(total=("b", "sum"))
-    df.groupby("a")["b"].describe()
-    df.merge(df, on="a").sort_values("b_x").head(2)
-    df["a"].str.contains("x").sum(), df["a"].str.upper(), df["a"].value_counts()
-    df["a"].str.extract(r"(x)"), df["a"].str.split("x"), df["a"].str.len()
-    df.pivot_table(index="a", values="b", aggfunc="mean"), pd.crosstab(df["a"], df["c"])
-    pd.to_datetime(pd.Series(["2020-01-02"])).dt.year, df["d"].dt.strftime("%Y"), df["d"].dt.day_name()
-    df.describe(), df["b"].quantile(0.5), df.nlargest(2, "b"), np.where(df["b"] > 1, 1, 0)
-    df.apply(lambda row: row["b"], axis=1), df["b"].rank(), df["c"].cumsum(), df["b"].round(1)
-    pd.cut(df["b"], 2), pd.qcut(df["b"], 2), df["b"].rolling(2).mean(), pd.to_numeric(df["c"])
-    df.set_index("d").resample("YE").sum(numeric_only=True)
-    df["b"].astype("category").cat.codes, df.explode("a"), df.melt(id_vars="a")
-    for value in (df, df["b"], df.groupby("a")["b"].sum(), df.index, df.dtypes, df.describe(),
-                  df["d"], df.set_index("a"), df["b"].mean(), np.arange(3)):
-        repr(value), str(value)
-    df.to_string(), df["b"].to_string(), df.to_dict(), df.to_dict("records"), df.info(buf=io.StringIO())
-    print(df, file=io.StringIO()), f"{df['b'].mean():.2f}", "{} {:.1f}".format(1, 2.0)
-    repr(pd.Timestamp("2020-01-01")), repr(pd.Timedelta(days=1)), repr(np.float64(1.5))
-    canonical(df), canonical(df["b"]), canonical(df.groupby("a")["b"].sum()), json.dumps(canonical(1.5))
-    import random  # noqa: F401 - DataFrame.sample seeds through numpy, but Python's random too
-    df.sample(2, random_state=0)
+    steps = [
+        lambda: df.groupby("a").agg({"b": "sum", "c": "mean"}),
+        lambda: df.groupby("a").agg(total=("b", "sum")),
+        lambda: df.groupby("a")["b"].describe(),
+        lambda: df.merge(df, on="a").sort_values("b_x").head(2),
+        lambda: (df["a"].str.contains("x").sum(), df["a"].str.upper(), df["a"].value_counts()),
+        lambda: (df["a"].str.extract(r"(x)"), df["a"].str.split("x"), df["a"].str.len()),
+        lambda: (df.pivot_table(index="a", values="b", aggfunc="mean"), pd.crosstab(df["a"], df["c"])),
+        lambda: pd.to_datetime(pd.Series(["2020-01-02"])).dt.year,
+        lambda: (df["d"].dt.strftime("%Y"), df["d"].dt.day_name(), df["d"].dt.month_name()),
+        lambda: (df.describe(), df["b"].quantile(0.5), df.nlargest(2, "b"), np.where(df["b"] > 1, 1, 0)),
+        lambda: (df.apply(lambda row: row["b"], axis=1), df["b"].rank(), df["c"].cumsum(), df["b"].round(1)),
+        lambda: (pd.cut(df["b"], 2), pd.qcut(df["b"], 2), df["b"].rolling(2).mean(), pd.to_numeric(df["c"])),
+        lambda: df.set_index("d").resample("YE").sum(numeric_only=True),
+        lambda: (df["b"].astype("category").cat.codes, df.explode("a"), df.melt(id_vars="a")),
+        lambda: [(repr(v), str(v)) for v in (df, df["b"], df.groupby("a")["b"].sum(), df.index, df.dtypes,
+                                             df.describe(), df["d"], df.set_index("a"), df["b"].mean(),
+                                             np.arange(3), df["b"].astype("category"))],
+        lambda: (df.to_string(), df["b"].to_string(), df.to_dict(), df.to_dict("records")),
+        lambda: df.info(buf=io.StringIO()),
+        lambda: (print(df, file=io.StringIO()), f"{df['b'].mean():.2f}", "{} {:.1f}".format(1, 2.0)),
+        lambda: (repr(pd.Timestamp("2020-01-01")), repr(pd.Timedelta(days=1)), repr(np.float64(1.5))),
+        lambda: (canonical(df), canonical(df["b"]), canonical(df.groupby("a")["b"].sum())),
+        lambda: json.dumps(canonical(1.5)),
+        lambda: df.sample(2, random_state=0),
+    ]
+    for step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001, S112 - a warm-up step that fails only warms less
+            continue
+
+
+def preload() -> None:
+    """Import everything a worker and its jailed children use, and warm pandas up. The worker
+    calls it; a process that will drop its privileges and then start a `Sandbox(start="fork")`
+    calls it first, while it can still read the interpreter's files."""
+    import concurrent.futures  # noqa: F401 - Sandbox.map
+    import ctypes  # noqa: F401
+    import resource  # noqa: F401 - the jail's rlimits
+
+    import pandas  # noqa: F401
+
+    warm_up()
+    try:
+        build_filter()
+    except ContainmentUnavailable:
+        pass
 
 
 def _handle(request: dict, rules) -> dict:
@@ -291,8 +330,8 @@ def _worker_main(stdin=None, stdout=None, allow_uncontained: bool = False) -> No
     sys.modules.setdefault("pyarrow", None)
     import pandas as pd
 
-    pd.set_option("mode.string_storage", "python")
-    warm_up()
+    pd.set_option("mode.string_storage", "python")  # in the worker only, never the caller's
+    preload()
     stdin = stdin or sys.stdin.buffer
     stdout = stdout or sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but protocol messages may reach the parent's pipe

@@ -34,7 +34,7 @@ ALLOWED_SYSCALLS = (
     "mmap", "munmap", "mremap", "mprotect", "brk", "madvise",  # memory (numpy, pymalloc)
     "futex", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     "clock_gettime", "clock_getres", "gettimeofday", "clock_nanosleep", "nanosleep",
-    "getrandom", "getpid", "gettid", "sched_yield", "sched_getaffinity", "getrusage",
+    "getrandom", "getpid", "getppid", "gettid", "sched_yield", "sched_getaffinity", "getrusage",
     "exit", "exit_group",
 )
 CONTAINMENT_SECCOMP = "seccomp"
