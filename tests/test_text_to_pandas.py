@@ -429,6 +429,10 @@ def test_smoke_run_record(run):
     assert set(metrics["outcomes"]) == set(code_exec.OUTCOMES)
     assert {"exact_match", "bleu"} <= set(metrics)
     assert set(rec["baselines"]["nearest_neighbour"]["outcomes"]) == set(code_exec.OUTCOMES)
+    # The containment the snippets ran under, and the allowlist refusing no sample reference.
+    sandbox = rec["data"]["sandbox"]
+    assert "seccomp" in sandbox["containment"] and "static-check" in sandbox["containment"]
+    assert sandbox["references_refused"] == 0 and sandbox["refused_by_rule"] == {}
 
 
 def test_smoke_run_checks_overlap_coverage_and_lengths(run):
