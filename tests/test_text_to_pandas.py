@@ -157,6 +157,55 @@ def test_results_match(predicted, gold, ordered, same):
     assert results_match(canonical(predicted), canonical(gold), ordered) is same
 
 
+@pytest.mark.parametrize("predicted, gold, same", [
+    (10 ** 400, 73, False),  # once an OverflowError that stopped the evaluation
+    (10 ** 400, 10 ** 400, True),  # integers compare exactly, whatever their size
+    (10 ** 400 + 1, 10 ** 400, False),
+    (-(10 ** 400), 1e300, False),
+    (float("inf"), float("inf"), True),
+    (float("nan"), 73, False),
+    (pd.DataFrame({"a": [1, "x", None, 2.5]}), pd.DataFrame({"a": ["x", 1, 2.5, None]}), True),  # mixed types
+    ([1, [2, [3, [4, [5]]]]], [1, [2, [3, [4, [5]]]]], True),  # nested containers
+    ([1, [2, [3]]], [1, [2, [4]]], False),
+    ({1: "a", "b": [1, 2]}, {1: "a", "b": [1, 2]}, True),
+])
+def test_results_match_never_raises(predicted, gold, same):
+    assert results_match(canonical(predicted), canonical(gold)) is same
+
+
+@pytest.mark.parametrize("malformed", [None, {}, {"kind": "frame"}, {"kind": "frame", "columns": [1], "rows": 5},
+                                       {"kind": "scalar", "value": {"a": 1}}, {"kind": "list", "columns": None,
+                                                                              "rows": [[[[[[[1]]]]]]]}])
+def test_a_malformed_result_matches_nothing_and_raises_nothing(malformed):
+    assert results_match(malformed, canonical(1)) is False
+    assert results_match(canonical(1), malformed) is False
+
+
+@pytest.mark.parametrize("reference, fixed", [
+    ("df[['name', 'points']]", True),
+    ("df.loc[df['points'] > 8, ['name', 'points']]", True),
+    ("df.reindex(columns=['points', 'name'])", True),
+    ("df[df['points'] > 8]", False),
+    ("df.groupby('team').agg({'points': 'sum', 'name': 'count'})", False),
+    ("df[df['team'].isin(['red', 'blue'])]", False),  # a list of values, not of columns
+    ("df.sort_values(['team', 'points'])", False),
+    ("df[", False),
+])
+def test_the_reference_fixes_the_column_order_only_by_an_explicit_column_list(reference, fixed):
+    assert code_exec.column_order_fixed(reference) is fixed
+
+
+def test_frames_match_by_column_set_unless_the_reference_orders_the_columns(box):
+    references = ["df[df['points'] > 8]", "df.groupby('team').agg({'points': 'sum', 'name': 'count'})",
+                  "df[['name', 'points']]", "df[['name', 'points']]", "df[df['points'] > 8]"]
+    predictions = ["df[df['points'] > 8][['points', 'team', 'name']]",
+                   "df.groupby('team').agg({'name': 'count', 'points': 'sum'})",
+                   "df[['points', 'name']]", "df[['name', 'points']]",
+                   "df[df['points'] > 8].rename(columns={'team': 'side'})"]
+    report = ExecutionEvaluator(references, [[TABLE]] * 5, box).score(predictions)
+    assert report.outcomes == ["correct", "correct", "wrong_result", "correct", "wrong_result"]
+
+
 # --- the sandbox: nothing escapes, and the evaluation goes on -------------------------------------
 
 ATTACKS = {
