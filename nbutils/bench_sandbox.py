@@ -8,9 +8,9 @@ each layer costs, in one run.
   through an older `code_exec.py` loaded from that file, in the same run, for a fair ratio
   (`git show d4054e0:nbutils/code_exec.py > /tmp/old_code_exec.py`).
 - `layers_ms`: the time of each layer for one snippet, measured in a process shaped like the
-  worker (pandas imported and warmed up): the static check; a fork, the snippet and the reap with
-  no jail; then the same child with fds + rlimits, + uid drop (when root), + seccomp. Each layer's
-  cost is its increment over the previous line; `layers_share` divides it by the full child's.
+  worker (pandas imported and warmed up): the static check; the fresh process (fork and reap);
+  each step of the jail (fds, uid drop when root, rlimits, seccomp), timed inside the child; and
+  the snippet itself. `layers_share` divides each by their sum.
 Timings on a shared machine vary; compare the figures of one run with each other.
 """
 
@@ -45,51 +45,43 @@ def executions_per_s(module, runs: int, workers: int = 2) -> dict:
             "executions_per_s": round(runs / elapsed, 1), "failed": failed}
 
 
-def _child_ms(layers: str, rules, repeats: int) -> float:
-    """Median wall time (ms) of fork -> [jail layers] -> run one snippet -> reply -> reap."""
+def _one_child(compiled, frames, rules, jailed: bool, vm_bytes=None) -> tuple[float, dict]:
+    """Fork -> [jail, timing each layer] -> run one snippet -> reply -> reap: (wall ms, layer ms)."""
     from nbutils import code_exec, sandbox_jail
 
-    compiled = code_exec._compile(SNIPPETS[0], TABLE)
-    frames = code_exec._frames(TABLE)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        read_fd, write_fd = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.close(read_fd)
-                if layers != "fork":
-                    _jail_part(write_fd, layers, rules, sandbox_jail)
-                    write_fd = 3
-                data = code_exec._serialized(code_exec._child_run(compiled, frames))
-                os.write(write_fd, data)
-            finally:
-                os._exit(0)
-        os.close(write_fd)
-        while os.read(read_fd, 1 << 16):
-            pass
-        os.close(read_fd)
-        os.waitpid(pid, 0)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def _jail_part(reply_fd, layers, rules, sandbox_jail):
-    """The jail with only some layers: 'rlimits' (fds + rlimits), 'uid' (+ uid drop), 'seccomp'."""
-    if layers == "rlimits" and os.geteuid() == 0:
-        # jail() drops root whenever it is root; to time rlimits alone, pretend not to be.
-        real = os.geteuid
-        os.geteuid = lambda: 1000
+    start = time.perf_counter()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
         try:
-            sandbox_jail.jail(reply_fd, 2.0, 512, None)
+            os.close(read_fd)
+            timings = {}
+            if jailed:
+                sandbox_jail.jail(write_fd, 2.0, 512, rules, vm_bytes, timings=timings)
+                write_fd = 3
+            outcome = code_exec._child_run(compiled, frames)
+            os.write(write_fd, json.dumps({"outcome": outcome, "timings": timings}).encode())
         finally:
-            os.geteuid = real
-        return
-    sandbox_jail.jail(reply_fd, 2.0, 512, rules if layers == "seccomp" else None)
+            os._exit(0)
+    os.close(write_fd)
+    chunks = []
+    while chunk := os.read(read_fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(read_fd)
+    os.waitpid(pid, 0)
+    wall = (time.perf_counter() - start) * 1000
+    reply = json.loads(b"".join(chunks))
+    assert reply["outcome"]["status"] == "ok", reply
+    return wall, {k: v * 1000 for k, v in reply["timings"].items()}
 
 
 def layer_costs(repeats: int) -> dict:
+    """What each layer adds to one snippet, in ms and as a share of the whole.
+
+    The jail's layers are timed inside the child (perf_counter around each), which the machine's
+    load disturbs far less than differences of wall times; the fresh process is the wall time of
+    an unjailed fork -> snippet -> reap minus the same snippet run in this process. Jailed and
+    unjailed children alternate, so drift hits both alike."""
     from nbutils import code_exec, sandbox_jail
 
     sys.modules.setdefault("pyarrow", None)
@@ -103,18 +95,33 @@ def layer_costs(repeats: int) -> dict:
         for code in SNIPPETS:
             code_exec.check_code(code, TABLE)
     static_ms = (time.perf_counter() - start) * 1000 / (repeats * 10 * len(SNIPPETS))
-    steps = ["fork", "rlimits"] + (["uid"] if os.geteuid() == 0 else []) + ["seccomp"]
-    child = {step: _child_ms(step, rules, repeats) for step in steps}
-    names = {"fork": "fork + snippet + reap (no jail)", "rlimits": "fds + rlimits",
-             "uid": "uid drop", "seccomp": "seccomp filter"}
-    costs, previous = {"static check": static_ms}, 0.0
-    for step in steps:
-        costs[names[step]] = child[step] - previous
-        previous = child[step]
-    total = static_ms + child[steps[-1]]
+    compiled = code_exec._compile(SNIPPETS[0], TABLE)
+    frames = code_exec._frames(TABLE)
+    in_process = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        code_exec._serialized(code_exec._child_run(compiled, frames))
+        in_process.append((time.perf_counter() - t0) * 1000)
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # _child_run discards prints
+    bare, jailed, layers = [], [], {}
+    for _ in range(repeats):
+        bare.append(_one_child(compiled, frames, rules, jailed=False)[0])
+        wall, timings = _one_child(compiled, frames, rules, jailed=True,
+                                   vm_bytes=code_exec._worker_vm_bytes())  # as the worker does
+        jailed.append(wall)
+        for name, ms in timings.items():
+            layers.setdefault(name, []).append(ms)
+    snippet_ms = statistics.median(in_process)
+    costs = {"static check": static_ms,
+             "fresh process (fork + reap)": statistics.median(bare) - snippet_ms,
+             **{f"jail: {name}": statistics.median(values) for name, values in layers.items()},
+             "the snippet itself": snippet_ms}
+    total = sum(costs.values())
     return {"layers_ms": {k: round(v, 3) for k, v in costs.items()},
             "layers_share": {k: round(v / total, 3) for k, v in costs.items()},
-            "one_snippet_ms": round(total, 3), "cumulative_child_ms": {k: round(v, 3) for k, v in child.items()}}
+            "one_snippet_ms": round(total, 3),
+            "wall_ms_median": {"unjailed child": round(statistics.median(bare), 3),
+                               "jailed child": round(statistics.median(jailed), 3)}}
 
 
 def _load_old(path: str):

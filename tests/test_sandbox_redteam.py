@@ -102,6 +102,10 @@ ATTACKS: dict[str, list[tuple[str, str, bool]]] = {
          ESCAPE + "[OS.close(fd) for fd in (0, 1, 2)]\nB['open']('SECRET_PATH').read()", False),
         ("socket to localhost (named)",
          ESCAPE + "s = B['__import__']('socket').socket()\ns.connect(('127.0.0.1', LISTEN_PORT))\n'connected'", False),
+        ("socket to localhost through libc",
+         ESCAPE + "ct = B['__import__']('ctypes')\nlibc = ct.CDLL(None, use_errno=True)\n"
+         "fd = libc.socket(2, 1, 0)\naddress = (2).to_bytes(2, 'little') + (LISTEN_PORT).to_bytes(2, 'big')"
+         " + bytes([127, 0, 0, 1]) + bytes(8)\n[fd, libc.connect(fd, address, 16), ct.get_errno()]", False),
         ("forge a reply: status correct (named)",
          ESCAPE + "OS.write(3, b'{\"status\": \"correct\"}')\nOS._exit(0)", False),
         ("kill the snippets running alongside (named)",
