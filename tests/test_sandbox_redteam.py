@@ -455,3 +455,21 @@ def test_the_attacks_are_real(tmp_path):
             TOKEN in eval(ATTACKS["3 format strings"][-1][1], {"pd": pd})  # noqa: S307 - the test's own code
     finally:
         del os.environ["HF_TOKEN"]
+
+
+def test_without_seccomp_the_sandbox_refuses_unless_the_user_accepts_the_risk(monkeypatch):
+    """Where the kernel cannot contain the children (macOS, no seccomp), nothing runs unless
+    `allow_uncontained`; then the containment says what is missing. Simulated by a worker forked
+    from this process with a filter that cannot be built."""
+    from nbutils import sandbox_jail
+
+    def unavailable():
+        raise sandbox_jail.ContainmentUnavailable("seccomp is Linux-only; this is simulated")
+
+    monkeypatch.setattr(code_exec, "build_filter", unavailable)
+    with pytest.raises(sandbox_jail.ContainmentUnavailable,
+                       match=r"cannot contain generated code here \(seccomp is Linux-only.*allow_uncontained_execution=True"):
+        Sandbox(workers=1, start="fork").start()
+    with Sandbox(workers=1, start="fork", allow_uncontained=True) as box:
+        assert "seccomp" not in box.containment and "rlimits" in box.containment
+        assert box.run(HONEST, TABLE).value == {"kind": "scalar", "value": ANSWER}
