@@ -139,6 +139,11 @@ REDUCTIONS = frozenset("""
 # given and refuse a string; these look a string up as a method name.)
 STRING_DISPATCH = frozenset({"agg", "aggregate", "transform", "apply", "pivot_table", "crosstab"})
 FUNCTION_KEYWORDS = frozenset({"func", "arg", "aggfunc"})
+# Methods that write to a path given as `buf` (`df.to_string('/path')`): called directly, with no
+# path, never passed on (`df.pipe(pd.DataFrame.to_string, path)` would dodge that check).
+BUFFER_METHODS = frozenset({"to_string", "info"})
+# Keywords that name a file or a buffer to write to.
+PATH_KEYWORDS = frozenset({"buf", "path", "path_or_buf", "filepath_or_buffer", "file", "fname"})
 # Words that a dispatching method takes as a plain option (`axis='columns'`).
 OPTION_WORDS = frozenset({"index", "columns", "rows", "expand", "reduce", "broadcast", "ignore",
                           "compat", "all"})
@@ -336,7 +341,11 @@ def check_code(code: str, table_names=()) -> ast.Module:
                 raise ForbiddenCode("attribute", f"attribute {node.attr!r} is not in the allowlist")
             if isinstance(node.ctx, ast.Store):
                 pass  # checked with the assignment
+        elif kind is ast.keyword and node.arg in PATH_KEYWORDS:
+            raise ForbiddenCode("file argument", f"{node.arg}= (a file to write) is not allowed")
         elif kind is ast.Call and isinstance(node.func, ast.Attribute):
+            if node.func.attr == "to_string" and node.args:
+                raise ForbiddenCode("file argument", "to_string() takes a file as its first argument")
             if node.func.attr in STRING_DISPATCH:
                 _check_dispatch(node, functions)
             elif node.func.attr == "format":
@@ -350,7 +359,7 @@ def check_code(code: str, table_names=()) -> ast.Module:
     # (`f = df.agg; f(name)`, `df.pipe(pd.DataFrame.agg, name)`) would dodge the checks above.
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in STRING_DISPATCH | {"format"} \
+        if isinstance(node, ast.Attribute) and node.attr in STRING_DISPATCH | BUFFER_METHODS | {"format"} \
                 and id(node) not in called:
             raise ForbiddenCode("function by name", f"{node.attr} may only be called, not passed on")
     return tree

@@ -154,6 +154,9 @@ ATTACKS: dict[str, list[tuple[str, str, bool]]] = {
         ("leave a process: posix_spawn sleep", ESCAPE + "OS.posix_spawn('/bin/sleep', ['sleep', '60'], {})", False),
         ("leave a process: os.system in background", ESCAPE + "OS.system('sleep 60 &')", False),
         ("mkdir in the user's folder", ESCAPE + "OS.mkdir('MARKER_PATH')", False),
+        ("pandas writes a file: to_string(path)", "df.to_string('MARKER_PATH')", True),
+        ("pandas writes a file: pipe(DataFrame.to_string, path)", "df.pipe(pd.DataFrame.to_string, 'MARKER_PATH')", True),
+        ("unchecked: pandas writes a file", "df.to_string(buf='MARKER_PATH')", False),
     ],
 }
 
