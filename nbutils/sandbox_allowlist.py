@@ -379,8 +379,9 @@ def refusal(code: str, table_names=()) -> str | None:
 
 def refusals(codes, table_names_per_code) -> dict:
     """How many of `codes` the check refuses and why: {"checked", "refused", "by_rule": {rule: n},
-    "examples": {rule: first detail}} (for the notebook's report on the references)."""
-    by_rule, examples, checked = Counter(), {}, 0
+    "examples": {rule: first detail}, "not_parsing"} (for the notebook's report on the
+    references). Code that does not parse is counted apart: no allowlist could accept it."""
+    by_rule, examples, checked, not_parsing = Counter(), {}, 0, 0
     for code, names in zip(codes, table_names_per_code):
         checked += 1
         try:
@@ -389,6 +390,6 @@ def refusals(codes, table_names_per_code) -> dict:
             by_rule[err.kind] += 1
             examples.setdefault(err.kind, str(err)[:200])
         except (SyntaxError, ValueError, RecursionError, MemoryError):
-            by_rule["syntax_error"] += 1
+            not_parsing += 1
     return {"checked": checked, "refused": sum(by_rule.values()), "by_rule": dict(by_rule.most_common()),
-            "examples": examples}
+            "examples": examples, "not_parsing": not_parsing}
