@@ -447,9 +447,13 @@ class _Worker:
     """One worker process (pandas imported once) that forks a jailed child per snippet.
 
     `start="exec"` runs a fresh interpreter (`python -I`, a clean environment): nothing of the
-    notebook's memory is in it. `start="fork"` forks this process instead (it must have imported
-    nbutils, pandas and run `warm_up()` if it cannot read the interpreter's files, as a process
-    that dropped its privileges cannot). `"auto"`: exec when this user can run the interpreter.
+    notebook's memory is in it. `start="fork"` forks this process instead (after `preload()` if
+    it can no longer read the interpreter's files, as a process that dropped its privileges
+    cannot). A forked worker holds a copy of this process's memory, secrets included, and a
+    snippet that got past the allowlist could return what it finds there as its value (the
+    kernel cannot tell a stolen string from a result): fork only from a process that holds no
+    secrets. `"auto"`: exec whenever this user can run the interpreter (a notebook kernel always
+    can), fork otherwise.
     """
 
     def __init__(self, start: str = "auto", allow_uncontained: bool = False):

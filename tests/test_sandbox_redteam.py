@@ -154,6 +154,9 @@ ATTACKS: dict[str, list[tuple[str, str, bool]]] = {
         ("leave a process: posix_spawn sleep", ESCAPE + "OS.posix_spawn('/bin/sleep', ['sleep', '60'], {})", False),
         ("leave a process: os.system in background", ESCAPE + "OS.system('sleep 60 &')", False),
         ("mkdir in the user's folder", ESCAPE + "OS.mkdir('MARKER_PATH')", False),
+        ("walk the worker's memory for the token (exec-started workers only)",
+         ESCAPE + "gc = B['__import__']('gc')\n[v for o in gc.get_objects() if isinstance(o, dict) "
+         "for v in list(o.values()) if isinstance(v, str) and v.startswith('hf_' + 'TOKEN')][:3]", False),
         ("pandas writes a file: to_string(path)", "df.to_string('MARKER_PATH')", True),
         ("pandas writes a file: pipe(DataFrame.to_string, path)", "df.pipe(pd.DataFrame.to_string, 'MARKER_PATH')", True),
         ("unchecked: pandas writes a file", "df.to_string(buf='MARKER_PATH')", False),
@@ -197,7 +200,12 @@ def _attack_list(ctx):
     from test_text_to_pandas import PROCESS_LAYER
 
     attacks = [(cls, name, _fill(code, ctx), checked) for cls, items in ATTACKS.items()
-               for name, code, checked in items]
+               for name, code, checked in items
+               # A worker forked from the caller (start="fork") holds a copy of the caller's
+               # memory, secrets included, and a snippet past the allowlist can return what it
+               # finds: the kernel cannot tell a stolen string from a result. Only an exec'd
+               # worker (the default wherever the interpreter can be run) holds nothing.
+               if ctx["start"] == "exec" or "exec-started workers only" not in name]
     marker = ctx["placeholders"]["MARKER_PATH"]
     attacks += [("0 earlier tests", f"earlier: {name}", code.format(marker=marker), True)
                 for name, (code, _) in OLD_ATTACKS.items()]
@@ -269,7 +277,8 @@ def run_battery(folder: Path, start: str = "auto") -> dict:
     listener.listen(4)
     listener.setblocking(False)
     os.environ["HF_TOKEN"] = TOKEN  # the notebook's own environment: the worker must not keep it
-    ctx = {"placeholders": {"SECRET_PATH": secret_path, "USER_PATH": user_path, "MARKER_PATH": marker_path,
+    start = start if start != "auto" else ("exec" if code_exec._can_exec_interpreter() else "fork")
+    ctx = {"start": start, "placeholders": {"SECRET_PATH": secret_path, "USER_PATH": user_path, "MARKER_PATH": marker_path,
                             "TOKEN_PID": token_process.pid, "NOTEBOOK_PID": os.getpid(),
                             "LISTEN_PORT": listener.getsockname()[1]}}
     seen, original, spy = _replies_seen(Sandbox)
@@ -309,6 +318,7 @@ def run_battery(folder: Path, start: str = "auto") -> dict:
         and (user_path.stat().st_mode & 0o777) != 0
     results["folder"] = sorted(p.name for p in folder.iterdir())
     results["uid"] = os.geteuid()
+    results["start"] = start
     return results
 
 
@@ -433,13 +443,16 @@ def test_containment_is_named_and_seccomp_holds_for_both(request, half):
     assert "seccomp" in containment and "rlimits" in containment
     assert ("uid-drop" in containment) is (report["uid"] == 0)
     assert report["uid"] == (0 if half == "as_root" else (USER_UID if os.geteuid() == 0 else os.geteuid()))
+    # As root the workers are fresh interpreters; the dropped uid cannot run this interpreter
+    # (CI's lives under /root, mode 0700), so its workers are forks of the imported process.
+    assert report["start"] == ("exec" if half == "as_root" or os.geteuid() != 0 else "fork")
 
 
 def test_the_attacks_are_real(tmp_path):
     """Without the jail, the unchecked payloads do what they say: the red team tests something."""
     secret = tmp_path / "secret.txt"
     secret.write_text(SECRET)
-    ctx = {"placeholders": {"SECRET_PATH": secret, "TOKEN_PID": 0, "USER_PATH": tmp_path / "u",
+    ctx = {"start": "exec", "placeholders": {"SECRET_PATH": secret, "TOKEN_PID": 0, "USER_PATH": tmp_path / "u",
                             "MARKER_PATH": tmp_path / "m", "NOTEBOOK_PID": 0, "LISTEN_PORT": 0}}
     import pandas as pd
 
@@ -451,6 +464,12 @@ def test_the_attacks_are_real(tmp_path):
                                       ["df"], static_check=False)
         exec(compiled, namespace)
         assert namespace["__sandbox_result__"] == SECRET, name
+    # The memory walk finds a token held by the process it runs in.
+    walk = next(code for name, code, _ in ATTACKS["6 not root: the user's secrets, processes and files"]
+                if "memory" in name)
+    namespace = code_exec._namespace({})
+    exec(code_exec._compile(walk, [], static_check=False), namespace)  # noqa: S102 - the test's own payload
+    assert TOKEN in namespace["__sandbox_result__"]
     # The format field reads the environment of the process it runs in.
     os.environ["HF_TOKEN"] = TOKEN
     try:
