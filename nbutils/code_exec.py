@@ -90,10 +90,10 @@ class _ModuleView:
     def __getattr__(self, name):
         import types
 
-        from nbutils.sandbox_allowlist import ALLOWED_ATTRIBUTES
+        from nbutils.sandbox_allowlist import ALLOWED_ATTRIBUTES, EXPRESSION_METHODS
 
         module = object.__getattribute__(self, "_view_of")
-        if name not in ALLOWED_ATTRIBUTES:
+        if name not in ALLOWED_ATTRIBUTES and name not in EXPRESSION_METHODS:
             raise AttributeError(f"{module.__name__}.{name} is not available in the sandbox")
         value = getattr(module, name)
         if isinstance(value, types.ModuleType):
@@ -298,6 +298,8 @@ def warm_up() -> None:
         lambda: (canonical(df), canonical(df["b"]), canonical(df.groupby("a")["b"].sum())),
         lambda: json.dumps(canonical(1.5)),
         lambda: df.sample(2, random_state=0),
+        lambda: (df.query("b > 1"), df.query("c > 1 and a == 'x'"), df.eval("b * 2"), pd.eval("1 + 2")),
+        lambda: df.query("a.str.contains('x')", engine="python"),
     ]
     for step in steps:
         try:

@@ -16,6 +16,8 @@ string, a `str.format` field that walks into globals). This check names what is 
 - functions given by name: methods that look a function up by a string (`agg`, `apply`,
   `transform`, `pivot_table(aggfunc=...)`, ...) get only a lambda, a builtin or `np`/`pd` function,
   or a constant string from `REDUCTIONS`, so no name computed at run time reaches them.
+- `query` / `eval` only with a constant expression that passes the same allowlist (no `@name`,
+  no dunders), since pandas' expression language reaches attributes and local variables.
 - `str.format` only on a constant template whose fields are plain (`{}`, `{0}`, `{name}`, with a
   plain format spec): no `{0.attr}`, no `{0[key]}`.
 
@@ -277,6 +279,47 @@ def _check_format(call: ast.Call) -> None:
             raise ForbiddenCode("format", "nested format fields are not allowed")
 
 
+EXPRESSION_METHODS = frozenset({"query", "eval"})
+EXPRESSION_KEYWORDS = frozenset({"expr", "engine", "parser", "inplace"})
+
+
+def _check_expression_call(call: ast.Call, table_names) -> None:
+    """`df.query('points > 10')`, `df.eval('a + b')`, `pd.eval(...)`: pandas' expression language
+    reaches attributes, dunders and local variables (`@name`), so only a constant expression
+    that passes this same allowlist (its names are columns) is accepted."""
+    where = f"{call.func.attr}(...)"
+    expressions = [a for a in call.args[:1]] + [k.value for k in call.keywords if k.arg == "expr"]
+    if len(call.args) > 1 or len(expressions) != 1 or any(
+            k.arg not in EXPRESSION_KEYWORDS for k in call.keywords):
+        raise ForbiddenCode("expression string", f"{where} takes one constant expression")
+    text = expressions[0]
+    if not (isinstance(text, ast.Constant) and isinstance(text.value, str)):
+        raise ForbiddenCode("expression string", f"{where}: the expression must be a constant string")
+    if "@" in text.value or "__" in text.value:
+        raise ForbiddenCode("expression string", f"{where}: no @variables and no dunders")
+    import re
+
+    # `a column` in backticks becomes a plain name for the check.
+    plain = re.sub(r"`[^`]*`", "quoted_column", text.value)
+    try:
+        tree = ast.parse(plain, mode="exec")
+    except SyntaxError:
+        raise ForbiddenCode("expression string", f"{where}: the expression does not parse as Python") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr not in ALLOWED_ATTRIBUTES:
+            raise ForbiddenCode("expression string", f"{where}: attribute {node.attr!r} is not in the allowlist")
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute):
+            raise ForbiddenCode("expression string", f"{where}: only methods may be called")
+        if type(node) not in ALLOWED_NODES or isinstance(node, (ast.Lambda, ast.NamedExpr, ast.For,
+                                                                   ast.While, ast.If)):
+            raise ForbiddenCode("expression string", f"{where}: {type(node).__name__} is not allowed")
+        if isinstance(node, ast.Name) and node.id.startswith("_"):
+            raise ForbiddenCode("expression string", f"{where}: name {node.id!r} is not allowed")
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                node.func.attr in STRING_DISPATCH | EXPRESSION_METHODS | BUFFER_METHODS | {"format"}:
+            raise ForbiddenCode("expression string", f"{where}: {node.func.attr}() inside an expression")
+
+
 def _check_assignment_target(target: ast.AST, tables: set[str]) -> None:
     if isinstance(target, ast.Name):
         return
@@ -337,7 +380,8 @@ def check_code(code: str, table_names=()) -> ast.Module:
         elif kind is ast.arg and node.arg.startswith("_"):
             raise ForbiddenCode("underscore name", f"name {node.arg!r} is not allowed")
         elif kind is ast.Attribute:
-            if node.attr not in ALLOWED_ATTRIBUTES and node.attr != "format" and node.attr not in columns:
+            if node.attr not in ALLOWED_ATTRIBUTES | EXPRESSION_METHODS and node.attr != "format" \
+                    and node.attr not in columns:
                 raise ForbiddenCode("attribute", f"attribute {node.attr!r} is not in the allowlist")
             if isinstance(node.ctx, ast.Store):
                 pass  # checked with the assignment
@@ -348,6 +392,8 @@ def check_code(code: str, table_names=()) -> ast.Module:
                 raise ForbiddenCode("file argument", "to_string() takes a file as its first argument")
             if node.func.attr in STRING_DISPATCH:
                 _check_dispatch(node, functions)
+            elif node.func.attr in EXPRESSION_METHODS:
+                _check_expression_call(node, table_names)
             elif node.func.attr == "format":
                 _check_format(node)
         elif kind in (ast.Assign, ast.AugAssign, ast.AnnAssign):
@@ -359,8 +405,8 @@ def check_code(code: str, table_names=()) -> ast.Module:
     # (`f = df.agg; f(name)`, `df.pipe(pd.DataFrame.agg, name)`) would dodge the checks above.
     called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in STRING_DISPATCH | BUFFER_METHODS | {"format"} \
-                and id(node) not in called:
+        if isinstance(node, ast.Attribute) and node.attr in (STRING_DISPATCH | BUFFER_METHODS | EXPRESSION_METHODS
+                                                             | {"format"}) and id(node) not in called:
             raise ForbiddenCode("function by name", f"{node.attr} may only be called, not passed on")
     return tree
 

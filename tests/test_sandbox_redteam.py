@@ -62,6 +62,12 @@ ATTACKS: dict[str, list[tuple[str, str, bool]]] = {
         ("method kept in a variable", "f = df.agg\nf('eval', expr='points')", True),
         ("pivot_table aggfunc", "df.pivot_table(index='team', values='points', aggfunc='ev' + 'al')", True),
         ("groupby transform by chr", "df.groupby('team').transform(chr(101) + 'val', expr='points')", True),
+        ("query with a dunder expression", "df.query(\"points.__class__.__init__.__globals__\")", True),
+        ("query with an expression built at run time", "q = 'points' + '.__class__'\ndf.query(q)", True),
+        ("eval with an @variable", "x = 1\ndf.eval('@x + points')", True),
+        ("query with a dispatching call inside", "df.query(\"points.agg('ev' 'al')\")", True),
+        ("unchecked: DataFrame.eval returns the builtins",
+         "b = df.eval(\"points.__class__.__init__.__globals__['__builtins__']\")\nb['open']('SECRET_PATH').read()", False),
         ("unchecked: eval returns the builtins, open reads the secret",
          "b = df.agg('ev' + 'al', expr=\"points.__class__.__init__.__globals__['__builtins__']\")\n"
          "b['open']('SECRET_PATH').read()", False),
@@ -456,9 +462,11 @@ def test_the_attacks_are_real(tmp_path):
                             "MARKER_PATH": tmp_path / "m", "NOTEBOOK_PID": 0, "LISTEN_PORT": 0}}
     import pandas as pd
 
-    for cls, number in (("1 method name built at run time", 8), ("2 match class patterns", 4),
-                        ("4 process limits give way", 0)):
-        name, code, _ = ATTACKS[cls][number]
+    for cls, name in (("1 method name built at run time", "unchecked: eval returns the builtins, open reads the secret"),
+                      ("1 method name built at run time", "unchecked: DataFrame.eval returns the builtins"),
+                      ("2 match class patterns", "unchecked: class pattern walk to open"),
+                      ("4 process limits give way", "close fds 0-2, then open the secret (named)")):
+        code = next(code for n, code, _ in ATTACKS[cls] if n == name)
         namespace = code_exec._namespace({"df": pd.DataFrame(TABLE["df"]["rows"], columns=TABLE["df"]["columns"])})
         compiled = code_exec._compile(_fill(code, ctx).replace("[OS.close(fd) for fd in (0, 1, 2)]\n", ""),
                                       ["df"], static_check=False)
