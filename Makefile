@@ -16,13 +16,14 @@ RUN_ENV := TQDM_DISABLE=1 $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup fixtures test test-latest run-all run list bench lab kaggle clean distclean
+.PHONY: help setup fixtures test test-latest run-all run list bench bench-sandbox lab kaggle clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
 	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...'] [NPROC=2]   run one project (or a notebook's variants)"
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make bench                          padding/batching benchmark: original recipe vs nbutils.batching"
+	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
 	@echo "make test                           unit tests + smoke runs of every notebook"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
 	@echo "make lab                            JupyterLab with the project's kernel"
@@ -81,6 +82,11 @@ list: setup
 # Minutes on two CPU cores; run it on a quiet machine. Results: outputs/bench/bench.json.
 bench: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench --out outputs/bench/bench.json
+
+# Executions per second of the code sandbox (2 workers, short snippets) and the cost of each of
+# its layers, in one run (about a minute). Results: outputs/bench/sandbox.json.
+bench-sandbox: setup
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench_sandbox --out outputs/bench/sandbox.json
 
 lab: fixtures
 	$(VENV)/bin/jupyter lab --notebook-dir=. notebooks/

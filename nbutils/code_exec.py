@@ -4,37 +4,35 @@ Text-to-code is judged by execution, as WikiSQL and Spider judge text-to-SQL: th
 and the reference run against the same tables, and equal results count as correct
 (**execution accuracy**). BLEU or exact match punish `df.col` for `df['col']`; execution does not.
 
-Generated code is untrusted, so it never runs in the notebook's process. The layers, each
-enough to stop the attacks the tests try, together defence in depth:
+Generated code is untrusted, so it never runs in the notebook's process. Defence in depth, each
+outer layer holding when the inner ones are bypassed:
 
-1. A static check (AST) before anything runs: no `import`, no names or attributes with a leading
-   underscore (so no dunder walks such as `().__class__.__base__.__subclasses__()`), no
-   frame/generator internals (`gi_frame`, `f_globals`, ...), no file or eval APIs of pandas and
-   numpy (`read_*`, `to_csv`, `to_pickle`, `np.load`, `eval`, `query`, ...).
-2. A minimal namespace: the tables, `pd` and `np` behind read-only views that hide their
-   submodules (no `pd.io.common.os`), and a short list of harmless builtins (no `open`,
-   `__import__`, `eval`, `exec`, `getattr`, ...).
-3. A separate process: a worker (started once, pandas imported once) forks a child per snippet.
-   The child drops to user `nobody` when started as root, closes every file descriptor but its
-   result pipe and limits itself with `setrlimit`: no new file descriptors (so no `open`, no
-   socket), no file writes (RLIMIT_FSIZE 0), no new processes (RLIMIT_NPROC 0), a memory cap
-   (RLIMIT_AS) and a CPU cap; the worker kills it at the wall-clock time limit. Whatever the
-   snippet does to pandas dies with the child, so one snippet cannot change the next one's
-   result. The result comes back as JSON (never pickle), already reduced to plain values.
+1. **An allowlist** (`sandbox_allowlist`): the AST may hold only the Python pandas answers need,
+   names only from the tables, `pd`, `np` and harmless builtins, attributes only from a list of
+   computing methods, functions given by name only from a list of reductions.
+2. **A minimal namespace**: `pd` and `np` behind read-only views that hide their submodules, and
+   a short list of builtins (no `open`, `__import__`, `eval`, `getattr`, ...).
+3. **A fresh process per snippet**, jailed by the kernel (`sandbox_jail`): a worker (pandas
+   imported once, lazily imported modules warmed up) forks one child per snippet; the child points
+   fds 0-2 at /dev/null, drops to `nobody` when root, sets rlimits and loads a seccomp-bpf
+   allowlist of system calls (no open, socket, kill, ptrace, execve, fork, unlink, ...), runs one
+   snippet, writes its reply and exits. Whatever it does to pandas dies with it.
+4. **A parent that trusts nothing** (`result_compare`): replies are JSON (never pickle) checked
+   against a strict schema (types, sizes, depth); anything else is that snippet's `runtime_error`.
+   Only the notebook decides `correct`, and the comparison never raises.
+
+Where the kernel cannot contain the child (macOS, no seccomp), `Sandbox` refuses to start unless
+`allow_uncontained=True`; `Sandbox.containment` names the layers in use, for the run record.
 
 Outcomes: `correct`, or a failure kind: `wrong_result`, `syntax_error`, `runtime_error`,
-`timeout`, `memory_limit`, `forbidden` (refused by the static check). Linux only (fork, /proc);
-macOS works without the memory cap.
+`timeout`, `memory_limit`, `forbidden` (refused by the static check).
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import os
 import queue
-import re
 import select
 import signal
 import struct
@@ -47,105 +45,34 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nbutils.result_compare import (MAX_RESULT_BYTES, canonical, column_order_fixed,  # noqa: F401
+                                    is_order_sensitive, parse_reply, results_match, validated_reply)
+from nbutils.sandbox_allowlist import (RESULT_NAME, SAFE_BUILTINS, ForbiddenCode,  # noqa: F401
+                                       check_code, refusal, refusals)
+from nbutils.sandbox_jail import ContainmentUnavailable, build_filter, containment_label, jail, probe
+
 FAILURE_KINDS = ("wrong_result", "syntax_error", "runtime_error", "timeout", "memory_limit",
                  "forbidden")
 OUTCOMES = ("correct",) + FAILURE_KINDS
 # A reference that does not run gives nothing to compare with: reported, not scored.
 REFERENCE_ERROR = "reference_error"
-RESULT_NAME = "result"  # code may leave its answer in `result = ...` instead of a last expression
+# What a worker may answer for one run (`correct` / `wrong_result` are the notebook's to decide).
+RUN_STATUSES = ("ok", "syntax_error", "runtime_error", "timeout", "memory_limit", "forbidden")
 
 DEFAULT_TIMEOUT_S = 2.0
 DEFAULT_MEMORY_MB = 512
-MAX_RESULT_BYTES = 4_000_000
-_NOBODY = 65534
-
-# --- 1. the static check ----------------------------------------------------------------------
-
-# Attribute names that read or write files, evaluate strings as code, or change global state.
-DENIED_ATTRIBUTES = frozenset({
-    "eval", "query", "load", "loads", "save", "savez", "savez_compressed", "savetxt", "loadtxt",
-    "genfromtxt", "fromfile", "tofile", "fromregex", "memmap", "DataSource", "dump", "dumps",
-    "ExcelWriter", "ExcelFile", "HDFStore", "to_pickle", "to_csv", "to_excel", "to_parquet",
-    "to_feather", "to_hdf", "to_sql", "to_stata", "to_orc", "to_xml", "to_html", "to_latex",
-    "to_json", "to_markdown", "to_clipboard", "to_gbq", "set_option", "reset_option",
-    "option_context", "options", "show_versions", "ctypes", "ctypeslib", "system", "popen",
-    "format_map", "mro",
-})
-# Prefixes of the same kind: pandas' readers, and the internals of frames, generators,
-# coroutines, code objects and tracebacks (the classic way from a generator to real globals).
-DENIED_PREFIXES = ("_", "read_", "f_", "gi_", "cr_", "ag_", "co_", "tb_", "func_", "im_")
-# Methods that look a method up by its name in a string: `df.agg('to_csv', path)`,
-# `df.apply('eval', ...)`. Their string arguments get the attribute check too.
-STRING_DISPATCH = frozenset({"agg", "aggregate", "apply", "transform", "pipe", "map", "applymap"})
-
-SAFE_BUILTINS = (
-    "abs", "all", "any", "bool", "dict", "divmod", "enumerate", "filter", "float", "frozenset",
-    "int", "isinstance", "len", "list", "map", "max", "min", "pow", "range", "reversed", "round",
-    "set", "slice", "sorted", "str", "sum", "tuple", "zip", "True", "False", "None",
-    "ArithmeticError", "Exception", "IndexError", "KeyError", "TypeError", "ValueError",
-    "ZeroDivisionError",
-)
-
-
-class ForbiddenCode(ValueError):
-    """The code uses a construct the sandbox does not allow."""
-
-
-def _attribute_denied(name: str) -> bool:
-    return name in DENIED_ATTRIBUTES or name.startswith(DENIED_PREFIXES)
-
-
-def _method_name_denied(name: str) -> bool:
-    return name in DENIED_ATTRIBUTES or name.startswith(("__", "read_"))
-
-
-def check_code(code: str, table_names=()) -> ast.Module:
-    """Parse `code` and refuse what the sandbox does not allow (raises SyntaxError or
-    ForbiddenCode); returns the tree."""
-    tree = ast.parse(code, mode="exec")
-    tables = set(table_names)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            raise ForbiddenCode("import statements are not allowed")
-        if isinstance(node, (ast.Global, ast.Nonlocal, ast.ClassDef, ast.AsyncFunctionDef,
-                             ast.Await, ast.Yield, ast.YieldFrom)):
-            raise ForbiddenCode(f"{type(node).__name__} is not allowed")
-        if isinstance(node, ast.Name) and node.id.startswith("__"):
-            raise ForbiddenCode(f"name {node.id!r} is not allowed")
-        if isinstance(node, ast.Attribute) and _attribute_denied(node.attr):
-            raise ForbiddenCode(f"attribute {node.attr!r} is not allowed")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and node.func.attr in STRING_DISPATCH:
-            for argument in [*node.args, *(k.value for k in node.keywords)]:
-                # A name string, a list of them, or the values of {column: name} (not the keys:
-                # those are column names such as '_number_of_votes').
-                values = (argument.elts if isinstance(argument, (ast.List, ast.Tuple, ast.Set))
-                          else argument.values if isinstance(argument, ast.Dict) else [argument])
-                for value in values:
-                    inner = value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]
-                    for item in inner:
-                        if isinstance(item, ast.Constant) and isinstance(item.value, str) \
-                                and _method_name_denied(item.value):
-                            raise ForbiddenCode(f"{node.func.attr}({item.value!r}) is not allowed")
-        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Delete)):
-            targets = node.targets if isinstance(node, (ast.Assign, ast.Delete)) else [node.target]
-            for target in targets:
-                for sub in ast.walk(target):
-                    # `df.columns = [...]` is pandas; `pd.DataFrame.sum = ...` is tampering.
-                    if isinstance(sub, ast.Attribute) and not (
-                            isinstance(sub.value, ast.Name) and sub.value.id in tables):
-                        raise ForbiddenCode("assigning attributes of anything but a table is not allowed")
-    return tree
+_RESULT_VAR = "__sandbox_result__"
 
 
 def _compile(code: str, table_names, static_check: bool = True) -> object:
     """Check, then compile so that a last bare expression is kept as the result."""
+    import ast
+
     tree = check_code(code, table_names) if static_check else ast.parse(code, mode="exec")
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = tree.body[-1]
         tree.body[-1] = ast.copy_location(
-            ast.Assign(targets=[ast.Name(id="__sandbox_result__", ctx=ast.Store())], value=last.value),
-            last)
+            ast.Assign(targets=[ast.Name(id=_RESULT_VAR, ctx=ast.Store())], value=last.value), last)
         ast.fix_missing_locations(tree)
     return compile(tree, "<generated>", "exec")
 
@@ -153,7 +80,7 @@ def _compile(code: str, table_names, static_check: bool = True) -> object:
 # --- 2. the namespace -------------------------------------------------------------------------
 
 class _ModuleView:
-    """Read-only view of pandas or numpy: public, non-module, non-denied attributes only."""
+    """Read-only view of pandas or numpy: allowlisted, non-module attributes only."""
 
     __slots__ = ("_view_of",)
 
@@ -163,8 +90,10 @@ class _ModuleView:
     def __getattr__(self, name):
         import types
 
+        from nbutils.sandbox_allowlist import ALLOWED_ATTRIBUTES, EXPRESSION_METHODS
+
         module = object.__getattribute__(self, "_view_of")
-        if _attribute_denied(name):
+        if name not in ALLOWED_ATTRIBUTES and name not in EXPRESSION_METHODS:
             raise AttributeError(f"{module.__name__}.{name} is not available in the sandbox")
         value = getattr(module, name)
         if isinstance(value, types.ModuleType):
@@ -187,124 +116,6 @@ def _namespace(frames: dict) -> dict:
     return {"__builtins__": safe, "pd": _ModuleView(pd), "np": _ModuleView(np), **frames}
 
 
-# --- canonical results: what a result is, as plain JSON values ---------------------------------
-
-def _cell(value):
-    import numpy as np
-    import pandas as pd
-
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return None if math.isnan(value) else value if math.isfinite(value) else str(value)
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
-        return str(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_cell(v) for v in list(value)[:1000]]
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return _cell(value.item())
-        except (TypeError, ValueError):
-            pass
-    return repr(value)[:200]
-
-
-def _named_index(index) -> bool:
-    """A named index (groupby keys, value_counts) carries part of the answer; a plain row index
-    (what filtering keeps) does not, so it is dropped."""
-    return any(name is not None for name in index.names)
-
-
-def canonical(value) -> dict:
-    """A result as {"kind": scalar|series|frame|list, ...} of plain values, for comparison.
-
-    Frames and Series become rows of cells; a named index becomes leading columns.
-    """
-    import numpy as np
-    import pandas as pd
-
-    if isinstance(value, pd.DataFrame):
-        frame = value.reset_index() if _named_index(value.index) else value
-        return {"kind": "frame", "columns": [str(c) for c in frame.columns],
-                "rows": [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
-    if isinstance(value, pd.Series):
-        if _named_index(value.index):
-            frame = value.reset_index(name="\0value")
-            return {"kind": "series", "columns": [str(c) for c in frame.columns],
-                    "rows": [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
-        return {"kind": "series", "columns": [str(value.name)], "rows": [[_cell(v)] for v in value.tolist()]}
-    if isinstance(value, np.ndarray) and value.ndim == 2:
-        return {"kind": "list", "columns": None, "rows": [[_cell(v) for v in row] for row in value.tolist()]}
-    if isinstance(value, (pd.Index, np.ndarray, list, tuple, set, frozenset)):
-        items = list(value)
-        if isinstance(value, (set, frozenset)):
-            items = sorted(items, key=repr)
-        return {"kind": "list", "columns": None,
-                "rows": [[_cell(v) for v in item] if isinstance(item, (list, tuple)) else [_cell(item)]
-                         for item in items]}
-    if isinstance(value, dict):
-        return {"kind": "list", "columns": None, "rows": [[_cell(k), _cell(v)] for k, v in value.items()]}
-    return {"kind": "scalar", "value": _cell(value)}
-
-
-def _cells_equal(a, b, rel_tol: float = 1e-6) -> bool:
-    numbers = (int, float)
-    if isinstance(a, numbers) and isinstance(b, numbers):  # bools count as 0/1, ints as floats
-        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-9)
-    if isinstance(a, list) and isinstance(b, list):
-        return len(a) == len(b) and all(_cells_equal(x, y, rel_tol) for x, y in zip(a, b))
-    return a == b
-
-
-def _sort_key(row) -> str:
-    def norm(v):
-        if isinstance(v, bool) or v is None:
-            return v
-        if isinstance(v, (int, float)):
-            return round(float(v), 6)
-        return v
-    return json.dumps([norm(v) for v in row], default=str)
-
-
-def is_order_sensitive(reference: str) -> bool:
-    """Rows are compared in order only when the reference orders them (as ORDER BY in Spider)."""
-    return bool(re.search(r"sort_values|sort_index|nlargest|nsmallest|\bsorted\(|\.rank\(", reference))
-
-
-def results_match(predicted: dict, gold: dict, ordered: bool = False) -> bool:
-    """Whether two canonical results are the same answer.
-
-    Values are compared with a relative tolerance of 1e-6; the row index is ignored unless named;
-    row order counts only if `ordered`; column names count only when both results are frames
-    (`rename` answers), so a Series and a one-column frame with the same values match, as do a
-    one-cell result and a scalar.
-    """
-    if gold["kind"] == "scalar" or predicted["kind"] == "scalar":
-        def only_cell(result):
-            if result["kind"] == "scalar":
-                return True, result["value"]
-            rows = result["rows"]
-            return (len(rows) == 1 and len(rows[0]) == 1), (rows[0][0] if rows and rows[0] else None)
-        ok_p, p = only_cell(predicted)
-        ok_g, g = only_cell(gold)
-        return ok_p and ok_g and _cells_equal(p, g)
-    rows_p, rows_g = predicted["rows"], gold["rows"]
-    if len(rows_p) != len(rows_g):
-        return False
-    if predicted["kind"] == gold["kind"] == "frame" and predicted["columns"] != gold["columns"]:
-        return False
-    if not ordered:
-        rows_p, rows_g = sorted(rows_p, key=_sort_key), sorted(rows_g, key=_sort_key)
-    return all(_cells_equal(p, g) for p, g in zip(rows_p, rows_g))
-
-
 # --- 3. the process: a worker that forks one jailed child per snippet --------------------------
 
 def _send(stream, message: dict) -> None:
@@ -322,74 +133,77 @@ def _receive(stream) -> dict | None:
     return json.loads(data) if len(data) == size else None
 
 
-def _virtual_memory_bytes() -> int | None:
-    try:
-        return int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None
+class _Discard:
+    """Where a snippet's `print` goes: nowhere (the caller's sys.stdout may be anything, e.g.
+    pytest's capture, when the worker was forked from it)."""
 
+    def write(self, text):
+        return len(text)
 
-def _jail(result_fd: int, timeout: float, memory_mb: int) -> None:
-    """In the forked child: keep only the result pipe (as fd 3), drop root, then set limits."""
-    import resource
-
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.dup2(result_fd, 3)
-    os.closerange(4, 1 << 16)
-    if os.geteuid() == 0:  # root ignores RLIMIT_NPROC and could raise its own limits
-        os.setgroups([])
-        os.setgid(_NOBODY)
-        os.setuid(_NOBODY)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE fails, no kill
-    vm = _virtual_memory_bytes()
-    limits = [
-        (resource.RLIMIT_NOFILE, 4),          # fds 0-3 are taken: no open(), no socket()
-        (resource.RLIMIT_FSIZE, 0),           # no file grows
-        (resource.RLIMIT_NPROC, 0),           # no fork, so no os.system or subprocess
-        (resource.RLIMIT_CORE, 0),
-        (resource.RLIMIT_CPU, int(math.ceil(timeout)) + 1),
-    ]
-    if vm is not None:  # the child starts as a copy of the worker: cap growth beyond that
-        limits.append((resource.RLIMIT_AS, vm + memory_mb * 1024 * 1024))
-    for limit, value in limits:
-        resource.setrlimit(limit, (value, value))
+    def flush(self):
+        pass
 
 
 def _child_run(compiled, frames: dict) -> dict:
+    sys.stdout = sys.stderr = _Discard()
     try:
         namespace = _namespace(frames)
         exec(compiled, namespace)
-        if "__sandbox_result__" in namespace:
-            value = namespace["__sandbox_result__"]
-        elif RESULT_NAME in namespace:
+        value = namespace.get(_RESULT_VAR)
+        if value is None and RESULT_NAME in namespace:  # `result = ...` then `print(result)`
             value = namespace[RESULT_NAME]
-        else:
+        elif _RESULT_VAR not in namespace:
             return {"status": "runtime_error", "error": "the code computes no value (no final "
                     f"expression and no `{RESULT_NAME} = ...`)"}
         return {"status": "ok", "value": canonical(value)}
     except MemoryError:
         return {"status": "memory_limit", "error": "MemoryError"}
     except BaseException as err:  # noqa: BLE001 - anything the snippet raises is its failure
-        return {"status": "runtime_error", "error": f"{type(err).__name__}: {err}"[:300]}
+        try:
+            return {"status": "runtime_error", "error": f"{type(err).__name__}: {err}"[:300]}
+        except BaseException:  # noqa: BLE001 - an exception whose str() raises
+            return {"status": "runtime_error", "error": type(err).__name__[:100]}
 
 
-def _run_in_child(compiled, frames: dict, timeout: float, memory_mb: int) -> dict:
+def _serialized(outcome: dict) -> bytes:
+    try:
+        data = json.dumps(outcome).encode()
+    except (TypeError, ValueError, MemoryError, RecursionError) as err:
+        data = json.dumps({"status": "runtime_error", "error": f"unserializable result: {err}"[:300]}).encode()
+    if len(data) > MAX_RESULT_BYTES:
+        data = json.dumps({"status": "runtime_error", "error": "result too large"}).encode()
+    return data
+
+
+_vm = {"bytes": None, "requests": 0}
+
+
+def _worker_vm_bytes() -> int | None:
+    """The worker's virtual memory size, which each child starts with (its RLIMIT_AS adds
+    `memory_mb` to it). Read from /proc every 32 requests, not in every child: reading it cost
+    the child about a tenth of its time (`make bench-sandbox`); in between the worker grows by
+    little more than a snippet's tables."""
+    from nbutils.sandbox_jail import _virtual_memory_bytes
+
+    if _vm["bytes"] is None or _vm["requests"] % 32 == 0:
+        measured = _virtual_memory_bytes()
+        _vm["bytes"] = None if measured is None else measured + 16 * 1024 * 1024
+    _vm["requests"] += 1
+    return _vm["bytes"]
+
+
+def _run_in_child(compiled, frames: dict, timeout: float, memory_mb: int, rules) -> dict:
+    """Fork a child that jails itself and runs one snippet; its reply, checked, or what
+    became of it. Never raises for anything the child does."""
+    vm_bytes = _worker_vm_bytes()
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns
         code = 1
         try:
             os.close(read_fd)
-            _jail(write_fd, timeout, memory_mb)
-            outcome = _child_run(compiled, frames)
-            try:
-                data = json.dumps(outcome).encode()
-            except (TypeError, ValueError, MemoryError) as err:
-                data = json.dumps({"status": "runtime_error", "error": f"unserializable result: {err}"[:300]}).encode()
-            if len(data) > MAX_RESULT_BYTES:
-                data = json.dumps({"status": "runtime_error", "error": "result too large"}).encode()
+            jail(write_fd, timeout, memory_mb, rules, vm_bytes)
+            data = _serialized(_child_run(compiled, frames))
             view = memoryview(data)
             while view:
                 view = view[os.write(3, view):]
@@ -414,21 +228,22 @@ def _run_in_child(compiled, frames: dict, timeout: float, memory_mb: int) -> dic
                 break
             chunks.append(chunk)
             size += len(chunk)
-            if size > MAX_RESULT_BYTES + 1024:
+            if size > MAX_RESULT_BYTES:
                 break
     finally:
         os.close(read_fd)
     # Reap the child; one that closed its pipe but lingers is killed at the deadline.
+    status = 0
     while True:
         finished, status = os.waitpid(pid, os.WNOHANG)
         if finished:
             break
-        if timed_out or time.monotonic() > deadline:
-            timed_out = True
+        if timed_out or time.monotonic() > deadline or size > MAX_RESULT_BYTES:
+            timed_out = timed_out or size <= MAX_RESULT_BYTES
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             break
-        time.sleep(0.001)
+        time.sleep(0.0005)
     if timed_out:
         return {"status": "timeout", "error": f"no result within {timeout:g} s"}
     if finished and os.WIFSIGNALED(status):
@@ -437,10 +252,7 @@ def _run_in_child(compiled, frames: dict, timeout: float, memory_mb: int) -> dic
             return {"status": "timeout", "error": "CPU time limit"}
         if not chunks:
             return {"status": "runtime_error", "error": f"killed by signal {sig}"}
-    try:
-        return json.loads(b"".join(chunks))
-    except ValueError:
-        return {"status": "runtime_error", "error": "the snippet ended without a result"}
+    return parse_reply(b"".join(chunks))
 
 
 def _frames(tables: dict) -> dict:
@@ -449,59 +261,121 @@ def _frames(tables: dict) -> dict:
     return {name: pd.DataFrame(spec["rows"], columns=spec["columns"]) for name, spec in tables.items()}
 
 
-def _warm_up() -> None:
-    """Touch what generated code commonly calls, so lazy imports (which would need new file
-    descriptors, refused in the child) happen here, once."""
+def warm_up() -> None:
+    """Import and touch what generated code commonly calls, so pandas' lazy imports (which need
+    to open files, refused in the child) happen in the worker, once. Formatting included:
+    `repr(df)`, `df.to_string()`, `print(df)` import pandas' format modules on first use. Each
+    step on its own: one that fails here (a pandas quirk) must not stop the others."""
+    import io
+
     import numpy as np
     import pandas as pd
 
-    df = pd.DataFrame({"a": ["x", "y", "x"], "b": [1.0, 2.0, 3.0], "c": [3, 1, 2]})
-    df.groupby("a").agg({"b": "sum", "c": "mean"})
-    df.groupby("a")["b"].describe()
-    df.merge(df, on="a").sort_values("b_x").head(2)
-    df["a"].str.contains("x").sum(), df["a"].str.upper(), df["a"].value_counts()
-    df.pivot_table(index="a", values="b", aggfunc="mean")
-    pd.to_datetime(pd.Series(["2020-01-02"])).dt.year
-    df.describe(), df["b"].quantile(0.5), df.nlargest(2, "b"), np.where(df["b"] > 1, 1, 0)
-    df.apply(lambda row: row["b"], axis=1), df["b"].rank(), df["c"].cumsum()
-    canonical(df), canonical(df["b"]), canonical(df.groupby("a")["b"].sum()), json.dumps(canonical(1.5))
+    df = pd.DataFrame({"a": ["x", "y", "x"], "b": [1.0, 2.0, 3.0], "c": [3, 1, 2],
+                       "d": pd.to_datetime(["2020-01-02", "2021-03-04", "2022-05-06"])})
+    steps = [
+        lambda: df.groupby("a").agg({"b": "sum", "c": "mean"}),
+        lambda: df.groupby("a").agg(total=("b", "sum")),
+        lambda: df.groupby("a")["b"].describe(),
+        lambda: df.merge(df, on="a").sort_values("b_x").head(2),
+        lambda: (df["a"].str.contains("x").sum(), df["a"].str.upper(), df["a"].value_counts()),
+        lambda: (df["a"].str.extract(r"(x)"), df["a"].str.split("x"), df["a"].str.len()),
+        lambda: (df.pivot_table(index="a", values="b", aggfunc="mean"), pd.crosstab(df["a"], df["c"])),
+        lambda: pd.to_datetime(pd.Series(["2020-01-02"])).dt.year,
+        lambda: (df["d"].dt.strftime("%Y"), df["d"].dt.day_name(), df["d"].dt.month_name()),
+        lambda: (df.describe(), df["b"].quantile(0.5), df.nlargest(2, "b"), np.where(df["b"] > 1, 1, 0)),
+        lambda: (df.apply(lambda row: row["b"], axis=1), df["b"].rank(), df["c"].cumsum(), df["b"].round(1)),
+        lambda: (pd.cut(df["b"], 2), pd.qcut(df["b"], 2), df["b"].rolling(2).mean(), pd.to_numeric(df["c"])),
+        lambda: df.set_index("d").resample("YE").sum(numeric_only=True),
+        lambda: (df["b"].astype("category").cat.codes, df.explode("a"), df.melt(id_vars="a")),
+        lambda: [(repr(v), str(v)) for v in (df, df["b"], df.groupby("a")["b"].sum(), df.index, df.dtypes,
+                                             df.describe(), df["d"], df.set_index("a"), df["b"].mean(),
+                                             np.arange(3), df["b"].astype("category"))],
+        lambda: (df.to_string(), df["b"].to_string(), df.to_dict(), df.to_dict("records")),
+        lambda: df.info(buf=io.StringIO()),
+        lambda: (print(df, file=io.StringIO()), f"{df['b'].mean():.2f}", "{} {:.1f}".format(1, 2.0)),
+        lambda: (repr(pd.Timestamp("2020-01-01")), repr(pd.Timedelta(days=1)), repr(np.float64(1.5))),
+        lambda: (canonical(df), canonical(df["b"]), canonical(df.groupby("a")["b"].sum())),
+        lambda: json.dumps(canonical(1.5)),
+        lambda: df.sample(2, random_state=0),
+        lambda: (df.query("b > 1"), df.query("c > 1 and a == 'x'"), df.eval("b * 2"), pd.eval("1 + 2")),
+        lambda: df.query("a.str.contains('x')", engine="python"),
+    ]
+    for step in steps:
+        try:
+            step()
+        except Exception:  # noqa: BLE001, S112 - a warm-up step that fails only warms less
+            continue
 
 
-def _worker_main() -> None:
+def preload() -> None:
+    """Import everything a worker and its jailed children use, and warm pandas up. The worker
+    calls it; a process that will drop its privileges and then start a `Sandbox(start="fork")`
+    calls it first, while it can still read the interpreter's files."""
+    import concurrent.futures  # noqa: F401 - Sandbox.map
+    import ctypes  # noqa: F401
+    import resource  # noqa: F401 - the jail's rlimits
+
+    import pandas  # noqa: F401
+
+    warm_up()
+    try:
+        build_filter()
+    except ContainmentUnavailable:
+        pass
+
+
+def _handle(request: dict, rules) -> dict:
+    tables = request["tables"]
+    try:
+        # static_check False is only for tests of the process layers on their own.
+        compiled = _compile(request["code"], tables, request.get("static_check", True))
+    except SyntaxError as err:
+        return {"status": "syntax_error", "error": f"{err.msg} (line {err.lineno})"}
+    except ForbiddenCode as err:
+        return {"status": "forbidden", "error": str(err)}
+    except (ValueError, RecursionError, MemoryError, TypeError) as err:  # compile() refusing odd input
+        return {"status": "syntax_error", "error": f"{type(err).__name__}: {err}"[:300]}
+    try:
+        frames = _frames(tables)
+    except Exception as err:  # noqa: BLE001 - a bad table spec is the caller's error
+        return {"status": "runtime_error", "error": f"bad table: {err}"[:300]}
+    return _run_in_child(compiled, frames, float(request["timeout"]), int(request["memory_mb"]), rules)
+
+
+def _worker_main(stdin=None, stdout=None, allow_uncontained: bool = False) -> None:
     """The worker process: read requests, answer each with the result of a jailed child."""
     # No pyarrow: its thread pool must not be forked, and without it each fork copies a third
     # less memory. pandas then stores strings as Python objects.
     sys.modules.setdefault("pyarrow", None)
     import pandas as pd
 
-    pd.set_option("mode.string_storage", "python")
-    _warm_up()
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    pd.set_option("mode.string_storage", "python")  # in the worker only, never the caller's
+    preload()
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing but protocol messages may reach the parent's pipe
-    _send(stdout, {"status": "ready"})
+    try:
+        rules = build_filter()
+        why = probe(rules)
+    except ContainmentUnavailable as err:
+        rules, why = None, str(err)
+    if why is not None:
+        rules = None
+    root = os.geteuid() == 0
+    _send(stdout, {"status": "ready", "containment": containment_label(rules is not None, root),
+                   "seccomp_error": why})
+    if rules is None and not allow_uncontained:
+        return  # the parent raises ContainmentUnavailable with `why`
     while True:
         request = _receive(stdin)
         if request is None:
             return
-        tables = request["tables"]
         try:
-            # static_check False is only for tests of the process layer on its own.
-            compiled = _compile(request["code"], tables, request.get("static_check", True))
-        except SyntaxError as err:
-            _send(stdout, {"status": "syntax_error", "error": f"{err.msg} (line {err.lineno})"})
-            continue
-        except ForbiddenCode as err:
-            _send(stdout, {"status": "forbidden", "error": str(err)})
-            continue
-        except (ValueError, RecursionError, MemoryError) as err:  # compile() refusing odd input
-            _send(stdout, {"status": "syntax_error", "error": f"{type(err).__name__}: {err}"[:300]})
-            continue
-        try:
-            frames = _frames(tables)
-        except Exception as err:  # noqa: BLE001 - a bad table spec is the caller's error
-            _send(stdout, {"status": "runtime_error", "error": f"bad table: {err}"[:300]})
-            continue
-        _send(stdout, _run_in_child(compiled, frames, float(request["timeout"]), int(request["memory_mb"])))
+            reply = _handle(request, rules)
+        except Exception as err:  # noqa: BLE001 - the worker answers every request
+            reply = {"status": "runtime_error", "error": f"sandbox worker: {type(err).__name__}: {err}"[:300]}
+        _send(stdout, reply)
 
 
 @dataclass
@@ -511,47 +385,134 @@ class RunResult:
     error: str = ""
 
 
-class _Worker:
-    """One worker process (pandas imported once) that forks a jailed child per snippet."""
+def _worker_env() -> dict:
+    """A minimal environment: no tokens or keys of the notebook's for the snippets to find, and
+    one thread per BLAS/OpenMP pool (threads and fork do not mix; the jail refuses clone)."""
+    env = {key: os.environ[key] for key in ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH")
+           if key in os.environ}
+    env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               NUMEXPR_MAX_THREADS="1", PYTHONHASHSEED="0")
+    return env
 
-    def __init__(self):
-        self.process: subprocess.Popen | None = None
+
+class _ForkedProcess:
+    """A worker forked from this (already imported) process: the shape of `subprocess.Popen`
+    that `_Worker` uses (pid, stdin, stdout, poll, wait)."""
+
+    def __init__(self, workdir: str, allow_uncontained: bool):
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: never returns into the caller's code
+            try:
+                os.setsid()
+                os.dup2(request_read, 0)
+                os.dup2(reply_write, 1)
+                os.closerange(3, 1 << 16)
+                os.chdir(workdir)
+                os.environ.clear()
+                os.environ.update(_worker_env())
+                _worker_main(os.fdopen(0, "rb"), os.fdopen(1, "wb"), allow_uncontained)
+            finally:
+                os._exit(0)
+        os.close(request_read)
+        os.close(reply_write)
+        self.pid = pid
+        self.stdin = os.fdopen(request_write, "wb")
+        self.stdout = os.fdopen(reply_read, "rb")
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            try:
+                finished, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                finished, status = self.pid, 0
+            if finished:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("sandbox worker", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+
+def _can_exec_interpreter() -> bool:
+    return os.access(os.path.realpath(sys.executable), os.X_OK)
+
+
+class _Worker:
+    """One worker process (pandas imported once) that forks a jailed child per snippet.
+
+    `start="exec"` runs a fresh interpreter (`python -I`, a clean environment): nothing of the
+    notebook's memory is in it. `start="fork"` forks this process instead (after `preload()` if
+    it can no longer read the interpreter's files, as a process that dropped its privileges
+    cannot). A forked worker holds a copy of this process's memory, secrets included, and a
+    snippet that got past the allowlist could return what it finds there as its value (the
+    kernel cannot tell a stolen string from a result): fork only from a process that holds no
+    secrets. `"auto"`: exec whenever this user can run the interpreter (a notebook kernel always
+    can), fork otherwise.
+    """
+
+    def __init__(self, start: str = "auto", allow_uncontained: bool = False):
+        self.process = None
         self.workdir: tempfile.TemporaryDirectory | None = None
+        self.start_method = start
+        self.allow_uncontained = allow_uncontained
+        self.containment = ""
 
     def start(self) -> None:
         if self.process is not None and self.process.poll() is None:
             return
-        package_parent = str(Path(__file__).resolve().parent.parent)
-        boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                "from nbutils.code_exec import _worker_main; _worker_main()")
-        # A minimal environment: no tokens or keys of the notebook's for the snippets to find,
-        # and one thread per BLAS/OpenMP pool (threads and fork do not mix).
-        env = {key: os.environ[key] for key in ("PATH", "LANG", "LC_ALL", "LD_LIBRARY_PATH")
-               if key in os.environ}
-        env.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
-                   NUMEXPR_MAX_THREADS="1", PYTHONHASHSEED="0")
+        method = self.start_method
+        if method == "auto":
+            method = "exec" if _can_exec_interpreter() else "fork"
         self.workdir = tempfile.TemporaryDirectory(prefix="sandbox-")
         os.chmod(self.workdir.name, 0o755)  # the child runs as nobody, in this folder
-        # -I: no PYTHONPATH, no user site, no current folder on sys.path.
-        self.process = subprocess.Popen([sys.executable, "-I", "-c", boot], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env, cwd=self.workdir.name,
-                                        start_new_session=True)
-        ready = _receive(self.process.stdout)
+        if method == "fork":
+            self.process = _ForkedProcess(self.workdir.name, self.allow_uncontained)
+        else:
+            package_parent = str(Path(__file__).resolve().parent.parent)
+            boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
+                    "from nbutils.code_exec import _worker_main; "
+                    f"_worker_main(allow_uncontained={self.allow_uncontained!r})")
+            # -I: no PYTHONPATH, no user site, no current folder on sys.path.
+            self.process = subprocess.Popen([sys.executable, "-I", "-c", boot], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, env=_worker_env(),
+                                            cwd=self.workdir.name, start_new_session=True)
+        try:
+            ready = _receive(self.process.stdout)
+        except (OSError, ValueError):
+            ready = None
         if not ready or ready.get("status") != "ready":
-            self.close()
+            self.close(kill=True)
             raise RuntimeError("the code sandbox's worker process failed to start")
+        self.containment = str(ready.get("containment", ""))
+        if ready.get("seccomp_error") and not self.allow_uncontained:
+            self.close(kill=True)
+            raise ContainmentUnavailable(
+                f"the kernel cannot contain generated code here ({ready['seccomp_error']}); "
+                "refusing to run it. Set allow_uncontained_execution=True (Sandbox(allow_uncontained=True)) "
+                "to run it anyway with only the static check, rlimits and the uid drop.")
 
     def close(self, kill: bool = False) -> None:
         if self.process is not None:
             if self.process.poll() is None:
                 if kill:  # the worker and any child it forked (one process group)
-                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self._kill_group()
                 else:
-                    self.process.stdin.close()  # the worker exits at the end of its input
+                    try:
+                        self.process.stdin.close()  # the worker exits at the end of its input
+                    except OSError:
+                        pass
                 try:
                     self.process.wait(timeout=5)
                 except subprocess.TimeoutExpired:
-                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self._kill_group()
                     self.process.wait()
             for stream in (self.process.stdin, self.process.stdout):
                 try:
@@ -562,6 +523,12 @@ class _Worker:
         if self.workdir is not None:
             self.workdir.cleanup()
             self.workdir = None
+
+    def _kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
     def request(self, message: dict, wait_s: float) -> dict | None:
         """Send one request; the reply, or None if the worker died or hung (then it is gone)."""
@@ -585,26 +552,37 @@ class Sandbox:
             box.run("df['a'].sum()", {"df": {"columns": ["a"], "rows": [[1], [2]]}})
 
     `tables` maps each name the code may use to {"columns": [...], "rows": [[...], ...]}.
+    Refuses to start (ContainmentUnavailable) where seccomp cannot contain the children, unless
+    `allow_uncontained`; `containment` then names the layers in use (for the run record).
     """
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
-                 workers: int = 1, static_check: bool = True):
+                 workers: int = 1, static_check: bool = True, allow_uncontained: bool = False,
+                 start: str = "auto"):
         if sys.platform == "win32":
             raise OSError("the code sandbox needs fork() and setrlimit(): run on Linux (Kaggle, Colab) or macOS")
         if timeout <= 0 or memory_mb <= 0 or workers < 1:
             raise ValueError(f"timeout, memory_mb and workers must be positive, got {timeout!r}, "
                              f"{memory_mb!r}, {workers!r}")
+        if start not in ("auto", "exec", "fork"):
+            raise ValueError(f"start={start!r}: expected 'auto', 'exec' or 'fork'")
         self.timeout, self.memory_mb, self.static_check = float(timeout), int(memory_mb), static_check
-        self.workers = int(workers)
+        self.workers, self.allow_uncontained, self.start_method = int(workers), allow_uncontained, start
         self._idle: queue.Queue = queue.Queue()
         self._all: list[_Worker] = []
         self._starting = threading.Lock()
         self.restarts = 0
 
+    @property
+    def containment(self) -> str:
+        """The layers each snippet runs under, e.g. `static-check+fresh-process+fds+uid-drop+rlimits+seccomp`."""
+        layers = self._all[0].containment if self._all else ""
+        return "+".join(filter(None, ["static-check" if self.static_check else "", layers]))
+
     def start(self) -> "Sandbox":
         with self._starting:
             if not self._all:
-                workers = [_Worker() for _ in range(self.workers)]
+                workers = [_Worker(self.start_method, self.allow_uncontained) for _ in range(self.workers)]
                 try:
                     for worker in workers:
                         worker.start()
@@ -644,6 +622,7 @@ class Sandbox:
         if reply is None:
             self.restarts += 1
             return RunResult("runtime_error", error="the sandbox worker stopped; restarted")
+        reply = validated_reply(reply, RUN_STATUSES)
         return RunResult(reply["status"], reply.get("value"), reply.get("error", ""))
 
     def map(self, function, items) -> list:
@@ -709,11 +688,18 @@ class ExecutionEvaluator:
             raise ValueError(f"{len(references)} references but {len(table_sets)} table sets")
         self.references, self.table_sets, self.sandbox = list(references), table_sets, sandbox
         self.ordered = [is_order_sensitive(ref) for ref in self.references]
+        self.ordered_columns = [column_order_fixed(ref) for ref in self.references]
         self.gold = sandbox.map(lambda i: [sandbox.run(self.references[i], tables)
                                            for tables in self.table_sets[i]],
                                 range(len(self.references)))
 
     def _score_one(self, i: int, prediction: str) -> tuple[str, str]:
+        try:
+            return self._score_runs(i, prediction)
+        except Exception as err:  # noqa: BLE001 - the evaluation goes on, whatever one example does
+            return "runtime_error", f"evaluation error: {type(err).__name__}"
+
+    def _score_runs(self, i: int, prediction: str) -> tuple[str, str]:
         gold_runs = self.gold[i]
         failed = next((g for g in gold_runs if g.status != "ok"), None)
         if failed is not None or not gold_runs:
@@ -722,7 +708,7 @@ class ExecutionEvaluator:
             run = self.sandbox.run(prediction, tables)
             if run.status != "ok":
                 return run.status, run.error
-            if not results_match(run.value, gold.value, self.ordered[i]):
+            if not results_match(run.value, gold.value, self.ordered[i], self.ordered_columns[i]):
                 return "wrong_result", ""
         return "correct", ""
 

@@ -157,12 +157,61 @@ def test_results_match(predicted, gold, ordered, same):
     assert results_match(canonical(predicted), canonical(gold), ordered) is same
 
 
+@pytest.mark.parametrize("predicted, gold, same", [
+    (10 ** 400, 73, False),  # once an OverflowError that stopped the evaluation
+    (10 ** 400, 10 ** 400, True),  # integers compare exactly, whatever their size
+    (10 ** 400 + 1, 10 ** 400, False),
+    (-(10 ** 400), 1e300, False),
+    (float("inf"), float("inf"), True),
+    (float("nan"), 73, False),
+    (pd.DataFrame({"a": [1, "x", None, 2.5]}), pd.DataFrame({"a": ["x", 1, 2.5, None]}), True),  # mixed types
+    ([1, [2, [3, [4, [5]]]]], [1, [2, [3, [4, [5]]]]], True),  # nested containers
+    ([1, [2, [3]]], [1, [2, [4]]], False),
+    ({1: "a", "b": [1, 2]}, {1: "a", "b": [1, 2]}, True),
+])
+def test_results_match_never_raises(predicted, gold, same):
+    assert results_match(canonical(predicted), canonical(gold)) is same
+
+
+@pytest.mark.parametrize("malformed", [None, {}, {"kind": "frame"}, {"kind": "frame", "columns": [1], "rows": 5},
+                                       {"kind": "scalar", "value": {"a": 1}}, {"kind": "list", "columns": None,
+                                                                              "rows": [[[[[[[1]]]]]]]}])
+def test_a_malformed_result_matches_nothing_and_raises_nothing(malformed):
+    assert results_match(malformed, canonical(1)) is False
+    assert results_match(canonical(1), malformed) is False
+
+
+@pytest.mark.parametrize("reference, fixed", [
+    ("df[['name', 'points']]", True),
+    ("df.loc[df['points'] > 8, ['name', 'points']]", True),
+    ("df.reindex(columns=['points', 'name'])", True),
+    ("df[df['points'] > 8]", False),
+    ("df.groupby('team').agg({'points': 'sum', 'name': 'count'})", False),
+    ("df[df['team'].isin(['red', 'blue'])]", False),  # a list of values, not of columns
+    ("df.sort_values(['team', 'points'])", False),
+    ("df[", False),
+])
+def test_the_reference_fixes_the_column_order_only_by_an_explicit_column_list(reference, fixed):
+    assert code_exec.column_order_fixed(reference) is fixed
+
+
+def test_frames_match_by_column_set_unless_the_reference_orders_the_columns(box):
+    references = ["df[df['points'] > 8]", "df.groupby('team').agg({'points': 'sum', 'name': 'count'})",
+                  "df[['name', 'points']]", "df[['name', 'points']]", "df[df['points'] > 8]"]
+    predictions = ["df[df['points'] > 8][['points', 'team', 'name']]",
+                   "df.groupby('team').agg({'name': 'count', 'points': 'sum'})",
+                   "df[['points', 'name']]", "df[['name', 'points']]",
+                   "df[df['points'] > 8].rename(columns={'team': 'side'})"]
+    report = ExecutionEvaluator(references, [[TABLE]] * 5, box).score(predictions)
+    assert report.outcomes == ["correct", "correct", "wrong_result", "correct", "wrong_result"]
+
+
 # --- the sandbox: nothing escapes, and the evaluation goes on -------------------------------------
 
 ATTACKS = {
     "os.system": ("__import__('os').system('touch {marker}')", "forbidden"),
-    "read /etc/passwd": ("open('/etc/passwd').read()", "runtime_error"),
-    "write a file": ("open('{marker}', 'w').write('x')", "runtime_error"),
+    "read /etc/passwd": ("open('/etc/passwd').read()", "forbidden"),  # open: not an allowed name
+    "write a file": ("open('{marker}', 'w').write('x')", "forbidden"),
     "infinite loop": ("while True:\n    pass", "timeout"),
     "memory bomb": ("'x' * (10 ** 10)", "memory_limit"),
     "numpy memory bomb": ("np.ones((10 ** 5, 10 ** 5))", "memory_limit"),
@@ -174,7 +223,7 @@ ATTACKS = {
     "pandas reader": ("pd.read_csv('/etc/passwd')", "forbidden"),
     "generator frames": ("[(x for x in [1])][0].gi_frame.f_back", "forbidden"),
     "tampering with pandas": ("pd.DataFrame.sum = 1", "forbidden"),
-    "eval": ("eval('1 + 1')", "runtime_error"),
+    "eval": ("eval('1 + 1')", "forbidden"),
 }
 
 
@@ -189,22 +238,26 @@ def test_attacks_fail_and_the_evaluation_continues(box, tmp_path, name):
     assert not marker.exists()
 
 
-# With the static check off, the classic escape reaches the real builtins; the process limits
-# still stop it. Each snippet ends in a value so a failed call shows as its error.
+# With the static check off, the classic escape reaches the real builtins; the kernel still stops
+# it: the seccomp filter answers EPERM (Errno 1) before the rlimits are even consulted. Each
+# snippet ends in a value so a failed call shows as its error. (tests/test_sandbox_redteam.py
+# tries many more.)
 ESCAPE = ("b = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
           ".__init__.__globals__['__builtins__']\n")
 PROCESS_LAYER = {  # name: (code, status, what stops it)
-    "read a file": (ESCAPE + "b['open']('/etc/passwd').read()", "runtime_error", "Errno 24"),
-    "write a file": (ESCAPE + "b['open']('{marker}', 'w').write('x')", "runtime_error", "Errno 24"),
-    "open a socket": (ESCAPE + "b['__import__']('socket').socket()", "runtime_error", "Errno 24"),
-    "fork": (ESCAPE + "b['__import__']('os').fork()", "runtime_error", "Errno 11"),
+    "read a file": (ESCAPE + "b['open']('/etc/passwd').read()", "runtime_error", "Errno 1]"),
+    "write a file": (ESCAPE + "b['open']('{marker}', 'w').write('x')", "runtime_error", "Errno 1]"),
+    # Through libc, so that it does not depend on whether the worker imported the socket module.
+    "open a socket": (ESCAPE + "ct = b['__import__']('ctypes')\nfd = ct.CDLL(None, use_errno=True).socket(2, 1, 0)\n"
+                      "if fd < 0:\n    raise b['OSError'](ct.get_errno(), 'socket')\nfd", "runtime_error", "Errno 1]"),
+    "fork": (ESCAPE + "b['__import__']('os').fork()", "runtime_error", "Errno 1]"),
     "run a shell": (ESCAPE + "b['__import__']('os').system('touch {marker}')", "ok", None),
 }
 
 
 @pytest.mark.parametrize("name", list(PROCESS_LAYER))
 def test_process_limits_hold_even_without_the_static_check(tmp_path, name):
-    """No new file descriptors (Errno 24: so no open, no socket), no new processes (Errno 11)."""
+    """The kernel refuses open, socket and fork (seccomp: EPERM, Errno 1)."""
     marker = tmp_path / "escaped"
     os.chmod(tmp_path, 0o777)  # so that only the process limits, not permissions, stop a write
     code, status, reason = PROCESS_LAYER[name]
@@ -427,6 +480,10 @@ def test_smoke_run_record(run):
     assert set(metrics["outcomes"]) == set(code_exec.OUTCOMES)
     assert {"exact_match", "bleu"} <= set(metrics)
     assert set(rec["baselines"]["nearest_neighbour"]["outcomes"]) == set(code_exec.OUTCOMES)
+    # The containment the snippets ran under, and the allowlist refusing no sample reference.
+    sandbox = rec["data"]["sandbox"]
+    assert "seccomp" in sandbox["containment"] and "static-check" in sandbox["containment"]
+    assert sandbox["references_refused"] == 0 and sandbox["refused_by_rule"] == {}
 
 
 def test_smoke_run_checks_overlap_coverage_and_lengths(run):
