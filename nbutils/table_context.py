@@ -154,12 +154,14 @@ def literals_by_column(code, columns) -> dict[str, list]:
     return _column_facts(code, columns)[0]
 
 
-def _column_facts(code, columns) -> tuple[dict[str, list], dict[str, str], set[str]]:
-    """(literals by column, wrapper kind by column, grouping columns) of one or more snippets."""
+def _column_facts(code, columns) -> tuple[dict[str, list], dict[str, str], set[str], set[str]]:
+    """(literals by column, wrapper kind by column, grouping columns, join columns) of one or
+    more snippets."""
     columns = set(columns)
     found: dict[str, list] = {}
     kinds: dict[str, str] = {}
     grouping: set[str] = set()
+    joins: set[str] = set()
 
     def add(column, kind, values):
         if kind and kinds.get(column) != "numeric":
@@ -208,7 +210,14 @@ def _column_facts(code, columns) -> tuple[dict[str, list], dict[str, str], set[s
                     column, _ = _column_through(owner, columns)
                     if column:
                         grouping.add(column)
-    return found, kinds, grouping
+                elif method in ("merge", "join"):
+                    for keyword in node.keywords:
+                        if keyword.arg in ("on", "left_on", "right_on"):
+                            value = keyword.value
+                            for item in value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value]:
+                                if isinstance(_literal(item), str) and _literal(item) in columns:
+                                    joins.add(_literal(item))
+    return found, kinds, grouping, joins
 
 
 def _uses_string_methods(code, column: str) -> bool:
@@ -220,7 +229,16 @@ def _uses_string_methods(code, column: str) -> bool:
 WIDE = 1_000_000  # unseeded numbers are drawn without repeats from this many values
 
 
-def _column_values(rng, column, pool, kind, grouping, text, n_rows):
+def _literal_rows(rng, n_rows, share) -> set[int]:
+    """Which rows hold a literal: `share` of them exactly (so tables made with different
+    shares give different counts of matches), at random places; no share: each row by chance."""
+    if share is None:
+        share = rng.uniform(0.25, 0.75)
+        return {i for i in range(n_rows) if rng.random() < share}
+    return set(rng.sample(range(n_rows), min(n_rows, max(1, round(share * n_rows)))))
+
+
+def _column_values(rng, column, pool, kind, grouping, text, n_rows, share=None):
     """One column's values: seeded with its literals, else distinct (no ties to break), or a few
     repeated values for a column the code groups or counts by."""
     strings = [v for v in pool if isinstance(v, str)]
@@ -230,24 +248,25 @@ def _column_values(rng, column, pool, kind, grouping, text, n_rows):
         # `df['year'].astype(int) > 1998` next to `df['year'] == '1998'`: numbers stored as
         # text, as in the real data, so both run.
         numbers = numbers + [int(v) if v.is_integer() else v for v in numeric_strings]
-        values = _number_values(rng, numbers, grouping, n_rows)
+        values = _number_values(rng, numbers, grouping, n_rows, share)
         return [str(v) for v in values]
     if strings or (not numbers and text):
         if kind == "text":  # `.str.lower() == 'x'`: also 'X' and 'X'-like spellings
             strings = list(dict.fromkeys(v for s in strings for v in (s, s.upper(), s.title())))
-        fill = ([f"{column}_{i}" for i in range(1, 4)] if grouping else
+        fill = ([f"{column}_{i}" for i in range(1, rng.randint(2, 5) + 1)] if grouping else
                 [f"{column}_{i}" for i in rng.sample(range(1, WIDE), n_rows)])
         values, unused = [], list(fill)
-        for _ in range(n_rows):
-            if strings and rng.random() < 0.5:
+        chosen = _literal_rows(rng, n_rows, share)
+        for i in range(n_rows):
+            if strings and i in chosen:
                 values.append(rng.choice(strings))
             else:
                 values.append(unused.pop() if not grouping and unused else rng.choice(fill))
         return values
     if numbers:
-        return _number_values(rng, numbers, grouping, n_rows)
+        return _number_values(rng, numbers, grouping, n_rows, share)
     if grouping:
-        few = rng.sample(range(1, WIDE), 3)
+        few = rng.sample(range(1, WIDE), rng.randint(2, 5))  # how many groups varies by table
         return [rng.choice(few) for _ in range(n_rows)]
     return rng.sample(range(1, WIDE), n_rows)
 
@@ -260,7 +279,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _number_values(rng, numbers, grouping, n_rows):
+def _number_values(rng, numbers, grouping, n_rows, share=None):
     """Half the rows at or next to a literal (so `==`, `>` and `<` all keep some), the rest
     distinct values spread around them."""
     as_float = any(isinstance(v, float) for v in numbers)
@@ -273,15 +292,17 @@ def _number_values(rng, numbers, grouping, n_rows):
         candidates = range(int(low - spread), int(high + spread) + 1)
         others = rng.sample(candidates, min(n_rows, len(candidates)))
     values = []
-    for _ in range(n_rows):
-        if rng.random() < 0.5 or not others:
+    chosen = _literal_rows(rng, n_rows, share)
+    for i in range(n_rows):
+        if i in chosen or not others:
             values.append(rng.choice(near))
         else:
             values.append(rng.choice(others[:3]) if grouping else others.pop())
     return values
 
 
-def synthesize_tables(schema: dict[str, list[str]], code, seed: int | str, n_rows: int = 10) -> dict:
+def synthesize_tables(schema: dict[str, list[str]], code, seed: int | str, n_rows: int = 10,
+                      literal_share: float | None = None) -> dict:
     """Random tables for `schema` whose values include the literals `code` compares columns with.
 
     `code` is the reference, or a list of snippets (the reference first, then predictions): the
@@ -291,16 +312,25 @@ def synthesize_tables(schema: dict[str, list[str]], code, seed: int | str, n_row
     A column with no literal holds distinct values from a wide range, so that `idxmax` and
     `sort_values(...).iloc[0]`, `nlargest` and `head` agree (no ties); strings if the code calls
     `.str` on it. A column the code groups or counts by (`groupby`, `value_counts`, `nunique`,
-    ...) holds a few repeated values instead. Same seed, same tables.
+    ...) holds a few repeated values instead, and a join key values shared across tables.
+    `literal_share`: the share of rows that hold a literal (None: about half, by chance). Same
+    seed, same tables.
     """
     rng = random.Random(seed)
     all_columns = [c for columns in schema.values() for c in columns]
-    literals, kinds, grouping = _column_facts(code, all_columns)
+    literals, kinds, grouping, joins = _column_facts(code, all_columns)
+    # Join keys (`merge(on=...)`, or a column name two tables share) draw from one pool of
+    # values per environment, so that rows of different tables meet.
+    shared = {c for c in all_columns if all_columns.count(c) > 1} | joins
+    key_pools = {c: rng.sample(range(1, WIDE), max(2, n_rows // 2)) for c in sorted(shared)}
     environment = {}
     for name, columns in schema.items():
         values_by_column = [
+            [rng.choice(key_pools[column]) for _ in range(n_rows)]
+            if column in key_pools and not literals.get(column) else
             _column_values(rng, column, literals.get(column, []), kinds.get(column),
-                           column in grouping, _uses_string_methods(code, column), n_rows)
+                           column in grouping, _uses_string_methods(code, column), n_rows,
+                           literal_share)
             for column in columns]
         environment[name] = {"columns": list(columns), "rows": [list(row) for row in zip(*values_by_column)]}
     return environment
@@ -320,8 +350,11 @@ def example_environments(context: str, code, known: dict | None = None, variants
     if all(key in known for key in keys):
         return [{name: known[key] for name, key in zip(schema, keys)}]
     codes = [code, *(p for p in predictions if isinstance(p, str))]
-    # Variant v has n_rows + v rows, so a row count (`len(df)`) is not the same on every table.
-    return [synthesize_tables(schema, codes, seed=f"{seed}:{v}", n_rows=n_rows + v) for v in range(variants)]
+    # Variant v has n_rows + v rows and its own share of rows holding a literal (from a third to
+    # two thirds), so a row count or a count of matches is not the same on every table by chance.
+    shares = [0.25 + 0.5 * (v + 0.5) / variants for v in range(variants)]
+    return [synthesize_tables(schema, codes, seed=f"{seed}:{v}", n_rows=n_rows + v, literal_share=shares[v])
+            for v in range(variants)]
 
 
 def environment_kind(context: str, known: dict | None = None) -> str:
