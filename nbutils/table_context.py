@@ -5,8 +5,12 @@ In text2pandas the `context` is the schema as code, one line per table:
 `df = pd.DataFrame(columns=['player', 'years_for_rockets'])`. The real data set ships no rows,
 so execution needs tables made up to fit each example, as test-suite accuracy does for
 text-to-SQL (Zhong et al., 2020): random rows whose values include the literals of the
-reference code (so its filters keep some rows), several such tables per example, and a
-prediction counts as correct only if it matches the reference on all of them. Where real rows
+reference code and of the code being scored (so their filters keep some rows, also through
+wrappers such as `.astype(int)` or `.str.lower()`), distinct values elsewhere (so ties never
+decide between `idxmax` and `sort_values(...).iloc[0]`), several such tables per example, and a
+prediction counts as correct only if it matches the reference on all of them. A reference whose
+result is empty, or the same, on every table cannot tell a right answer from a wrong one: such
+examples are found (`uninformative_examples`) and left out of the score. Where real rows
 are known (the sample data's `tables.json`), they are used instead.
 
 A table is `{"columns": [...], "rows": [[...], ...]}`; an environment maps table names to tables.
@@ -280,8 +284,8 @@ def _is_number(text: str) -> bool:
 
 
 def _number_values(rng, numbers, grouping, n_rows, share=None):
-    """Half the rows at or next to a literal (so `==`, `>` and `<` all keep some), the rest
-    distinct values spread around them."""
+    """`share` of the rows (about half if None) at or next to a literal (so `==`, `>` and `<`
+    all keep some), the rest distinct values spread around them."""
     as_float = any(isinstance(v, float) for v in numbers)
     low, high = min(numbers), max(numbers)
     spread = max(50, (high - low))
@@ -407,6 +411,7 @@ def uninformative_examples(gold_runs: list[list]) -> dict[int, str]:
 
 def without_examples(report, left_out):
     """The execution report of the examples not in `left_out` (indices), as the same class."""
-    keep = [i for i in range(len(report.outcomes)) if i not in set(left_out)]
+    left_out = set(left_out)
+    keep = [i for i in range(len(report.outcomes)) if i not in left_out]
     errors = report.errors or [""] * len(report.outcomes)
     return type(report)([report.outcomes[i] for i in keep], [errors[i] for i in keep])
