@@ -193,6 +193,15 @@ def _column_facts(code, columns) -> tuple[dict[str, list], dict[str, str], set[s
                         values += [_literal(item) for item in items]
                     if column:
                         add(column, kind, values)
+                elif method == "replace" and node.args:
+                    # `df['genre'].replace({'drama': 'scifi'})` or `.replace('drama', 'scifi')`:
+                    # without 'drama' in the column both sides of any replace are no-ops.
+                    column, kind = _column_through(owner, columns)
+                    first = node.args[0]
+                    values = ([_literal(k) for k in first.keys if k is not None]
+                              if isinstance(first, ast.Dict) else [_literal(a) for a in node.args[:1]])
+                    if column:
+                        add(column, kind, values)
                 elif method in ("contains", "startswith", "endswith", "match", "fullmatch") \
                         and isinstance(owner, ast.Attribute) and owner.attr == "str":
                     column, _ = _column_through(owner.value, columns)
@@ -289,7 +298,8 @@ def _number_values(rng, numbers, grouping, n_rows, share=None):
     as_float = any(isinstance(v, float) for v in numbers)
     low, high = min(numbers), max(numbers)
     spread = max(50, (high - low))
-    near = [v + d for v in numbers for d in (-1, 0, 1)]
+    step = 0.1 if as_float else 1  # `rating <= 8.2` against `<= 8.4`: values between them
+    near = [round(v + d, 6) for v in numbers for d in (-step, 0, step)]
     if as_float:
         others = [round(rng.uniform(low - spread, high + spread), 2) for _ in range(n_rows)]
     else:

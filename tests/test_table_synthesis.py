@@ -115,3 +115,14 @@ def test_uninformative_references_are_found_and_left_out():
 def test_row_counts_differ_between_variants():
     envs = table_context.example_environments(CONTEXT, "len(df)", variants=3, seed=0)
     assert len({len(env["df"]["rows"]) for env in envs}) == 3
+
+
+def test_replace_keys_and_close_float_thresholds_tell_answers_apart():
+    context = "df = pd.DataFrame(columns=['title', 'genre', 'rating', 'votes'])"
+    cases = [("df['genre'].replace({'drama': 'scifi'})", "df['genre'].replace({'drama': 'horror'})"),
+             ("df[df['rating'] <= 8.2]['title']", "df[df['rating'] <= 8.4]['title']"),
+             ("df[df['rating'] > 7.9]['votes'].sum()", "df[df['rating'] > 8.0]['votes'].sum()")]
+    for reference, prediction in cases:
+        envs = table_context.example_environments(context, reference, variants=3, seed=11,
+                                                  predictions=[prediction])
+        assert not all(judged_equal(prediction, reference, env) for env in envs), reference
