@@ -6,7 +6,8 @@
 - `sequence_lengths` / `length_report`: how long the examples are in tokens, and how many
   `max_length` cuts (a cut example also loses its EOS).
 - `token_loss`: mean loss per completion token over a held-out split, and its perplexity,
-  exp(mean token loss): the model scored on reference answers, never on its own output.
+  exp(mean token loss): the model scored on reference answers, never on its own output; only
+  completion positions reach the vocabulary projection, in chunks of bounded size.
 - `generate`: greedy answers that stop at any of the model's end tokens, with how many tokens
   each took and whether it stopped by itself.
 """
@@ -123,17 +124,67 @@ def label_checks(dataset, tokenizer, stop_ids=None) -> dict:
             "masked_label_fraction": masked / total if total else 0.0}
 
 
-def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=None) -> dict:
+def _final_hidden_states(model, ids, mask, keep):
+    """The last layer's hidden states at the positions `keep` (a boolean batch x length mask),
+    as (positions, hidden), without the model projecting them onto the vocabulary.
+
+    The model is asked for logits at `keep` only (`logits_to_keep`, a boolean mask, in
+    transformers 5), and a pre-hook on its output layer takes the hidden states it receives and
+    hands it zero rows instead, so no logits are built here at all."""
+    import torch
+
+    head = model.get_output_embeddings()
+    captured = []
+
+    def take(module, args):
+        captured.append(args[0])
+        return (args[0][:0],) + tuple(args[1:])
+
+    handle = head.register_forward_pre_hook(take)
+    try:
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"{type(model).__name__}: expected one call of its output layer, got "
+                           f"{len(captured)}; the chunked loss needs a model whose logits are "
+                           "output_layer(hidden states)")
+    return captured[0].reshape(-1, captured[0].shape[-1]), head
+
+
+def _logits(head, hidden, config):
+    """Logits of a chunk of hidden states, with the final soft-capping some models (Gemma 2)
+    apply after their output layer."""
+    import torch
+
+    logits = head(hidden).float()
+    cap = getattr(config, "final_logit_softcapping", None)
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
+def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=None,
+               chunk_tokens: int = 1024) -> dict:
     """Mean cross-entropy per label token (labels != -100) over a tokenized split (`input_ids`,
     `labels`), and its perplexity. Exact over tokens: Trainer's `eval_loss` averages batch means
     instead. Each example is scored alone (right padding, attention mask), never packed with
-    another. `dtype`: the 16-bit compute dtype of a GPU run (autocast), or None."""
+    another. `dtype`: the 16-bit compute dtype of a GPU run (autocast), or None.
+
+    Only the positions that predict a label are projected onto the vocabulary, `chunk_tokens`
+    of them at a time (0: all of a batch's at once), so the logits held at any moment are at
+    most `chunk_tokens` x vocabulary (each chunk's fp32 logits and their log-softmax: about
+    8 bytes x chunk_tokens x vocabulary), whatever the batch size and sequence length. Building
+    full fp32 logits for a batch of 4 x 1,024 tokens of Qwen2.5 (152k vocabulary) takes 2.5 GB
+    per copy, and a plain cross-entropy makes two or three copies.
+    """
     import torch
     import torch.nn.functional as F
 
+    if chunk_tokens < 0:
+        raise ValueError(f"chunk_tokens must be 0 (no chunking) or positive, got {chunk_tokens!r}")
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
+    config = getattr(model, "config", None)
     total, count = 0.0, 0
     with torch.no_grad(), _autocast(device, dtype):
         for start in range(0, len(dataset), batch_size):
@@ -146,13 +197,21 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=Non
                 n = len(row["input_ids"])
                 ids[j, :n], labels[j, :n], mask[j, :n] = (torch.tensor(row["input_ids"]),
                                                           torch.tensor(row["labels"]), 1)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            # The logit at position t predicts the token at t + 1.
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-            losses = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
-            total += float(losses)
-            count += int((shift_labels != -100).sum())
+            # The logit at position t predicts the token at t + 1: keep position t where the
+            # label at t + 1 is scored.
+            targets = labels[:, 1:]
+            keep = torch.zeros_like(labels, dtype=torch.bool)
+            keep[:, :-1] = targets != -100
+            if not keep.any():
+                continue
+            hidden, head = _final_hidden_states(model, ids.to(device), mask.to(device), keep.to(device))
+            wanted = targets[targets != -100].to(device)  # row-major, as the mask selects
+            step = chunk_tokens or len(wanted)
+            for begin in range(0, len(wanted), step):
+                logits = _logits(head, hidden[begin:begin + step], config)
+                total += float(F.cross_entropy(logits, wanted[begin:begin + step], reduction="sum"))
+                del logits
+            count += len(wanted)
     if was_training:
         model.train()
     if count == 0:

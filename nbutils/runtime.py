@@ -4,25 +4,75 @@ from __future__ import annotations
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
+# Model families (config `model_type`) whose activations overflow fp16's range (65,504), so
+# training in fp16 gives inf/NaN losses; they were pretrained in bf16.
+# - T5 and its variants: FLAN-T5's feed-forward activations exceed fp16 (NaN losses; the
+#   transformers T5 code clamps inf values in fp16 for this reason).
+# - Qwen2 and its successors: the Qwen maintainers answer fp16 NaN reports with "bfloat16 is
+#   the preferred data type ... changing to float16 may cause numerical instabilities" and
+#   advise bf16 or fp32 (github.com/QwenLM/Qwen3 issues 670 and 868, Qwen2-7B-Instruct and
+#   Qwen2-1.5B-Instruct in fp16 on V100s, 2024).
+FP16_UNSAFE_MODEL_TYPES = frozenset({"t5", "mt5", "umt5", "longt5", "qwen2", "qwen2_moe", "qwen3",
+                                     "qwen3_moe"})
 
-def training_precision(requested: str = "auto", fp16_safe: bool = True) -> dict[str, bool]:
+
+def model_fp16_safe(model_type: str | None) -> bool:
+    """Whether a model of this `model_type` (its config's) can train in fp16; unknown: True."""
+    return (model_type or "").lower() not in FP16_UNSAFE_MODEL_TYPES
+
+
+def model_type_of(name_or_path: str, token=None, trust_remote_code: bool = False) -> str | None:
+    """The `model_type` of a checkpoint's config (read only the config), or None if it cannot
+    be read (then the precision choice assumes nothing about the model)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, token=token,
+                                          trust_remote_code=trust_remote_code).model_type
+    except (OSError, ValueError):
+        return None
+
+
+def native_bf16() -> bool:
+    """bf16 in hardware (compute capability 8.0+: A100, H100, L4, RTX 30xx). A T4 (7.5) or V100
+    only emulates it: `torch.cuda.is_bf16_supported()` says True there, and training runs in
+    software bf16 without tensor cores, several times slower than fp16."""
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def compute_dtype(flags: dict[str, bool]):
+    """The torch dtype matching Trainer precision flags: the dtype to load 16-bit weights in and
+    the 4-bit (bitsandbytes) compute dtype, so that quantized layers compute in what the
+    Trainer's autocast uses."""
+    import torch
+
+    return torch.bfloat16 if flags.get("bf16") else torch.float16 if flags.get("fp16") else torch.float32
+
+
+def training_precision(requested: str = "auto", fp16_safe: bool | None = None,
+                       model_type: str | None = None) -> dict[str, bool]:
     """Trainer flags `{"bf16": ..., "fp16": ...}` for `requested` on this machine.
 
-    "auto": bf16 where the GPU supports it, else fp16 if the model tolerates it (`fp16_safe`;
-    FLAN-T5 overflows in fp16), else fp32; always fp32 on a CPU.
+    "auto": bf16 where the GPU has it natively (not emulated), else fp16 if the model tolerates
+    it, else fp32; always fp32 on a CPU. Whether the model tolerates fp16: `fp16_safe` if
+    given, else from `model_type` (`FP16_UNSAFE_MODEL_TYPES`), else assumed.
     """
     import torch
 
+    if fp16_safe is None:
+        fp16_safe = model_fp16_safe(model_type)
     if requested not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {requested!r}")
     if requested == "fp16" and not fp16_safe:
-        raise ValueError("precision='fp16': this model overflows in fp16 (FLAN-T5 gives NaN losses); "
-                         "use 'auto', 'fp32' or 'bf16'")
+        raise ValueError(f"precision='fp16': this model ({model_type or 'T5'}) overflows in fp16 "
+                         "(NaN losses); use 'auto', 'fp32' or 'bf16'")
     cuda = torch.cuda.is_available()
     if requested == "auto":
         if not cuda:
             requested = "fp32"
-        elif torch.cuda.is_bf16_supported():
+        elif native_bf16():
             requested = "bf16"
         else:
             requested = "fp16" if fp16_safe else "fp32"

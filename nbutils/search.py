@@ -13,6 +13,11 @@ a list of choices or a range:
 The Trainer needs `model_init` (a fresh model per trial) and cannot take `optimizers=`; a
 custom optimizer comes from overriding `create_optimizer`, as `nbutils.optim.LayerGroupTrainer`
 does. Optuna's TPE sampler is seeded, so the same seed tries the same settings.
+
+Trials save no checkpoints: each trial is scored by its last evaluation and thrown away, and
+checkpoints of every trial (model and optimizer state, about 12 bytes per parameter each, two
+per trial) would fill a Kaggle disk: 20 trials of roberta-base are about 60 GB.
+`expected_cost` says what a search will take before it starts.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ def run_search(trainer, space: dict, n_trials: int, metric: str, direction: str 
     if trainer.model_init is None:
         raise ValueError("hyperparameter search needs a Trainer built with model_init= (a fresh model per trial)")
     hp_space = optuna_space(space)
+    saved = _without_checkpoints(trainer)
 
     def objective(metrics: dict) -> float:
         key = metric if metric.startswith("eval_") else f"eval_{metric}"
@@ -112,11 +118,85 @@ def run_search(trainer, space: dict, n_trials: int, metric: str, direction: str 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.InMemoryStorage()  # kept here, so every trial can be read back
-    best = trainer.hyperparameter_search(
-        hp_space=hp_space, compute_objective=objective, n_trials=n_trials, direction=direction,
-        backend="optuna", sampler=optuna.samplers.TPESampler(seed=seed), storage=storage,
-        study_name="search")
+    try:
+        best = trainer.hyperparameter_search(
+            hp_space=hp_space, compute_objective=objective, n_trials=n_trials, direction=direction,
+            backend="optuna", sampler=optuna.samplers.TPESampler(seed=seed), storage=storage,
+            study_name="search")
+    finally:
+        for name, value in saved.items():
+            setattr(trainer.args, name, value)
     study = optuna.load_study(study_name="search", storage=storage)
     table = pd.DataFrame([{"trial": t.number, **t.params, "objective": t.value, "state": t.state.name}
                           for t in study.trials])
     return dict(best.hyperparameters), float(best.objective), table
+
+
+def _without_checkpoints(trainer) -> dict:
+    """Make the trainer's trials save nothing (no checkpoint, so no best one to load back);
+    returns the settings changed, to restore."""
+    from transformers.trainer_utils import SaveStrategy
+
+    saved = {"save_strategy": trainer.args.save_strategy,
+             "load_best_model_at_end": trainer.args.load_best_model_at_end}
+    trainer.args.save_strategy = SaveStrategy.NO
+    trainer.args.load_best_model_at_end = False
+    return saved
+
+
+def subsample(dataset, rows: int, seed: int = 0, label_column: str = "labels"):
+    """At most `rows` rows of `dataset` for the search, drawn at random (seeded) in each label's
+    share, so the search sees the class balance the final training sees. 0 or more rows than
+    there are: the whole dataset."""
+    import numpy as np
+
+    if rows < 0:
+        raise ValueError(f"hpo_train_rows must be 0 (all rows) or positive, got {rows!r}")
+    if not rows or rows >= len(dataset):
+        return dataset
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(dataset[label_column])
+    chosen = []
+    classes, counts = np.unique(labels, return_counts=True)
+    shares = np.floor(counts / len(labels) * rows).astype(int)
+    shares[np.argmax(counts)] += rows - shares.sum()  # rounding goes to the largest class
+    for value, share in zip(classes, shares):
+        members = np.flatnonzero(labels == value)
+        chosen += rng.choice(members, size=min(share, len(members)), replace=False).tolist()
+    return dataset.select(sorted(chosen))
+
+
+# Assumed sustained training throughput, for the time estimate only: a T4 does 65 TFLOP/s in
+# fp16 at its peak and encoder fine-tuning reaches about a quarter of it; a CPU core a few tens
+# of GFLOP/s. A faster GPU (A100, H100) finishes correspondingly sooner.
+ASSUMED_TFLOPS = {"cuda": 15.0, "cpu": 0.05}
+CHECKPOINT_BYTES_PER_PARAMETER = 12  # fp32 weights (4) + AdamW's two moments (8)
+
+
+def max_epochs(space: dict, default: float) -> float:
+    """The most epochs a trial can train: the top of `epochs` in the space, else `default`."""
+    spec = space.get("epochs", space.get("num_train_epochs"))
+    if isinstance(spec, list):
+        return float(max(spec))
+    if isinstance(spec, dict):
+        return float(spec["high"])
+    return float(default)
+
+
+def expected_cost(parameters: int, trials: int, train_rows: int, eval_rows: int,
+                  tokens_per_row: float, epochs: float, device: str = "cuda",
+                  checkpoints_per_trial: int = 2) -> dict:
+    """What a search will cost, before it starts: compute as 6 x parameters x tokens for training
+    (forward and backward) and 2 x parameters x tokens for each evaluation, at most `epochs`
+    epochs per trial, over `ASSUMED_TFLOPS[device]`; disk as the checkpoints trials would save
+    (none now) against what they saved before (`checkpoints_per_trial` x 12 bytes per parameter
+    each)."""
+    tokens = tokens_per_row * epochs
+    flops = trials * (6 * parameters * train_rows * tokens + 2 * parameters * eval_rows * tokens)
+    seconds = flops / (ASSUMED_TFLOPS.get(device, ASSUMED_TFLOPS["cuda"]) * 1e12)
+    checkpoint = CHECKPOINT_BYTES_PER_PARAMETER * parameters
+    return {"trials": trials, "train_rows": train_rows, "max_epochs": epochs,
+            "tokens_per_row": tokens_per_row, "pflop": flops / 1e15, "hours": seconds / 3600,
+            "assumed_tflops": ASSUMED_TFLOPS.get(device, ASSUMED_TFLOPS["cuda"]),
+            "checkpoint_gb": checkpoint / 1e9, "disk_gb": 0.0,
+            "disk_gb_if_trials_kept_checkpoints": trials * checkpoints_per_trial * checkpoint / 1e9}

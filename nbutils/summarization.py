@@ -179,3 +179,18 @@ def check_prediction_order(label_ids, expected_labels) -> None:
             raise RuntimeError(f"predictions are not in the data set's order (row {i} carries another "
                                "example's labels): do not use train_sampling_strategy='group_by_length' "
                                "with predict, or realign the predictions")
+
+
+# FLAN-T5 is no zero-shot summarizer of SAMSum: SAMSum is one of the Flan 2021 tasks
+# (`samsum_10templates`; Wei et al. 2021, "Finetuned Language Models Are Zero-Shot Learners",
+# summarization cluster), and the Flan 2022 collection FLAN-T5 was instruction-tuned on
+# (Chung et al. 2022; Longpre et al. 2023) includes the Flan 2021 tasks. So the model before
+# fine-tuning has seen SAMSum's training dialogues and may have seen its summaries' style; it is
+# the "untuned" model, not a zero-shot one.
+UNTUNED_KEY = "untuned"  # the run record's baseline key (and predictions column) for it
+
+
+def untuned_label(model_name: str) -> str:
+    """How tables name the model before fine-tuning: "untuned FLAN-T5" for a FLAN-T5
+    checkpoint (never "zero-shot": it was instruction-tuned on SAMSum), else "untuned model"."""
+    return "untuned FLAN-T5" if "flan-t5" in str(model_name).lower() else "untuned model"

@@ -183,6 +183,10 @@ def test_three_trial_search_and_out_of_domain_test_are_recorded(runs):
         assert 5e-4 <= t["learning_rate"] <= 5e-3
     # The final training ran with the best trial's settings.
     assert rec["train"]["epochs"] == best["epochs"]
+    # The trials trained on the subsample and saved no checkpoints; the cost was estimated first.
+    assert found["train_rows"] == rec["config"]["hpo_train_rows"] == 200
+    assert found["expected_cost"]["disk_gb"] == 0 and found["expected_cost"]["pflop"] > 0
+    assert not list((runs[1] / "detect_ai_text" / "roberta_search").rglob("run-*/checkpoint-*"))
     ood = rec["metrics"]["out_of_domain"]
     assert ood["column"] == "RDizzl3_seven" and ood["rows"] == rec["data"]["out_of_domain"] > 0
     assert set(ood["model"]) == set(ood["tfidf_logreg"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}

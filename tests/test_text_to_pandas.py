@@ -476,7 +476,12 @@ def test_smoke_run_record(run):
     metrics = rec["metrics"]
     assert metrics["reference_self_check"] == 1.0
     assert 0.0 <= metrics["execution_accuracy"] <= 1.0 and metrics["reference_errors"] == 0
-    assert sum(metrics["outcomes"].values()) == metrics["scored"] == rec["data"]["test"]
+    # References that cannot tell answers apart (empty or constant on every table) are counted
+    # and left out of the score, for the model and the baseline alike.
+    left_out = metrics["uninformative_references"]
+    assert sum(metrics["outcomes"].values()) == metrics["scored"] == rec["data"]["test"] - left_out
+    assert sum(metrics["uninformative_reasons"].values()) == left_out
+    assert rec["baselines"]["nearest_neighbour"]["scored"] == metrics["scored"]
     assert set(metrics["outcomes"]) == set(code_exec.OUTCOMES)
     assert {"exact_match", "bleu"} <= set(metrics)
     assert set(rec["baselines"]["nearest_neighbour"]["outcomes"]) == set(code_exec.OUTCOMES)
