@@ -51,3 +51,36 @@ def run_folder(output_dir: str, env: Environment | None = None) -> Path:
     env = env or detect()
     path = Path(output_dir)
     return path if path.is_absolute() else env.working_dir / path
+
+
+# File suffixes of the local inputs the notebooks read (data files and folders of weights).
+_LOCAL_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".txt", ".arrow", ".tsv")
+
+
+def looks_local(value: str) -> bool:
+    """A path on this machine (absolute, `./`, `../`, `~`, `.cache/...` or a data file), not a
+    Hugging Face hub id (`owner/name`)."""
+    return bool(value) and (value.startswith(("/", ".", "~")) or value.lower().endswith(_LOCAL_SUFFIXES))
+
+
+def small_scale_hint(project: str) -> str:
+    """How to run a project at small scale on this machine, for error messages."""
+    return (f"To explore this notebook at small scale on this machine (a tiny model, sample data, "
+            f"offline, seconds on a CPU), run from the repository root:\n"
+            f"    make lab RUN={project} PROFILE=smoke    (JupyterLab on a prepared copy)\n"
+            f"    make run RUN={project}                  (headless)\n"
+            f"The notebook's own defaults are the full recipe: real data and checkpoints, a GPU.")
+
+
+def require_inputs(project: str, **inputs: str) -> None:
+    """Stop early, with a way forward, when a local input (`data_source=...`) is missing.
+
+    Hub ids are left to the libraries (offline they fail at once; `make lab` sets
+    HF_HUB_OFFLINE=1 for the smoke profile). Runs before the setup creates the run folder, so a
+    notebook opened as stored leaves no stray `outputs/` folder beside itself.
+    """
+    missing = [f"{name} = {value!r}" for name, value in inputs.items()
+               if isinstance(value, str) and looks_local(value) and not Path(value).expanduser().exists()]
+    if missing:
+        raise FileNotFoundError("not found: " + "; ".join(missing) + f" (the kernel runs in {Path.cwd()}).\n"
+                                + small_scale_hint(project))
