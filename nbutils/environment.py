@@ -72,15 +72,42 @@ def small_scale_hint(project: str) -> str:
             f"The notebook's own defaults are the full recipe: real data and checkpoints, a GPU.")
 
 
-def require_inputs(project: str, **inputs: str) -> None:
-    """Stop early, with a way forward, when a local input (`data_source=...`) is missing.
+def _hub_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not looks_local(value)
 
-    Hub ids are left to the libraries (offline they fail at once; `make lab` sets
-    HF_HUB_OFFLINE=1 for the smoke profile). Runs before the setup creates the run folder, so a
-    notebook opened as stored leaves no stray `outputs/` folder beside itself.
+
+def in_offline_hub_cache(repo_id: str) -> bool:
+    """Whether a hub model or data set `owner/name` has anything in the local caches."""
+    from huggingface_hub import constants
+
+    flat = repo_id.replace("/", "--")
+    hub = Path(constants.HF_HUB_CACHE)
+    if (hub / f"models--{flat}").exists() or (hub / f"datasets--{flat}").exists():
+        return True
+    try:
+        from datasets import config
+
+        return (Path(config.HF_DATASETS_CACHE) / repo_id.replace("/", "___")).exists()
+    except ImportError:
+        return False
+
+
+def require_inputs(project: str, **inputs: str) -> None:
+    """Stop early, with a way forward, when an input (`data_source=...`) cannot be there: a
+    local path that does not exist, or, with HF_HUB_OFFLINE set, a hub id with nothing cached.
+
+    Online, hub ids are left to the libraries (they download). Runs before the setup creates
+    the run folder, so a notebook opened as stored leaves no stray `outputs/` folder beside itself.
     """
+    from huggingface_hub import constants
+
     missing = [f"{name} = {value!r}" for name, value in inputs.items()
                if isinstance(value, str) and looks_local(value) and not Path(value).expanduser().exists()]
+    if constants.HF_HUB_OFFLINE:
+        missing += [f"{name} = {value!r} (HF_HUB_OFFLINE is set and it is not in the local cache)"
+                    for name, value in inputs.items()
+                    if isinstance(value, str) and _hub_id(value) and not in_offline_hub_cache(value)]
     if missing:
         raise FileNotFoundError("not found: " + "; ".join(missing) + f" (the kernel runs in {Path.cwd()}).\n"
                                 + small_scale_hint(project))

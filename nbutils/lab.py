@@ -105,6 +105,8 @@ def lab_command(notebook: Path, root: Path, port: int | None = None, token: str 
     jupyter = Path(sys.executable).with_name("jupyter")
     command = [str(jupyter) if jupyter.exists() else shutil.which("jupyter") or "jupyter", "lab",
                f"--ServerApp.root_dir={root}"]
+    if os.name == "posix":  # kernels over unix sockets: no "running over TCP without encryption"
+        command.append("--KernelManager.transport=ipc")
     if port:
         command.append(f"--ServerApp.port={port}")
     if token is not None:

@@ -55,17 +55,33 @@ def test_resuming_an_interrupted_run_does_not_claim_it_finished(tmp_path, capsys
 # --- the stored notebook with its full defaults -------------------------------------------------
 
 def test_a_missing_local_input_stops_with_how_to_run_at_small_scale(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as error:
         environment.require_inputs("detect_ai_text/deberta",
                                    data_source="/kaggle/input/daigt-v2-train-dataset/train_v2_drcat_02.csv",
                                    model_name="microsoft/deberta-v3-base")
     message = str(error.value)
-    assert "data_source" in message and "model_name" not in message  # a hub id is not a local path
+    assert "data_source" in message and "model_name" not in message  # online, hub ids are left alone
     assert "make lab RUN=detect_ai_text/deberta PROFILE=smoke" in message
     assert not (tmp_path / "outputs").exists()
     (tmp_path / "data.csv").write_text("text,label\n")
     environment.require_inputs("p", data_source="data.csv", model_name="google/flan-t5-base", empty="")
+
+
+def test_offline_a_hub_id_with_nothing_cached_stops_with_the_same_hint(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match="model_name = 'google/flan-t5-base' .HF_HUB_OFFLINE") as error:
+        environment.require_inputs("summarize_dialogues/flan_t5_base", model_name="google/flan-t5-base",
+                                   data_source=str(tmp_path))
+    assert "make lab RUN=summarize_dialogues/flan_t5_base PROFILE=smoke" in str(error.value)
+    (tmp_path / "hub" / "models--google--flan-t5-base").mkdir(parents=True)
+    environment.require_inputs("p", model_name="google/flan-t5-base")
 
 
 # --- quiet output --------------------------------------------------------------------------------

@@ -114,3 +114,23 @@ def test_executed_smoke_notebooks_carry_none_of_the_known_noise(smoke_run, noteb
         widgets = [o for c in nb.cells for o in c.get("outputs", [])
                    if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
         assert not widgets, f"{path.relative_to(outputs)}: progress widgets, frozen in a stored notebook"
+
+
+TRAINING_NOTEBOOKS = [n for n in NOTEBOOKS if n != "detect_ensemble"]
+
+
+@pytest.mark.parametrize("notebook", TRAINING_NOTEBOOKS)
+def test_setup_checks_inputs_before_making_the_run_folder_and_quiets_output_first(notebook):
+    """A stored notebook run as it is stops at a missing input before creating any folder, and
+    the noise filters are in place before transformers is imported."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    setup = next(i for i, s in enumerate(code) if "run_dir.mkdir(" in s)
+    assert "environment.require_inputs(project, " in code[setup]
+    assert code[setup].index("environment.require_inputs(") < code[setup].index("run_dir = environment.run_folder(")
+    quiet = code.index("from nbutils import quiet\n\nquiet.install()")
+    first_transformers = next(i for i, s in enumerate(code) if "from transformers import" in s)
+    assert quiet < first_transformers
+    parameters = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'report_to: str = "none"' in parameters
+    assert sum("report_to=report_to" in s for s in code) == 1
