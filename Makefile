@@ -11,12 +11,13 @@ NPROC   ?= 1
 STAMP   := $(VENV)/.setup-done
 
 # The smoke profile never needs the hub; offline, a stray hub lookup fails at once instead of
-# hanging for a minute. Progress bars only clutter executed notebooks and logs.
-RUN_ENV := TQDM_DISABLE=1 $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
+# hanging for a minute. Progress bars stay on: in headless runs each writes one plain line when
+# it finishes (nbutils.quiet), so executed notebooks show them done, not frozen at 0%.
+RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup fixtures test test-latest run-all run list bench bench-sandbox lab kaggle clean distclean
+.PHONY: help setup git-setup fixtures test test-latest run-all run list bench bench-sandbox lab tensorboard kaggle clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
@@ -26,7 +27,8 @@ help:
 	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
 	@echo "make test                           unit tests + smoke runs of every notebook"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
-	@echo "make lab                            JupyterLab with the project's kernel"
+	@echo "make lab [RUN=<project>] [PROFILE=..]  JupyterLab; with RUN, on a copy prepared with the profile's parameters"
+	@echo "make tensorboard [PROFILE=..]       training curves of the runs that logged with report_to=tensorboard"
 	@echo "make kaggle [PROFILE=full]          Kaggle bundles (needs KAGGLE_USERNAME) under outputs/kaggle/"
 	@echo "make setup                          build .venv (idempotent; run-all and test call it)"
 	@echo "make clean | distclean              remove outputs and caches | and the venv"
@@ -35,15 +37,31 @@ setup: $(STAMP)
 
 # torch first, pinned, so that pip takes the CPU wheel instead of resolving a multi-GB CUDA
 # build; then the rest of the pinned set, nbutils itself (editable), the Jupyter kernel, and
-# nbdime's git integration (notebook-aware `git diff` / merge in this repository).
+# the notebook-aware git setup below.
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $$(grep -E '^torch==' requirements.txt)
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python ($(KERNEL))"
-	$(VENV)/bin/nbdime config-git --enable
+	@$(MAKE) --no-print-directory git-setup
 	@touch $@
+
+# Notebook-aware git for this clone, calling the venv's tools by absolute path, so it works
+# without activating the venv: nbdime's diff and merge drivers (`git diff` shows notebooks cell
+# by cell; .gitattributes names the drivers), and nbstripout as a clean filter, so outputs,
+# execution counts and the metadata JupyterLab adds never reach a commit (cell ids are kept).
+NBSTRIPOUT_KEYS := metadata.papermill cell.metadata.papermill metadata.language_info.codemirror_mode \
+  metadata.language_info.file_extension metadata.language_info.mimetype \
+  metadata.language_info.nbconvert_exporter metadata.language_info.pygments_lexer metadata.language_info.version
+git-setup:
+	git config diff.jupyternotebook.command "$(abspath $(VENV))/bin/git-nbdiffdriver diff"
+	git config merge.jupyternotebook.name "jupyter notebook merge driver"
+	git config merge.jupyternotebook.driver "$(abspath $(VENV))/bin/git-nbmergedriver merge %O %A %B %L %P"
+	git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout --keep-id'
+	git config filter.nbstripout.smudge cat
+	git config filter.nbstripout.required true
+	git config filter.nbstripout.extrakeys "$(NBSTRIPOUT_KEYS)"
 
 # Sample data and tiny models for the smoke profile (rebuilt only when their code changes).
 fixtures: setup
@@ -88,8 +106,17 @@ bench: setup
 bench-sandbox: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench_sandbox --out outputs/bench/sandbox.json
 
+# With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
+# absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in
+# Lab; smoke runs offline (HF_HUB_OFFLINE=1). LAB_ARGS passes more (e.g. --no-browser --port 8890).
+# Without RUN: the stored notebooks (defaults: the full recipe).
 lab: fixtures
-	$(VENV)/bin/jupyter lab --notebook-dir=. notebooks/
+	$(if $(RUN),$(PY) -m nbutils.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
+	  $(VENV)/bin/jupyter lab --notebook-dir=. notebooks/)
+
+# Training curves of the runs (report_to=tensorboard) in TensorBoard: http://localhost:6006
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir outputs/$(PROFILE) --port 6006
 
 # One folder per project for `kaggle kernels push`, plus the nbutils wheel as a dataset.
 kaggle: setup

@@ -37,8 +37,27 @@ def resume_checkpoint(folder: str | Path, resume: bool = True) -> str | None:
     if not checkpoints:
         print(f"no checkpoint in {folder}: training from the start")
         return None
-    print(f"resuming from {checkpoints[-1]} (weights, optimizer, scheduler and RNG state)")
+    finished = finished_steps(checkpoints[-1])
+    if finished:
+        print(f"THIS RUN ALREADY FINISHED TRAINING: {checkpoints[-1].name} is step {finished} of {finished}. "
+              f"Nothing is trained again (resume = True keeps the finished run); the cells below "
+              f"evaluate and save its best model. To train afresh instead, set resume = False and run again.")
+    else:
+        print(f"resuming from {checkpoints[-1]} (weights, optimizer, scheduler and RNG state)")
     return str(checkpoints[-1])
+
+
+def finished_steps(checkpoint: str | Path) -> int:
+    """The step count of a checkpoint that ended its training (its trainer state reached
+    `max_steps`), else 0: resuming from it trains nothing."""
+    import json
+
+    try:
+        state = json.loads((Path(checkpoint) / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
+    step, last = state.get("global_step") or 0, state.get("max_steps") or 0
+    return step if last and step >= last else 0
 
 
 def schedule(save_every_steps: int = 0, evaluate: bool = True) -> dict:

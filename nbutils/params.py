@@ -59,19 +59,65 @@ def _is_code(value) -> bool:
     return inspect.ismodule(value) or inspect.isroutine(value) or inspect.isclass(value)
 
 
+# Papermill's injected cell starts with this comment (translators' `codify(..., "Parameters")`).
+_INJECTED_CELL = "# Parameters"
+
+
+def _assigned_names(source: str) -> list[str] | None:
+    """The names a cell of plain assignments sets, or None where it is anything else."""
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names = []
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and all(isinstance(t, ast.Name) for t in statement.targets):
+            names += [t.id for t in statement.targets]
+        elif isinstance(statement, ast.AnnAssign) and isinstance(statement.target, ast.Name):
+            names.append(statement.target.id)
+        else:
+            return None
+    return names
+
+
+def injected_names(history: list[str]) -> list[str]:
+    """The names set by the latest papermill-injected parameters cell in a kernel's input
+    history (IPython's `In`), or none where no such cell ran."""
+    for source in reversed(history):
+        if source.lstrip().startswith(_INJECTED_CELL):
+            names = _assigned_names(source)
+            if names is not None:
+                return names
+    return []
+
+
 def notebook_parameters(namespace: Mapping[str, object]) -> dict[str, object]:
     """Check and return a notebook's parameters: call as `notebook_parameters(globals())`.
 
-    Must run in the cell right after the parameters cell, before anything else is defined:
-    the declared parameters are the annotated names (`__annotations__`), and any other public
-    name at that point was injected by papermill for a parameter the notebook does not have.
+    Call it in the cell right after the parameters cell. The declared parameters are the
+    annotated names (`__annotations__`, set only by the parameters cell). The names checked
+    against them are those papermill injected:
+
+    - in a Jupyter kernel, the assignments of the injected cell (`# Parameters`), read from the
+      kernel's input history. So a kernel that already ran the notebook (Run All twice, one
+      cell again), whose globals hold every later cell's names, passes the check, and a name
+      fixed in the injected cell no longer counts even though the old one is still defined;
+    - elsewhere (the notebook converted to a script, `accelerate launch`), every public name
+      that is not code: nothing else has run yet at this point.
     """
     annotations = namespace.get("__annotations__", {})
     declared = {name: getattr(t, "__name__", str(t)) for name, t in annotations.items()}
     values = {name: namespace[name] for name in declared}
-    injected = {name: value for name, value in namespace.items()
-                if not name.startswith("_") and name not in _KERNEL_NAMES and name not in declared
-                and not _is_code(value)}
+    history = namespace.get("In")
+    if isinstance(history, list):  # IPython's input history
+        injected = {name: namespace[name] for name in injected_names(history[:-1])
+                    if name in namespace and name not in declared}
+    else:
+        injected = {name: value for name, value in namespace.items()
+                    if not name.startswith("_") and name not in _KERNEL_NAMES and name not in declared
+                    and not _is_code(value)}
     check_parameters(declared, {**values, **injected}, "this notebook's parameters")
     return values
 

@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +215,39 @@ def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path
     return log
 
 
+def headless_kernel_manager():
+    """The kernel manager of headless runs: IPC transport (unix sockets in Jupyter's runtime
+    folder) instead of TCP on localhost. Over TCP every kernel logs `Kernel is running over TCP
+    without encryption ...` once per project; IPC is the transport that warning recommends,
+    and a headless kernel needs no network port."""
+    from jupyter_client import AsyncKernelManager
+    from traitlets import default
+
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self):
+            return "ipc"
+
+    return IPCKernelManager
+
+
+@contextmanager
+def headless_environment():
+    """Tell the kernels started here that no one watches them live (`nbutils.quiet`: progress
+    bars write one final line instead of widgets frozen at 0% in the stored notebook)."""
+    from .quiet import HEADLESS_VARIABLE
+
+    saved = os.environ.get(HEADLESS_VARIABLE)
+    os.environ[HEADLESS_VARIABLE] = "1"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(HEADLESS_VARIABLE, None)
+        else:
+            os.environ[HEADLESS_VARIABLE] = saved
+
+
 def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False,
                 nproc: int = 1) -> Result:
@@ -228,12 +262,14 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
         run_dir.mkdir(parents=True, exist_ok=True)
         # A record left by an earlier run must not pass for this one's.
         (run_dir / RECORD_FILE).unlink(missing_ok=True)
-        if nproc > 1:
-            launch_processes(project.notebook, parameters, run_dir, root, nproc)
-        else:
-            papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
-                                       kernel_name=kernel, cwd=str(root), progress_bar=False,
-                                       log_output=log_output)
+        with headless_environment():
+            if nproc > 1:
+                launch_processes(project.notebook, parameters, run_dir, root, nproc)
+            else:
+                papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
+                                           kernel_name=kernel, cwd=str(root), progress_bar=False,
+                                           log_output=log_output,
+                                           kernel_manager_class=headless_kernel_manager())
         record_path = run_dir / RECORD_FILE
         if not record_path.is_file():
             raise RuntimeError(f"the notebook finished but wrote no {RECORD_FILE} in {run_dir}")

@@ -49,7 +49,7 @@ def test_package_dependencies_admit_the_pinned_versions():
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     pins = requirement_pins()
-    deps = project["dependencies"] + project["optional-dependencies"]["runner"]
+    deps = project["dependencies"] + [d for extra in project["optional-dependencies"].values() for d in extra]
     for dep in map(Requirement, deps):
         name = dep.name.lower().replace("_", "-")
         assert name in pins, f"pyproject dependency {name} is not pinned in requirements.txt"

@@ -109,16 +109,52 @@ def test_int_is_accepted_for_float():
     check_parameters(DECLARED, {"learning_rate": 1, "epochs": 3})
 
 
+PARAMETERS_CELL = "epochs: int = 2  # passes\nlr: float = 0.1  # rate\n"
+CHECK_CELL = "from nbutils.params import notebook_parameters\n\nconfig = notebook_parameters(globals())\n"
+
+
 def test_in_notebook_check_catches_injected_unknown_names():
     import os
 
+    # A Jupyter kernel: the injected cell is in the input history (`In`), the current cell last.
     namespace = {"__annotations__": {"epochs": int, "lr": float}, "epochs": 2, "lr": 0.1,
-                 "In": [], "Out": {}, "get_ipython": print, "os": os, "_oh": {}}
+                 "In": ["", PARAMETERS_CELL, CHECK_CELL], "Out": {}, "get_ipython": print, "os": os,
+                 "_oh": {}}
     assert notebook_parameters(namespace) == {"epochs": 2, "lr": 0.1}
     namespace["lrr"] = 0.5  # what papermill injects for a misspelt `lrr: 0.5`
+    namespace["In"] = ["", PARAMETERS_CELL, "# Parameters\nepochs = 3\nlrr = 0.5\n", CHECK_CELL]
     with pytest.raises(ParameterError, match="'lrr' \\(did you mean 'lr'\\?\\)"):
         notebook_parameters(namespace)
-    del namespace["lrr"]
+    namespace["In"][2] = "# Parameters\nepochs = 3\n"
     namespace["epochs"] = "two"
     with pytest.raises(ParameterError, match="epochs: expected int, got str"):
         notebook_parameters(namespace)
+
+
+def test_script_check_catches_injected_unknown_names():
+    # The notebook as a script (accelerate launch): no input history, only the names so far.
+    namespace = {"__annotations__": {"epochs": int, "lr": float}, "epochs": 2, "lr": 0.1, "lrr": 0.5}
+    with pytest.raises(ParameterError, match="'lrr'"):
+        notebook_parameters(namespace)
+    del namespace["lrr"]
+    assert notebook_parameters(namespace) == {"epochs": 2, "lr": 0.1}
+
+
+def test_in_notebook_check_accepts_a_kernel_that_already_ran_the_notebook():
+    """Run All a second time: the globals hold every later cell's names (the error was
+    `unknown parameter(s): 'config' 'env' 'run_dir' ...`); only the injected cell counts."""
+    import pathlib
+
+    injected = "# Parameters\nepochs = 3\n"
+    first_run = ["", PARAMETERS_CELL, injected, CHECK_CELL, "run_dir = pathlib.Path('x')\nprecision_flags = {}"]
+    namespace = {"__annotations__": {"epochs": int, "lr": float}, "epochs": 3, "lr": 0.1,
+                 "config": {"epochs": 3, "lr": 0.1}, "run_dir": pathlib.Path("x"), "precision_flags": {},
+                 "hf_token": None, "pathlib": pathlib,
+                 "In": first_run + [PARAMETERS_CELL, injected, CHECK_CELL]}
+    assert notebook_parameters(namespace) == {"epochs": 3, "lr": 0.1}
+    # A misspelt name fixed in the injected cell no longer counts, though it is still defined.
+    namespace["lrr"] = 0.5
+    namespace["In"] = first_run + [PARAMETERS_CELL, "# Parameters\nlrr = 0.5\n", CHECK_CELL,
+                                   PARAMETERS_CELL, "# Parameters\nlr = 0.5\n", CHECK_CELL]
+    namespace["lr"] = 0.5
+    assert notebook_parameters(namespace) == {"epochs": 3, "lr": 0.5}
