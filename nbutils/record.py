@@ -93,13 +93,16 @@ def _row_key(row: dict, id_column: str | None) -> str:
 
 
 def split_hash(rows, id_column: str | None = "row_id") -> str:
-    """SHA-256 (16 hex digits) over the sorted ids of a split's rows (`id_column`), or, for data
-    without an id column (`id_column=None`), over the sorted contents of its rows. The order of
+    """SHA-256 (16 hex digits) over the sorted ids of a split's rows (`id_column` of a Dataset,
+    a DataFrame or a dict of columns), or, for data without that column (or `id_column=None`),
+    over the sorted contents of its rows. The order of
     the rows does not count, which rows are in it does."""
     import hashlib
 
-    columns = getattr(rows, "column_names", None)
-    if id_column and columns is not None and id_column in columns:
+    columns = getattr(rows, "column_names", None)  # a Dataset; a DataFrame or a dict of columns
+    columns = columns if columns is not None else list(rows.columns if hasattr(rows, "columns") else
+                                                       rows.keys() if isinstance(rows, dict) else [])
+    if id_column and id_column in columns:
         keys = sorted(str(v) for v in rows[id_column])
     else:
         keys = sorted(_row_key(row, None) for row in rows)

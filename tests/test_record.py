@@ -55,3 +55,13 @@ def test_the_summary_digest_tells_other_splits_apart():
     assert record.splits_digest(rec("sha256:b")) != record.splits_digest(rec("sha256:b", "sha256:other"))
     assert len(record.splits_digest(rec("sha256:b"))) == 8
     assert record.splits_digest({"data": {"source": "x"}}) is None  # a record without splits
+
+
+def test_split_hash_reads_a_dataframe_or_a_dict_of_columns_alike():
+    import pandas as pd
+    from datasets import Dataset
+
+    ids = [5, 3, 9]
+    expected = record.split_hash(Dataset.from_dict({"row_id": ids}))
+    assert record.split_hash(pd.DataFrame({"row_id": ids, "label": [0, 1, 0]})) == expected
+    assert record.split_hash({"row_id": ids}) == expected
