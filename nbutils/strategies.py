@@ -432,7 +432,7 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
                      f"the spread over seeds, so they are ties. On the test split: "
                      + ", ".join(f"{label[n]} {shown(n, 'test')}" for n in ranked) + ".")
     else:
-        tied = [n for n in ranked[1:] if level(results[best], results[n], on, metric, tie)]
+        tied = [n for n in ranked[1:-1] if level(results[best], results[n], on, metric, tie)]
         text = (f"- **Task metric.** Ranked on the {on} split ({over}), {label[best]} came first with "
                 f"{metric_name} {shown(best, on)}, and scored {shown(best, 'test')} on the test split")
         if tied:
@@ -440,6 +440,8 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
                      f"{', '.join(label[n] for n in tied)}")
         if len(ranked) > 1:
             text += f"; {label[worst]} came last, {shown(worst, on)} ({shown(worst, 'test')} on test)"
+            if level(results[best], results[worst], on, metric, tie):
+                text += ", yet still within the spread over seeds of the first"
         lines.append(text + ".")
 
     forgot = {n: r["forgetting"]["forgetting"] for n, r in results.items() if r.get("forgetting")}

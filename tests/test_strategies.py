@@ -267,6 +267,13 @@ def test_differences_within_the_spread_over_seeds_are_ties():
             "came first with ROC AUC 0.940 ± 0.028, and scored 0.910 ± 0.014 on the test split; level with it "
             "(the difference lies within the spread over seeds): **LoRA**") in text
     assert "**lower layers frozen** came last, 0.785 ± 0.007 (0.755 ± 0.007 on test)" in text
+    # The last can be level with the first when its own spread is wide, while the middle is not.
+    wobbly = {"full": results["full"],
+              "lora": study.aggregate([seeded("lora", 42, 0.85, 0.85), seeded("lora", 43, 0.86, 0.86)]),
+              "frozen": study.aggregate([seeded("frozen", 42, 0.70, 0.7), seeded("frozen", 43, 0.98, 0.8)])}
+    text = study.conclusion(wobbly, {"loss": 2.0})
+    assert "level with it" not in text
+    assert "**lower layers frozen** came last, 0.840 ± 0.198 (0.750 ± 0.071 on test), yet still within the spread" in text
     close = {n: study.aggregate([seeded(n, 42 + i, v, t) for i, (v, t) in enumerate(seeds[n])]) for n in ("full", "lora")}
     assert "Every strategy scored about the same validation ROC AUC (0.920 to 0.940, mean over 2 seeds" \
         in study.conclusion(close, {"loss": 2.0})
