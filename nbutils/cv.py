@@ -4,6 +4,15 @@ Grouping keeps every group (e.g. an essay prompt) on one side of each fold, so t
 measures unseen groups, as the hidden test set of a competition does. The training itself is
 the caller's: `cross_validate` hands each fold's two tables to a function that trains a fresh
 model and returns its metrics, and reports the mean and standard deviation of each metric.
+
+A fold is scored on rows that chose nothing. Its model trains the recipe's fixed budget (its
+epochs) and its last weights are scored (`FIXED_BUDGET`): had the fold's validation rows also
+picked the best checkpoint (`load_best_model_at_end`), its score would be the best of several
+tries on those very rows, an optimistic number. The alternative, choosing the checkpoint on a
+split carved out of the fold's training rows, would cost each fold a further group of its
+training rows (with grouped folds on the handful of prompts a competition has, a whole prompt of
+three or four) and an evaluation every epoch, to estimate the same thing less well. The final
+model still picks its checkpoint on the validation split and is scored on the test split.
 """
 
 from __future__ import annotations
@@ -37,6 +46,21 @@ def fold_indices(labels, n_folds: int, seed: int = 0, groups=None) -> list[tuple
     return list(splitter.split(index, labels, groups))
 
 
+# TrainingArguments for a fold's training: no evaluation, no checkpoint, no best model loaded
+# back; the weights after the last step are the ones scored.
+FIXED_BUDGET = {"eval_strategy": "no", "save_strategy": "no", "load_best_model_at_end": False}
+SELECTION = "fixed budget: the weights after the last step, no checkpoint chosen"
+
+
+def fold_selection(trainer) -> dict:
+    """What chose a trained fold model's weights, read from its Trainer's state (a spy on what
+    it did, not on what it was asked): how many evaluations ran during training, and whether a
+    best checkpoint was loaded back. The fold's rows must have chosen nothing."""
+    evaluations = sum(1 for entry in trainer.state.log_history if any(k.startswith("eval_") for k in entry))
+    return {"evaluations_during_training": evaluations,
+            "checkpoint": "best" if trainer.state.best_model_checkpoint else "last"}
+
+
 def summarize(fold_metrics: list[dict]) -> dict:
     """{metric: {"mean", "std", "folds": [per-fold values]}} over the folds."""
     summary = {}
@@ -50,6 +74,9 @@ def cross_validate(dataset, n_folds: int, label_column: str,
                    fit_and_score: Callable[[object, object], dict], seed: int = 0,
                    group_column: str = "") -> dict:
     """Run `fit_and_score(train_table, validation_table) -> metrics` on each fold.
+
+    `fit_and_score` may also return `(metrics, details)`: the details (such as `fold_selection`)
+    join that fold's entry in "sizes".
 
     Returns {"folds": n, "group_column": ..., "metrics": summarize(...), "sizes": [per fold:
     train and validation rows, and with a group column the groups validated on]}.
@@ -65,8 +92,12 @@ def cross_validate(dataset, n_folds: int, label_column: str,
     for number, (train_rows, val_rows) in enumerate(folds, start=1):
         train, val = dataset.select(train_rows), dataset.select(val_rows)
         print(f"fold {number}/{n_folds}: {len(train)} training rows, {len(val)} validation rows")
-        results.append(fit_and_score(train, val))
-        sizes.append({"train": len(train), "validation": len(val)})
+        scored = fit_and_score(train, val)
+        details = {}
+        if isinstance(scored, tuple):
+            scored, details = scored
+        results.append(scored)
+        sizes.append({"train": len(train), "validation": len(val), **details})
         if groups is not None:  # which groups each fold validated on, for the record
             sizes[-1]["validation_groups"] = sorted({str(groups[i]) for i in val_rows})
     return {"folds": n_folds, "group_column": group_column or None, "metrics": summarize(results),

@@ -163,15 +163,89 @@ def binary_labels(values, column: str = "label") -> np.ndarray:
     return array.astype(np.int64)
 
 
+# With a group column, each of train, validation and test holds at least this many groups:
+# a split of one group measures one prompt (its score cannot tell the model from that prompt's
+# difficulty), and a threshold chosen on one prompt's essays transfers badly. Data with few
+# groups (the smoke profile's 5 sample prompts) lowers it explicitly (`min_groups`).
+MIN_GROUPS_PER_SPLIT = 2
+# Above this many groups the subsets are not all tried: random orders of the groups are, with
+# every prefix of each (a prefix is a candidate subset).
+_EXHAUSTIVE_GROUPS = 14
+_RANDOM_ORDERS = 2000
+
+
+def _group_subset_cost(rows, positives, target_rows: float, share: float):
+    """Rows out of place for each candidate subset: how far its row count is from the target,
+    plus how many positive rows it holds beyond (or short of) the overall class share of its
+    rows. Whole groups rarely hit a target exactly; this picks the closest, then the most
+    stratified among equally close ones (both terms count rows, so neither needs a weight)."""
+    return np.abs(rows - target_rows) + np.abs(positives - share * rows)
+
+
+def _choose_groups(candidates: np.ndarray, rows: np.ndarray, positives: np.ndarray,
+                   target_rows: float, share: float, min_groups: int, leave: int, rng) -> np.ndarray:
+    """The subset of `candidates` (group indices) with the fewest rows out of place, of at least
+    `min_groups` groups and leaving at least `leave` groups behind; exact ties go to `rng`."""
+    from itertools import combinations
+
+    n = len(candidates)
+    sizes = np.arange(min_groups, n - leave + 1)
+    if n <= _EXHAUSTIVE_GROUPS:
+        subsets = [np.asarray(c) for k in sizes for c in combinations(candidates, int(k))]
+        cost = _group_subset_cost(np.array([rows[s].sum() for s in subsets]),
+                                  np.array([positives[s].sum() for s in subsets]), target_rows, share)
+    else:  # every prefix of many random orders, costed from cumulative sums
+        orders = np.array([rng.permutation(candidates) for _ in range(_RANDOM_ORDERS)])
+        prefix_cost = _group_subset_cost(rows[orders].cumsum(axis=1)[:, sizes - 1],
+                                         positives[orders].cumsum(axis=1)[:, sizes - 1], target_rows, share)
+        subsets = [(o, int(k)) for o in range(len(orders)) for k in sizes]
+        cost = prefix_cost.ravel()
+        subsets = [orders[o, :k] for o, k in subsets]
+    best = np.flatnonzero(np.isclose(cost, cost.min()))
+    return np.sort(subsets[int(rng.choice(best))])
+
+
+def group_split_indices(labels, groups, val_size: float, test_size: float, seed: int,
+                        min_groups: int = MIN_GROUPS_PER_SPLIT, group_column: str = "group_column"):
+    """(train, validation, test) row indices with every group in one split.
+
+    `val_size` and `test_size` are shares of the *rows*: each split gets the whole groups whose
+    rows come closest to its share, stratified by label where the groups allow (see
+    `_group_subset_cost`), with at least `min_groups` groups in each split.
+    """
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    if not isinstance(min_groups, int) or isinstance(min_groups, bool) or min_groups < 1:
+        raise ValueError(f"min_groups must be a whole number >= 1, got {min_groups!r}")
+    names, inverse = np.unique(groups.astype(str), return_inverse=True)
+    if len(names) < 3 * min_groups:
+        raise ValueError(f"{group_column} has {len(names)} groups; train, validation and test need at least "
+                         f"{min_groups} each ({3 * min_groups} in all) to be disjoint by group. Use a column "
+                         "with more groups, lower the minimum (min_groups), or split without a group column")
+    rows = np.bincount(inverse, minlength=len(names))
+    positives = np.bincount(inverse, weights=(labels == labels.max()).astype(float), minlength=len(names))
+    share = positives.sum() / rows.sum()
+    rng = np.random.default_rng(seed)
+    everything = np.arange(len(names))
+    test = _choose_groups(everything, rows, positives, test_size * len(labels), share, min_groups,
+                          2 * min_groups, rng)
+    rest = np.setdiff1d(everything, test)
+    val = _choose_groups(rest, rows, positives, val_size * len(labels), share, min_groups, min_groups, rng)
+    train = np.setdiff1d(rest, val)
+    return tuple(np.flatnonzero(np.isin(inverse, chosen)) for chosen in (train, val, test))
+
+
 def split_train_val_test(dataset, label_column: str, val_size: float, test_size: float,
-                         seed: int, group_column: str = ""):
+                         seed: int, group_column: str = "", min_groups: int = MIN_GROUPS_PER_SPLIT):
     """Split one table into train/validation/test `DatasetDict`.
 
-    Stratified by label, so each split keeps the class balance. With `group_column` (such as
-    DAIGT's `prompt_name`) whole groups go to one split, so the test measures unseen prompts.
+    `val_size` and `test_size` are shares of the rows. Without `group_column` the split is
+    stratified by label, so each split keeps the class balance. With `group_column` (such as
+    DAIGT's `prompt_name`) whole groups go to one split, so the test measures unseen prompts:
+    the shares are then met as closely as whole groups allow, stratified where the groups allow,
+    with at least `min_groups` groups per split (`group_split_indices`).
     """
     from datasets import DatasetDict
-    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+    from sklearn.model_selection import train_test_split
 
     for name, size in (("val_size", val_size), ("test_size", test_size)):
         if not 0 < size < 1:
@@ -182,22 +256,12 @@ def split_train_val_test(dataset, label_column: str, val_size: float, test_size:
     labels = np.asarray(list(dataset[label_column]))
     if group_column:
         require_columns(dataset, group_column=group_column)
-        groups = np.asarray(list(dataset[group_column]))
-        if len(set(groups.tolist())) < 3:
-            raise ValueError(f"group_column={group_column!r} has fewer than 3 groups; "
-                             "it cannot give disjoint train, validation and test splits")
-
-        def cut(idx, size, salt):
-            splitter = GroupShuffleSplit(n_splits=1, test_size=size, random_state=seed + salt)
-            keep, held = next(splitter.split(idx, groups=groups[idx]))
-            return idx[keep], idx[held]
+        train, val, test = group_split_indices(labels, list(dataset[group_column]), val_size, test_size,
+                                               seed, min_groups, f"group_column={group_column!r}")
     else:
-        def cut(idx, size, salt):
-            return train_test_split(idx, test_size=size, random_state=seed + salt,
-                                    stratify=labels[idx])
-
-    rest, test = cut(index, test_size, 0)
-    train, val = cut(rest, val_size / (1 - test_size), 1)
+        rest, test = train_test_split(index, test_size=test_size, random_state=seed, stratify=labels)
+        train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed + 1,
+                                      stratify=labels[rest])
     return DatasetDict(train=dataset.select(np.sort(train)),
                        validation=dataset.select(np.sort(val)),
                        test=dataset.select(np.sort(test)))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .metrics import choose_threshold  # noqa: F401  (one helper for every notebook's threshold)
 from .record import RECORD_FILE
 
 SPLITS = ("validation", "test")
@@ -206,11 +207,30 @@ def mean_probability(probabilities: pd.DataFrame) -> np.ndarray:
     return probabilities.mean(axis=1).to_numpy()
 
 
-def rank_average(probabilities: pd.DataFrame) -> np.ndarray:
-    """The mean over runs of each row's rank within its split, as a fraction (ties share the
-    mean rank). Only the order of each run's scores counts, so a run with confident,
-    bunched-up probabilities weighs no more than one with spread-out ones."""
-    return probabilities.rank(pct=True).mean(axis=1).to_numpy()
+def rank_average(probabilities: pd.DataFrame, reference: pd.DataFrame | None = None) -> np.ndarray:
+    """The mean over runs of each row's rank, as a fraction: the share of the `reference` rows
+    (each run's validation scores) that run scores below it, ties counting half. Only the order
+    of each run's scores counts, so a run with confident, bunched-up probabilities weighs no more
+    than one with spread-out ones.
+
+    Test scores are placed on the *validation* scores' distribution, not ranked among
+    themselves: a threshold chosen on validation rank fractions then means the same on test
+    (ranking the test split on its own would force its scores onto a uniform spread whatever the
+    models said, so the cut would call a fixed share of test essays generated). Without
+    `reference` the rows are their own reference (the validation split's case).
+    """
+    reference = probabilities if reference is None else reference
+    if list(reference.columns) != list(probabilities.columns):
+        raise EnsembleError(f"rank_average: the reference holds runs {list(reference.columns)}, "
+                            f"the scores {list(probabilities.columns)}")
+    fractions = []
+    for run in probabilities.columns:
+        ref = np.sort(reference[run].to_numpy(dtype=np.float64))
+        scores = probabilities[run].to_numpy(dtype=np.float64)
+        below = np.searchsorted(ref, scores, side="left")
+        at_or_below = np.searchsorted(ref, scores, side="right")
+        fractions.append((below + at_or_below) / (2 * len(ref)))
+    return np.mean(fractions, axis=0)
 
 
 def log_odds(probabilities) -> np.ndarray:
@@ -285,32 +305,14 @@ def fit_stacker(validation: SplitScores, folds: int = 5, seed: int = 0, cs: int 
                    out_of_fold, folds)
 
 
-def choose_threshold(labels, scores) -> tuple[float, float]:
-    """The cut on `scores` (validation) with the best accuracy there, and that accuracy.
-
-    Among equally accurate cuts the highest is taken, then moved halfway down to the next lower
-    score, so that validation predictions are unchanged and a test essay scored a little below
-    the lowest generated validation essay is still called generated.
-    """
-    from sklearn.metrics import roc_curve
-
-    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
-    fpr, tpr, cuts = roc_curve(labels, scores, drop_intermediate=False)
-    positives = labels.sum()
-    accuracy = (tpr * positives + (1 - fpr) * (len(labels) - positives)) / len(labels)
-    accuracy[~np.isfinite(cuts)] = -1  # the cut above every score calls nothing generated
-    best = int(np.argmax(accuracy))
-    lower = scores[scores < cuts[best]]
-    cut = (cuts[best] + lower.max()) / 2 if lower.size else cuts[best]
-    return float(cut), float(accuracy[best])
-
-
 def method_scores(tables: dict[str, SplitScores], stacker: Stacker) -> dict[str, dict[str, np.ndarray]]:
     """Validation and test scores of every method: each run alone, then the three ensembles."""
     methods = {name: {s: tables[s].probabilities[name].to_numpy() for s in SPLITS}
                for name in tables["validation"].probabilities.columns}
     methods[MEAN] = {s: mean_probability(tables[s].probabilities) for s in SPLITS}
-    methods[RANK] = {s: rank_average(tables[s].probabilities) for s in SPLITS}
+    # Both splits ranked against the validation scores (test placed on their distribution).
+    methods[RANK] = {s: rank_average(tables[s].probabilities, tables["validation"].probabilities)
+                     for s in SPLITS}
     methods[STACK] = {"validation": stacker.validation_scores, "test": stacker.predict(tables["test"])}
     return methods
 

@@ -79,6 +79,55 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+# A record whose model ran on train/validation/test splits says which rows each held:
+# data["split_hashes"] = {split: hash of its row ids} (`split_hashes`). Two records with other
+# hashes scored other rows, and their numbers are not comparable; the summary table shows a
+# short digest of them (runner.SUMMARY_COLUMNS "splits").
+SPLIT_HASHES = "split_hashes"
+
+
+def _row_key(row: dict, id_column: str | None) -> str:
+    if id_column:
+        return str(row[id_column])
+    return json.dumps(row, sort_keys=True, default=str)  # no id column: the row's own content
+
+
+def split_hash(rows, id_column: str | None = "row_id") -> str:
+    """SHA-256 (16 hex digits) over the sorted ids of a split's rows (`id_column` of a Dataset,
+    a DataFrame or a dict of columns), or, for data without that column (or `id_column=None`),
+    over the sorted contents of its rows. The order of
+    the rows does not count, which rows are in it does."""
+    import hashlib
+
+    columns = getattr(rows, "column_names", None)  # a Dataset; a DataFrame or a dict of columns
+    columns = columns if columns is not None else list(rows.columns if hasattr(rows, "columns") else
+                                                       rows.keys() if isinstance(rows, dict) else [])
+    if id_column and id_column in columns:
+        keys = sorted(str(v) for v in rows[id_column])
+    else:
+        keys = sorted(_row_key(row, None) for row in rows)
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def split_hashes(splits, id_column: str | None = "row_id") -> dict[str, str]:
+    """{split name: `split_hash`} for a DatasetDict (or a dict of tables) of splits."""
+    return {name: split_hash(rows, id_column) for name, rows in splits.items()}
+
+
+def splits_digest(record: dict) -> str | None:
+    """A short digest of the record's data fingerprint and split hashes, for the summary table:
+    runs showing the same digest scored the same rows of the same data."""
+    import hashlib
+
+    data = record.get("data") or {}
+    hashes = data.get(SPLIT_HASHES)
+    if not hashes:
+        return None
+    text = json.dumps({"fingerprint": data.get("fingerprint"), "splits": hashes}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def make_record(*, project: str, profile: str, task: str, model: str, data: dict, metrics: dict,
                 primary_metric: str, train: dict, parameters: dict, seed: int, config: dict,
                 baselines: dict | None = None) -> dict:

@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from .params import ParameterError, check_parameters, declared_parameters
-from .record import RECORD_FILE
+from .record import RECORD_FILE, splits_digest
 
 KERNEL = "llm-notebooks"
 
@@ -296,7 +296,8 @@ def _fmt(value, digits=3) -> str:
 
 
 SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "baseline", "train_s",
-                   "samples_per_s", "tokens_per_s", "padding_eff", "trainable", "total", "notebook")
+                   "samples_per_s", "tokens_per_s", "padding_eff", "trainable", "total", "splits",
+                   "notebook")
 
 
 def summary_rows(results: list[Result], root: Path) -> list[dict]:
@@ -315,6 +316,7 @@ def summary_rows(results: list[Result], root: Path) -> list[dict]:
             "padding_eff": rec.get("train", {}).get("padding_efficiency"),
             "trainable": rec.get("parameters", {}).get("trainable"),
             "total": rec.get("parameters", {}).get("total"),
+            "splits": splits_digest(rec),  # rows with other digests scored other rows
             "notebook": os.path.relpath(r.notebook, root), "error": r.error,
         })
     return rows

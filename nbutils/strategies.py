@@ -14,6 +14,11 @@ This module builds them (`plan`, `prepare_model`, `trainer_setup`), reads the Tr
 train-vs-validation loss curves (`loss_history`, `overfitting`), keeps finished runs on disk so an
 interrupted study resumes where it stopped (`save_result`, `saved_result`), and writes the
 conclusion from the numbers (`conclusion`), so the text stays true whatever the profile.
+
+Every strategy is trained with several seeds (`seed_list`); its results are their mean, with
+their spread (`aggregate`). The best strategy is the one with the best *validation* score
+(`best_strategy`): the test split only reports it. Differences within the spread over seeds are
+called ties (`level`).
 """
 
 from __future__ import annotations
@@ -274,18 +279,94 @@ def saved_result(folder, name: str, settings: dict) -> dict | None:
 
 
 # ----------------------------------------------------------------------------------------------
+# Several seeds: mean, spread, and the choice on validation
+
+
+def seed_list(seed: int, seeds: int, param: str = "seeds") -> list[int]:
+    """The training seeds of each strategy: `seed`, `seed + 1`, ... (`seeds` of them)."""
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"{param} must be a whole number >= 1 (training runs per strategy), got {seeds!r}")
+    return [seed + k for k in range(seeds)]
+
+
+def run_name(name: str, run_seed: int, first_seed: int) -> str:
+    """The saved run's name: the strategy's for the first seed, `<name>.seed<n>` for the others."""
+    return name if run_seed == first_seed else f"{name}.seed{run_seed}"
+
+
+def spread(values) -> dict:
+    """{"mean", "std", "values"}: the sample standard deviation (n - 1) over the seeds; 0 for one."""
+    import numpy as np
+
+    values = [float(v) for v in values]
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "values": values}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """One strategy's result over its seeds' runs (first seed first): the first run's result
+    (its loss history, overfitting summary, parameters, learning rates), with the test and
+    validation metrics and the forgetting replaced by their means over the seeds, and
+    `spread` = {"test": {metric: std}, "validation": {...}, "forgetting": std}, each seed's
+    values under `seed_values`, and `seeds`."""
+    if not runs:
+        raise ValueError("no runs to aggregate")
+    result = dict(runs[0])
+    result["seeds"] = [r.get("seed") for r in runs]
+    result["spread"] = {}
+    for split in ("test", "validation"):
+        if all(split in r for r in runs):
+            stats = {m: spread(r[split][m] for r in runs) for m in runs[0][split]}
+            result[split] = {m: s["mean"] for m, s in stats.items()}
+            result["spread"][split] = {m: s["std"] for m, s in stats.items()}
+            result.setdefault("seed_values", {})[split] = {m: s["values"] for m, s in stats.items()}
+    if all(r.get("forgetting") for r in runs):
+        stats = {k: spread(r["forgetting"][k] for r in runs) for k in ("mlm_loss_after", "forgetting")}
+        result["forgetting"] = {**runs[0]["forgetting"], **{k: s["mean"] for k, s in stats.items()}}
+        result["spread"]["forgetting"] = stats["forgetting"]["std"]
+        result.setdefault("seed_values", {})["forgetting"] = stats["forgetting"]["values"]
+    return result
+
+
+def _std(result: dict, split: str, metric: str) -> float:
+    return float((result.get("spread") or {}).get(split, {}).get(metric, 0.0))
+
+
+def level(a: dict, b: dict, split: str = "validation", metric: str = "roc_auc", tie: float = 0.005) -> bool:
+    """Whether two strategies' mean scores are a tie: their difference is no larger than their
+    spreads over seeds together (the mean ± std ranges overlap), or than `tie`."""
+    gap = abs(a[split][metric] - b[split][metric])
+    return gap <= max(tie, _std(a, split, metric) + _std(b, split, metric))
+
+
+def best_strategy(results: dict[str, dict], metric: str = "roc_auc", on: str = "validation") -> str:
+    """The strategy with the best mean `metric` on the `on` split (validation: the test split
+    must not choose what it then reports); the first named wins an exact tie."""
+    if on == "test":
+        raise ValueError("the best strategy is chosen on validation, never on the test split it is reported on")
+    missing = [n for n, r in results.items() if on not in r]
+    if missing:
+        raise KeyError(f"no {on} metrics for {', '.join(missing)}: each run must score the {on} split")
+    names = list(results)
+    return max(names, key=lambda n: (results[n][on][metric], -names.index(n)))
+
+
+# ----------------------------------------------------------------------------------------------
 # The results table and the conclusion
 
 
 def results_table(results: dict[str, dict], metric: str = "roc_auc", metric_name: str = "ROC AUC"):
-    """One row per strategy: test metric, forgetting, overfitting, parameters trained, time."""
+    """One row per strategy: validation and test metric (means over the seeds, and the test
+    metric's spread), forgetting, overfitting, parameters trained, time (the first seed's run)."""
     import pandas as pd
 
     rows = {}
     for name, result in results.items():
         forgetting, fit = result.get("forgetting") or {}, result.get("overfitting") or {}
         rows[name] = {
+            f"validation {metric_name}": (result.get("validation") or {}).get(metric),
             f"test {metric_name}": result["test"][metric],
+            f"test {metric_name} std": _std(result, "test", metric),
             "test accuracy": result["test"].get("accuracy"),
             "MLM loss after": forgetting.get("mlm_loss_after"),
             "forgetting": forgetting.get("forgetting"),
@@ -320,26 +401,47 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
     """A markdown paragraph per finding, each computed from this run's numbers.
 
     `results` maps strategy name -> its results (`test`, `forgetting`, `overfitting`,
-    `parameters`, `learning_rate`, `description`); `before` is the backbone's masked-LM result
-    before fine-tuning; `curve` maps strategy -> {training rows: test metric}. Scores within
-    `tie` of each other are called level rather than ranked.
+    `parameters`, `learning_rate`, `description`, `validation`, and with several seeds their
+    means, `spread` and `seeds` from `aggregate`); the strategies are ranked on their validation
+    scores, the test scores only reported. `before` is the backbone's masked-LM result before
+    fine-tuning; `curve` maps strategy -> {training rows: test metric}. Scores whose difference
+    lies within the spread over seeds (or within `tie`) are called level rather than ranked.
     """
     if not results:
         raise ValueError("no results to conclude from")
     lines = []
     label = {name: f"**{r.get('description', name)}**" for name, r in results.items()}
     scores = {name: r["test"][metric] for name, r in results.items()}
-    ranked = sorted(scores, key=lambda n: (-scores[n], n))
+    missing = [n for n, r in results.items() if "validation" not in r]
+    if missing:
+        raise KeyError(f"no validation metrics for {', '.join(missing)}: strategies are ranked on validation")
+    on = "validation"
+    seeds = len(next(iter(results.values())).get("seeds") or [None])
+    chosen = {name: r[on][metric] for name, r in results.items()}
+    ranked = sorted(chosen, key=lambda n: (-chosen[n], list(results).index(n)))
     best, worst = ranked[0], ranked[-1]
-    if len(ranked) > 1 and scores[best] - scores[worst] <= tie:
-        lines.append(f"- **Task metric.** Every strategy scored about the same test {metric_name} "
-                     f"({_fmt(scores[worst])} to {_fmt(scores[best])}).")
+
+    def shown(name, split):
+        std = _std(results[name], split, metric)
+        return _fmt(results[name][split][metric]) + (f" ± {_fmt(std)}" if seeds > 1 else "")
+
+    over = f"mean over {seeds} seeds, ± the standard deviation" if seeds > 1 else "one seed"
+    if len(ranked) > 1 and all(level(results[best], results[n], on, metric, tie) for n in ranked[1:]):
+        lines.append(f"- **Task metric.** Every strategy scored about the same {on} {metric_name} "
+                     f"({_fmt(chosen[worst])} to {_fmt(chosen[best])}, {over}): the differences lie within "
+                     f"the spread over seeds, so they are ties. On the test split: "
+                     + ", ".join(f"{label[n]} {shown(n, 'test')}" for n in ranked) + ".")
     else:
-        level = [n for n in ranked[1:] if scores[best] - scores[n] <= tie]
-        also = f" (level with {', '.join(label[n] for n in level)})" if level else ""
-        text = f"- **Task metric.** {label[best]} scored the highest test {metric_name}, {_fmt(scores[best])}{also}"
+        tied = [n for n in ranked[1:-1] if level(results[best], results[n], on, metric, tie)]
+        text = (f"- **Task metric.** Ranked on the {on} split ({over}), {label[best]} came first with "
+                f"{metric_name} {shown(best, on)}, and scored {shown(best, 'test')} on the test split")
+        if tied:
+            text += (f"; level with it (the difference lies within the spread over seeds): "
+                     f"{', '.join(label[n] for n in tied)}")
         if len(ranked) > 1:
-            text += f"; {label[worst]} the lowest, {_fmt(scores[worst])}"
+            text += f"; {label[worst]} came last, {shown(worst, on)} ({shown(worst, 'test')} on test)"
+            if level(results[best], results[worst], on, metric, tie):
+                text += ", yet still within the spread over seeds of the first"
         lines.append(text + ".")
 
     forgot = {n: r["forgetting"]["forgetting"] for n, r in results.items() if r.get("forgetting")}
@@ -354,7 +456,11 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
             text += f" and least with {label[least]} (to {_fmt(after[least])}, {forgot[least]:+.3f})"
         lines.append(text + ".")
         if "full" in forgot and "frozen" in forgot:
-            verb = "cut" if forgot["frozen"] < forgot["full"] else "did not cut"
+            noise = sum(float((results[n].get("spread") or {}).get("forgetting", 0.0)) for n in ("frozen", "full"))
+            if abs(forgot["frozen"] - forgot["full"]) <= noise:  # within the spread over seeds
+                verb = "made no difference beyond the spread over seeds to"
+            else:
+                verb = "cut" if forgot["frozen"] < forgot["full"] else "did not cut"
             lines.append(f"- **Freezing.** Freezing the lower layers {verb} forgetting: {forgot['frozen']:+.3f} "
                          f"against {forgot['full']:+.3f} for full fine-tuning at the same rate, with test "
                          f"{metric_name} {_fmt(scores['frozen'])} against {_fmt(scores['full'])}.")
@@ -408,8 +514,10 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
             if len(smallest) >= 2 and len({size for size, _ in smallest.values()}) == 1:
                 lead = sorted(smallest, key=lambda n: (-smallest[n][1], n))
                 gap = smallest[lead[0]][1] - smallest[lead[1]][1]
-                text += (f" With the fewest rows, {label.get(lead[0], lead[0])} led by {gap:.3f}." if gap > tie else
-                         " With the fewest rows, they were level.")
+                # One seed per point: a gap within the main runs' spread over seeds is a tie.
+                noise = max(tie, sum(_std(results[n], "test", metric) for n in lead[:2] if n in results))
+                text += (f" With the fewest rows, {label.get(lead[0], lead[0])} led by {gap:.3f}." if gap > noise else
+                         " With the fewest rows, they were level (within the spread over seeds).")
             lines.append(text)
     return "\n".join(lines)
 

@@ -65,3 +65,59 @@ def test_impossible_folds_are_errors(kwargs, message):
     kwargs = {"labels": LABELS, **kwargs}
     with pytest.raises(ValueError, match=message):
         cv.fold_indices(**kwargs)
+
+
+# --- a fold's scoring rows choose nothing
+
+
+def spied_fold(cache, tmp_path, fixed_budget: bool):
+    """Train one fold as the detection notebook's make_trainer configures it (evaluate and save
+    each epoch, load the best model by the validation metric), with the fold's validation rows
+    as its eval_dataset, and `cv.FIXED_BUDGET` on top or not. A spy on Trainer.evaluate records
+    the row ids of every evaluation during training; then the fold is scored on its rows.
+    Returns (row ids that chose the weights, row ids scored, cv.fold_selection)."""
+    from transformers import DataCollatorWithPadding, Trainer
+
+    from training_helpers import tiny_classifier, tokenized_essays, training_args
+
+    tokenized, tokenizer = tokenized_essays(cache, n=24)
+    tokenized = tokenized.add_column("row_id", list(range(24)))
+    fold_train, fold_val = tokenized.select(range(16)), tokenized.select(range(16, 24))
+    settings = dict(num_train_epochs=2, eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
+                    load_best_model_at_end=True, metric_for_best_model="loss", remove_unused_columns=True)
+    args = training_args(tmp_path / ("fixed" if fixed_budget else "best"),
+                         **{**settings, **(cv.FIXED_BUDGET if fixed_budget else {})})
+    chose = set()
+
+    class SpiedTrainer(Trainer):
+        def evaluate(self, eval_dataset=None, *a, **k):
+            chose.update((eval_dataset if eval_dataset is not None else self.eval_dataset)["row_id"])
+            return super().evaluate(eval_dataset, *a, **k)
+
+    trainer = SpiedTrainer(model=tiny_classifier(cache, "bert"), args=args, train_dataset=fold_train,
+                           eval_dataset=fold_val, data_collator=DataCollatorWithPadding(tokenizer))
+    trainer.train()
+    scored = set(fold_val["row_id"])
+    trainer.predict(fold_val)
+    return chose, scored, cv.fold_selection(trainer)
+
+
+def test_a_fold_is_never_scored_on_the_rows_that_chose_its_weights(cache, tmp_path):
+    """With the fixed budget the fold trains its epochs and keeps its last weights: no row chose
+    anything, so none of the scored rows did. Without it (the notebook's arguments before), the
+    very rows the fold is scored on picked its best epoch: the spy catches that."""
+    chose, scored, selection = spied_fold(cache, tmp_path, fixed_budget=True)
+    assert not chose & scored and chose == set()
+    assert selection == {"evaluations_during_training": 0, "checkpoint": "last"}
+
+    chose, scored, selection = spied_fold(cache, tmp_path, fixed_budget=False)
+    assert chose == scored  # what the fixed budget prevents
+    assert selection == {"evaluations_during_training": 2, "checkpoint": "best"}
+
+
+def test_fold_details_join_the_folds_record():
+    table = Dataset.from_dict({"labels": LABELS.tolist(), "prompt": GROUPS.tolist()})
+    summary = cv.cross_validate(table, 3, "labels", lambda tr, va: ({"roc_auc": 0.5}, {"checkpoint": "last"}),
+                                group_column="prompt")
+    assert [s["checkpoint"] for s in summary["sizes"]] == ["last"] * 3
+    assert summary["metrics"]["roc_auc"]["mean"] == 0.5

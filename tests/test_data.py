@@ -108,3 +108,75 @@ def test_split_errors_name_the_parameter(frame):
         data.split_train_val_test(table, "generated", 0.5, 0.5, seed=0)
     with pytest.raises(KeyError, match="group_column='topic'"):
         data.split_train_val_test(table, "generated", 0.1, 0.1, seed=0, group_column="topic")
+
+
+# --- group splits: shares of rows, stratified, a minimum of groups per split
+
+
+def grouped_table(sizes, positive_share):
+    """One row per essay: group g has sizes[g] rows, positive_share[g] of them labelled 1."""
+    groups, labels = [], []
+    for g, (n, share) in enumerate(zip(sizes, positive_share)):
+        groups += [f"prompt {g}"] * n
+        positives = round(n * share)
+        labels += [1] * positives + [0] * (n - positives)
+    return Dataset.from_dict({"prompt_name": groups, "labels": labels, "row_id": list(range(len(labels)))})
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_split_shares_are_shares_of_rows(seed):
+    """Groups of very unequal size: 10% of 500 rows is 50, which whole groups can hit exactly
+    (the 50-row group, or 40 + 10, ...). The share used to count groups: one group of ten drawn
+    at random, up to 200 rows (40%) for a `test_size` of 0.1."""
+    table = grouped_table([200, 100, 50, 50, 40, 30, 10, 10, 5, 5], [0.5] * 10)
+    splits = data.split_train_val_test(table, "labels", 0.1, 0.1, seed, group_column="prompt_name")
+    assert [len(splits[s]) for s in ("train", "validation", "test")] == [400, 50, 50]
+    groups = {s: set(splits[s]["prompt_name"]) for s in splits}
+    assert all(len(g) >= data.MIN_GROUPS_PER_SPLIT for g in groups.values())
+    assert not (groups["train"] & groups["test"]) and not (groups["validation"] & groups["test"])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_group_split_is_stratified_where_the_groups_allow(seed):
+    """Eight groups of 25 essays, four all generated and four all human: a quarter of the rows
+    is any two groups, and only one generated + one human group keeps the class balance."""
+    table = grouped_table([25] * 8, [1, 1, 1, 1, 0, 0, 0, 0])
+    splits = data.split_train_val_test(table, "labels", 0.25, 0.25, seed, group_column="prompt_name")
+    for name in ("validation", "test"):
+        assert len(splits[name]) == 50 and np.mean(splits[name]["labels"]) == 0.5, name
+    assert np.mean(splits["train"]["labels"]) == 0.5
+
+
+def test_group_split_keeps_a_minimum_of_groups_per_split():
+    """The 50-row group alone meets the test share exactly; a minimum of two groups adds the
+    group that misses it least (4 rows), and every split keeps at least the minimum."""
+    table = grouped_table([50, 350, 60, 9, 9, 9, 9, 4], [0.5] * 8)
+    one = data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name", min_groups=1)
+    assert set(one["test"]["prompt_name"]) == {"prompt 0"}
+    two = data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name", min_groups=2)
+    assert set(two["test"]["prompt_name"]) == {"prompt 0", "prompt 7"} and len(two["test"]) == 54
+    assert all(len(set(two[s]["prompt_name"])) >= 2 for s in two)
+
+
+def test_too_few_groups_for_the_minimum_is_a_clear_error():
+    table = grouped_table([40] * 5, [0.5] * 5)
+    with pytest.raises(ValueError, match=r"group_column='prompt_name' has 5 groups; train, validation and "
+                                         r"test need at least 2 each \(6 in all\)"):
+        data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name")
+    with pytest.raises(ValueError, match="min_groups must be a whole number >= 1"):
+        data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name", min_groups=0)
+    splits = data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name", min_groups=1)
+    assert sum(len(s) for s in splits.values()) == 200
+
+
+def test_group_split_with_many_groups_searches_random_orders():
+    """Above the exhaustive limit (thousands of small groups, such as essay ids) the split still
+    meets the row shares closely and keeps the classes balanced."""
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(1, 8, 400)
+    table = grouped_table(sizes, rng.uniform(0.2, 0.8, 400))
+    splits = data.split_train_val_test(table, "labels", 0.1, 0.2, 0, group_column="prompt_name")
+    n, share = len(table), np.mean(table["labels"])
+    assert abs(len(splits["test"]) - 0.2 * n) <= 1 and abs(len(splits["validation"]) - 0.1 * n) <= 1
+    for split in splits.values():
+        assert abs(np.mean(split["labels"]) - share) < 0.01

@@ -188,7 +188,47 @@ def test_rank_average_ignores_how_squeezed_a_runs_probabilities_are():
     squeezed = probs.assign(a=probs["a"] ** 8)  # same order, very different scale
     np.testing.assert_allclose(ensemble.rank_average(probs), ensemble.rank_average(squeezed))
     assert not np.allclose(ensemble.mean_probability(probs), ensemble.mean_probability(squeezed))
-    np.testing.assert_allclose(ensemble.rank_average(probs), [0.375, 0.5, 0.75, 0.875])
+    # Each row's share of the rows scored below it by each run, ties counting half: a: 1/8, 5/8,
+    # 3/8, 7/8; b: 3/8, 1/8, 7/8, 5/8.
+    np.testing.assert_allclose(ensemble.rank_average(probs), [0.25, 0.375, 0.625, 0.75])
+
+
+def placement_tables():
+    """Validation: 4 human essays below 0.5, 4 generated above, for two runs. Test: the same
+    models on essays they find more generated-looking: 7 generated scored 0.85 to 0.95 and one
+    human scored 0.65, every one above each run's validation cut."""
+    val = pd.DataFrame({"a": [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9], "b": [0.05, 0.15, 0.25, 0.35, 0.55, 0.65, 0.75, 0.85]})
+    test = pd.DataFrame({"a": [0.65, 0.85, 0.87, 0.89, 0.9, 0.92, 0.94, 0.95],
+                         "b": [0.6, 0.8, 0.82, 0.84, 0.86, 0.88, 0.9, 0.92]})
+    return {"validation": ensemble.SplitScores("validation", np.arange(8), np.array([0, 0, 0, 0, 1, 1, 1, 1]), val),
+            "test": ensemble.SplitScores("test", np.arange(10, 18), np.array([0, 1, 1, 1, 1, 1, 1, 1]), test)}
+
+
+def test_rank_average_places_test_scores_on_the_validation_distribution():
+    """Every test essay scores above each run's validation cut, so at the threshold chosen on
+    validation ranks all are called generated: 7 of 8 right. Ranked among themselves (as
+    before), the test essays were forced onto an even spread of ranks, and the validation
+    threshold on rank fractions called the lower half human: 5 of 8."""
+    tables = placement_tables()
+    val_ranks = ensemble.rank_average(tables["validation"].probabilities)
+    test_ranks = ensemble.rank_average(tables["test"].probabilities, tables["validation"].probabilities)
+    np.testing.assert_allclose(val_ranks, [1 / 16, 3 / 16, 5 / 16, 7 / 16, 9 / 16, 11 / 16, 13 / 16, 15 / 16])
+    assert test_ranks.min() >= 9 / 16  # above every human validation essay, for both runs
+    np.testing.assert_allclose(test_ranks[-1], 1.0)  # above every validation score
+    cut, _ = ensemble.choose_threshold(tables["validation"].labels, val_ranks)
+    assert ((test_ranks >= cut) == tables["test"].labels.astype(bool)).mean() == 7 / 8
+    own_ranks = ensemble.rank_average(tables["test"].probabilities)  # the old way: test ranked on its own
+    assert ((own_ranks >= cut) == tables["test"].labels.astype(bool)).mean() == 5 / 8
+
+
+def test_the_ensembles_rank_average_uses_the_validation_placement(runs_dir):
+    tables, _, methods, results = combine(runs_dir)
+    np.testing.assert_allclose(methods[ensemble.RANK]["test"], ensemble.rank_average(
+        tables["test"].probabilities, tables["validation"].probabilities))
+    np.testing.assert_allclose(methods[ensemble.RANK]["validation"],
+                               ensemble.rank_average(tables["validation"].probabilities))
+    with pytest.raises(EnsembleError, match="the reference holds runs"):
+        ensemble.rank_average(tables["test"].probabilities, tables["validation"].probabilities[["bert"]])
 
 
 # --- which runs are read, and the clear errors ------------------------------------------

@@ -29,3 +29,39 @@ def test_a_run_without_gradient_training_needs_no_token_counts():
 def test_a_missing_primary_metric_is_named():
     with pytest.raises(KeyError, match="primary_metric 'auc'"):
         record.make_record(**{**BASE, "primary_metric": "auc"}, train={**TIMING, "epochs": None})
+
+
+def test_split_hash_follows_the_rows_not_their_order():
+    from datasets import Dataset
+
+    split = Dataset.from_dict({"row_id": [3, 1, 2], "text": ["c", "a", "b"]})
+    same = Dataset.from_dict({"row_id": [1, 2, 3], "text": ["a", "b", "c"]})
+    other = Dataset.from_dict({"row_id": [1, 2, 4], "text": ["a", "b", "d"]})
+    assert record.split_hash(split) == record.split_hash(same) != record.split_hash(other)
+    assert record.split_hash(split).startswith("sha256:") and len(record.split_hash(split)) == 7 + 16
+    # Without an id column, the rows' contents are hashed.
+    assert record.split_hash(split, None) == record.split_hash(same.select_columns(["text", "row_id"]), None)
+    assert record.split_hash(split.select_columns(["text"])) != record.split_hash(other.select_columns(["text"]))
+    hashes = record.split_hashes({"train": split, "test": other})
+    assert list(hashes) == ["train", "test"] and hashes["train"] != hashes["test"]
+
+
+def test_the_summary_digest_tells_other_splits_apart():
+    def rec(test_hash, fingerprint="sha256:data"):
+        return {"data": {"fingerprint": fingerprint, "split_hashes": {"train": "sha256:a", "test": test_hash}}}
+
+    assert record.splits_digest(rec("sha256:b")) == record.splits_digest(rec("sha256:b"))
+    assert record.splits_digest(rec("sha256:b")) != record.splits_digest(rec("sha256:c"))
+    assert record.splits_digest(rec("sha256:b")) != record.splits_digest(rec("sha256:b", "sha256:other"))
+    assert len(record.splits_digest(rec("sha256:b"))) == 8
+    assert record.splits_digest({"data": {"source": "x"}}) is None  # a record without splits
+
+
+def test_split_hash_reads_a_dataframe_or_a_dict_of_columns_alike():
+    import pandas as pd
+    from datasets import Dataset
+
+    ids = [5, 3, 9]
+    expected = record.split_hash(Dataset.from_dict({"row_id": ids}))
+    assert record.split_hash(pd.DataFrame({"row_id": ids, "label": [0, 1, 0]})) == expected
+    assert record.split_hash({"row_id": ids}) == expected

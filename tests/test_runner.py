@@ -177,3 +177,16 @@ def test_run_all_runs_readers_after_their_needs_and_skips_them_when_one_failed(t
     assert rows["report"]["error"] == "not run: it needs toy/broken, toy/typo, which did not finish"
     assert not (toy_root / "outputs" / "smoke" / "report").exists(), "a skipped project never starts"
     assert "SKIPPED report: not run: it needs toy/broken, toy/typo" in out.err
+
+
+def test_summary_shows_which_splits_each_run_scored(tmp_path):
+    """Two runs whose records hash different test rows show different digests in the summary."""
+    def result(name, test_hash):
+        rec = {"primary_metric": "roc_auc", "metrics": {"roc_auc": 0.9},
+               "data": {"fingerprint": "sha256:d", "split_hashes": {"train": "sha256:a", "test": test_hash}}}
+        return runner.Result(name, "ok", tmp_path / f"{name}.ipynb", 1.0, rec)
+
+    rows = runner.summary_rows([result("a", "sha256:1"), result("b", "sha256:1"), result("c", "sha256:2")], tmp_path)
+    assert "splits" in runner.SUMMARY_COLUMNS
+    assert rows[0]["splits"] == rows[1]["splits"] != rows[2]["splits"]
+    assert f"| {rows[2]['splits']} |" in runner.markdown_table(rows)

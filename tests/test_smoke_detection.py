@@ -33,8 +33,9 @@ def test_run_record_follows_the_schema(runs, backbone):
     assert rec["schema_version"] == record.SCHEMA_VERSION
     assert rec["project"] == f"detect_ai_text/{backbone}" and rec["profile"] == "smoke"
     assert rec["primary_metric"] == "roc_auc"
-    assert set(rec["metrics"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
-    assert set(rec["baselines"]["tfidf_logreg"]) == set(rec["metrics"])
+    scores = {"accuracy", "precision", "recall", "f1", "roc_auc"}
+    assert set(rec["metrics"]) == scores | {"threshold", "threshold_chosen_on"}
+    assert set(rec["baselines"]["tfidf_logreg"]) == scores | {"threshold"}
     assert rec["data"]["train"] + rec["data"]["validation"] + rec["data"]["test"] == 600
     assert rec["train"]["runtime_s"] > 0 and rec["train"]["samples_per_s"] > 0
     assert 0 < rec["parameters"]["trainable"] <= rec["parameters"]["total"]
@@ -163,9 +164,13 @@ def test_grouped_cross_validation_is_recorded(runs):
     assert sum(f["validation"] for f in cv["sizes"]) == rec["data"]["train"] + rec["data"]["validation"]
     validated = [g for f in cv["sizes"] for g in f["validation_groups"]]
     assert len(validated) == len(set(validated)) >= 3
-    # The second source joined the training rows; the test is scored per generator.
-    assert rec["data"]["sources"]["competition"]["rows"] == 120
-    assert rec["data"]["training_rows"] == rec["data"]["train"] + 120
+    # The second source joined the training rows, less its essays of the held-out prompts (its
+    # prompt_id mapped onto prompt_name); the test is scored per generator.
+    overlap = rec["data"]["overlap"]["competition"]
+    assert overlap["rows"] == 120 and overlap["no_group"] == 0
+    assert overlap["removed"] == overlap["same_group_as_held_out"] > 0
+    assert rec["data"]["sources"]["competition"]["rows"] == overlap["kept"] == 120 - overlap["removed"]
+    assert rec["data"]["training_rows"] == rec["data"]["train"] + overlap["kept"]
     by_group = rec["metrics"]["by_group"]
     assert "persuade_corpus" in by_group and sum(g["rows"] for g in by_group.values()) == rec["data"]["test"]
 
@@ -202,3 +207,56 @@ def test_freeze_to_beyond_the_layer_groups_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, freeze_to=5)
     assert result.status == "failed"
     assert "freeze_to=5 is out of range" in result.error and "4 layer groups" in result.error
+
+
+
+# --- honest numbers: the threshold, the folds, the splits (issue 16)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_threshold_is_chosen_on_validation_and_reported(runs, backbone):
+    """The record's threshold is the most accurate cut on the run's own validation
+    probabilities, and the test accuracy is measured at it (not at a fixed 0.5)."""
+    from nbutils import metrics
+
+    folder = runs[1] / "detect_ai_text" / backbone
+    rec = record.read_record(folder)
+    val = pd.read_csv(folder / "validation_probabilities.csv")
+    test = pd.read_csv(folder / "test_probabilities.csv")
+    cut, _ = metrics.choose_threshold(val["label"], val["prob_generated"])
+    assert rec["metrics"]["threshold_chosen_on"] == "validation"
+    assert rec["metrics"]["threshold"] == pytest.approx(cut)
+    assert rec["metrics"]["accuracy"] == pytest.approx(((test["prob_generated"] >= cut) == test["label"]).mean())
+    assert 0 < rec["baselines"]["tfidf_logreg"]["threshold"] < 1
+
+
+def test_folds_are_scored_on_rows_that_chose_nothing(runs):
+    """Each fold trained its fixed budget: no evaluation ran during its training, its last
+    weights were scored, and its training rows lost the second source's essays of its own
+    validation prompts."""
+    cv = record.read_record(runs[1] / "detect_ai_text" / "distilbert_cv")["metrics"]["cv"]
+    assert cv["selection"].startswith("fixed budget")
+    for fold in cv["sizes"]:
+        assert fold["evaluations_during_training"] == 0 and fold["checkpoint"] == "last"
+        assert fold["overlap"]["competition"]["same_group_as_held_out"] > 0
+
+
+@pytest.mark.parametrize("project", BACKBONES + VARIANTS)
+def test_record_holds_split_sizes_and_the_hashes_of_the_rows_scored(runs, project):
+    """The record's split hashes are those of the row ids the run wrote probabilities for."""
+    folder = runs[1] / "detect_ai_text" / project
+    data = record.read_record(folder)["data"]
+    assert set(data["split_hashes"]) == {"train", "validation", "test"}
+    for split in ("validation", "test"):
+        rows = pd.read_csv(folder / f"{split}_probabilities.csv")
+        assert len(rows) == data[split]
+        assert record.split_hash(rows) == data["split_hashes"][split]
+
+
+def test_summary_tells_runs_on_other_splits_apart(runs):
+    """The four backbones scored the same rows and show one digest; the variants that split
+    other rows (a subset by prompt, a held-out domain) show others."""
+    digests = {p: record.splits_digest(record.read_record(runs[1] / "detect_ai_text" / p))
+               for p in BACKBONES + VARIANTS}
+    assert len({digests[b] for b in BACKBONES}) == 1
+    assert digests["distilbert_cv"] != digests["bert"] != digests["roberta_search"]

@@ -36,12 +36,12 @@ def test_record_holds_every_strategy(rec):
     strategies = rec["metrics"]["strategies"]
     assert list(strategies) == STRATEGIES
     best = rec["metrics"]["best_strategy"]
-    assert rec["metrics"]["roc_auc"] == max(s["test"]["roc_auc"] for s in strategies.values())
     assert rec["metrics"]["roc_auc"] == strategies[best]["test"]["roc_auc"]
     for name, s in strategies.items():
-        assert set(s["test"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
+        assert set(s["test"]) == set(s["validation"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
         assert s["forgetting"]["mlm_loss_before"] == rec["metrics"]["forgetting_before"]["loss"]
-        assert len(s["history"]) == s["overfitting"]["evaluations"] == 8  # 4 epochs, 2 evaluations each
+        # 4 epochs of 25 steps (389 rows, 16 a batch), evaluated every 12 steps and at the last
+        assert len(s["history"]) == s["overfitting"]["evaluations"] == 9
         assert all({"train_loss", "validation_loss", "gap", "running_train_loss"} <= set(h) for h in s["history"])
         assert 0 < s["parameters"]["trainable"] <= s["parameters"]["total"]
     assert strategies["lora"]["parameters"]["trainable"] < 0.1 * strategies["lora"]["parameters"]["total"]
@@ -52,6 +52,24 @@ def test_record_holds_every_strategy(rec):
     assert rec["metrics"]["mlm_head_informative"] is True
     general = rec["data"]["general_text"]
     assert general["passages"] == 132 and general["masked_tokens"] > 500 and general["fingerprint"].startswith("sha256:")
+
+
+def test_the_best_strategy_is_chosen_on_validation_and_scored_on_other_rows(run, rec):
+    """The study's choice is made on validation scores (mean over the seeds), on a split by
+    prompt, and reported on the test split: other rows, of other prompts, named by their hashes."""
+    m, data = rec["metrics"], rec["data"]
+    strategies = m["strategies"]
+    assert m["best_chosen_on"] == "validation" and m["seeds"] == [42, 43]
+    assert m["best_strategy"] == max(strategies, key=lambda n: (strategies[n]["validation"]["roc_auc"],
+                                                                -STRATEGIES.index(n)))
+    for s in strategies.values():
+        assert s["seeds"] == [42, 43] and len(s["seed_values"]["validation"]["roc_auc"]) == 2
+        assert s["validation"]["roc_auc"] == pytest.approx(sum(s["seed_values"]["validation"]["roc_auc"]) / 2)
+        assert s["spread"]["test"]["roc_auc"] >= 0
+    assert data["group_column"] == "prompt_name" and len(set(data["split_hashes"].values())) == 3
+    test_rows = pd.read_csv(run / "test_probabilities.csv")
+    assert record.split_hash(test_rows) == data["split_hashes"]["test"]
+    assert data["overlap"]["train"]["removed"] == 0
 
 
 def test_it_learns(rec):
@@ -72,18 +90,20 @@ def test_training_hard_forgets_more_than_freezing_the_lower_layers(rec):
 
 
 def test_data_size_curve_covers_two_strategies_at_three_sizes(rec):
+    """One seed per point: the full-size point is the first seed's run."""
     curve = rec["metrics"]["data_size_curve"]
+    train = rec["data"]["train"]
     assert set(curve) == {"full", "lora"}
     for name, points in curve.items():
-        assert sorted(map(int, points)) == [120, 240, rec["data"]["train"]]
-        assert points[str(rec["data"]["train"])] == rec["metrics"]["strategies"][name]["test"]["roc_auc"]
+        assert sorted(map(int, points)) == [round(0.25 * train), round(0.5 * train), train]
+        assert points[str(train)] == rec["metrics"]["strategies"][name]["seed_values"]["test"]["roc_auc"][0]
 
 
 def test_batching_wastes_little_on_padding(rec):
     """Per-batch padding with length grouping: 93% of the slots are real tokens in the main runs.
     The small data-size runs group fewer batches (8 to 15 an epoch), so the total sits lower."""
     by_run = rec["train"]["by_run"]
-    assert len(by_run) == rec["train"]["runs"] == 9
+    assert len(by_run) == rec["train"]["runs"] == 2 * 5 + 4  # two seeds of five strategies, four curve runs
     for name in STRATEGIES:
         assert by_run[name]["padding_efficiency"] >= 0.9, name
     assert rec["train"]["real_tokens"] <= rec["train"]["token_slots"]
@@ -96,8 +116,8 @@ def test_run_leaves_probabilities_plots_and_no_checkpoints(run, rec):
     assert len(probs) == rec["data"]["test"] and probs["row_id"].is_unique
     for plot in ("loss_gap.png", "metric_vs_forgetting.png", "data_size_curve.png"):
         assert (run / plot).stat().st_size > 5000, plot
-    assert sorted(p.stem for p in (run / "runs").glob("*.json")) == sorted(
-        STRATEGIES + ["full@0.25", "full@0.5", "lora@0.25", "lora@0.5"])
+    assert sorted(p.name[:-len(".json")] for p in (run / "runs").glob("*.json")) == sorted(
+        STRATEGIES + [f"{n}.seed43" for n in STRATEGIES] + ["full@0.25", "full@0.5", "lora@0.25", "lora@0.5"])
     assert not list((run / "checkpoints").rglob("*.safetensors")), "finished runs delete their checkpoints"
 
 
@@ -112,7 +132,13 @@ def test_conclusion_is_written_from_the_runs_numbers(run, rec):
     s = rec["metrics"]["strategies"]
     best = rec["metrics"]["best_strategy"]
     most = max(s, key=lambda n: s[n]["forgetting"]["forgetting"])
-    assert f"**{study.DESCRIPTIONS[best]}** scored the highest test ROC AUC, {s[best]['test']['roc_auc']:.3f}" in text
+    spread = s[best]["spread"]
+    if "came first" in text:
+        assert (f"**{study.DESCRIPTIONS[best]}** came first with ROC AUC {s[best]['validation']['roc_auc']:.3f} ± "
+                f"{spread['validation']['roc_auc']:.3f}, and scored {s[best]['test']['roc_auc']:.3f} ± "
+                f"{spread['test']['roc_auc']:.3f} on the test split") in text
+    else:  # every strategy within the spread of the best
+        assert "Every strategy scored about the same validation ROC AUC" in text
     assert f"most with **{study.DESCRIPTIONS[most]}** (to {s[most]['forgetting']['mlm_loss_after']:.3f}" in text
     assert "Freezing the lower layers cut forgetting" in text
     assert text == study.conclusion(s, rec["metrics"]["forgetting_before"], rec["metrics"]["data_size_curve"],

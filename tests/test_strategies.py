@@ -148,8 +148,11 @@ def test_combined_train_summary():
 # --- the conclusion follows the numbers
 
 
-def result(name, auc, forgot, gap=0.1, rise=0.0, overfit=False, trainable=100, lr=2e-5):
+def result(name, auc, forgot, gap=0.1, rise=0.0, overfit=False, trainable=100, lr=2e-5, val=None):
+    """One strategy's results; its validation ROC AUC is the test one unless `val` says otherwise."""
+    val = auc if val is None else val
     return {"description": study.DESCRIPTIONS[name], "learning_rate": lr, "test": {"roc_auc": auc, "accuracy": auc - 0.1},
+            "validation": {"roc_auc": val, "accuracy": val - 0.1},
             "forgetting": {"forgetting": forgot, "mlm_loss_before": 2.0, "mlm_loss_after": 2.0 + forgot},
             "overfitting": {"final_gap": gap, "validation_rise": rise, "overfit": overfit, "tolerance": 0.05},
             "parameters": {"trainable": trainable, "total": 100}, "train": {"runtime_s": 1.0}}
@@ -166,8 +169,9 @@ def results(**changes):
 
 def test_conclusion_names_the_best_and_the_most_forgetful_strategy():
     text = study.conclusion(results(), {"loss": 2.0}, {"full": {120: 0.75, 479: 0.95}, "lora": {120: 0.71, 479: 0.8}})
-    assert "**full fine-tuning** scored the highest test ROC AUC, 0.950" in text
-    assert "**gradual unfreezing + discriminative learning rates** the lowest, 0.780" in text
+    assert ("Ranked on the validation split (one seed), **full fine-tuning** came first with ROC AUC 0.950, "
+            "and scored 0.950 on the test split") in text
+    assert "**gradual unfreezing + discriminative learning rates** came last, 0.780 (0.780 on test)" in text
     assert "most with **full fine-tuning, high learning rate** (to 7.000, +5.000)" in text
     assert "least with **gradual unfreezing + discriminative learning rates**" in text
     assert "Freezing the lower layers cut forgetting: +0.200 against +0.500" in text
@@ -180,7 +184,7 @@ def test_conclusion_names_the_best_and_the_most_forgetful_strategy():
 def test_conclusion_changes_with_the_numbers():
     swapped = results(frozen={"auc": 0.97, "forgot": 6.0}, full_high_lr={"auc": 0.9, "forgot": 0.1, "lr": 1e-4})
     text = study.conclusion(swapped, {"loss": 2.0}, informative_head=False)
-    assert "**lower layers frozen** scored the highest test ROC AUC, 0.970" in text
+    assert "**lower layers frozen** came first with ROC AUC 0.970" in text
     assert "most with **lower layers frozen**" in text
     assert "Freezing the lower layers did not cut forgetting" in text
     assert "Caveat" in text
@@ -194,7 +198,8 @@ def test_conclusion_says_whether_the_high_learning_rate_overfit():
         in study.conclusion(results(), {"loss": 2.0})
     level = results(**{n: {"auc": 0.9, "forgot": 1.0} for n in ("full", "frozen", "gradual", "lora")},
                     full_high_lr={"auc": 0.901, "forgot": 1.0, "lr": 1e-4})
-    assert "Every strategy scored about the same test ROC AUC (0.900 to 0.901)" in study.conclusion(level, {"loss": 2.0})
+    assert ("Every strategy scored about the same validation ROC AUC (0.900 to 0.901, one seed)"
+            in study.conclusion(level, {"loss": 2.0}))
 
 
 def test_what_each_strategy_trains_in_words():
@@ -211,3 +216,64 @@ def test_results_table_has_one_numeric_row_per_strategy():
     assert table.loc["frozen", "test ROC AUC"] == 0.81 and table.loc["lora", "trainable share"] == 0.03
     assert table.loc["full_high_lr", "forgetting"] == 5.0 and table.loc["full", "MLM loss after"] == 2.5
     assert all(dtype.kind == "f" for dtype in table.dtypes)  # so .round() works on every column
+
+
+# --- several seeds, and the choice on validation
+
+
+def seeded(name, seed, val, test, forgot=0.5):
+    """One seed's run of a strategy, as run_strategy returns it."""
+    return {**result(name, test, forgot, val=val), "seed": seed}
+
+
+def test_the_best_strategy_is_chosen_on_validation_never_on_test():
+    """Planted: full leads on validation, lora on test. The study's choice is full; the test
+    split only reports its score. Choosing on the test split is refused outright."""
+    results = {"full": result("full", 0.80, 0.5, val=0.95), "lora": result("lora", 0.97, 0.5, val=0.90)}
+    assert study.best_strategy(results) == "full"
+    with pytest.raises(ValueError, match="never on the test split"):
+        study.best_strategy(results, on="test")
+    with pytest.raises(KeyError, match="no validation metrics for lora"):
+        study.best_strategy({"full": results["full"], "lora": {"test": {"roc_auc": 0.9}}})
+    text = study.conclusion(results, {"loss": 2.0})
+    assert "**full fine-tuning** came first with ROC AUC 0.950, and scored 0.800 on the test split" in text
+
+
+def test_aggregate_gives_the_mean_and_spread_over_the_seeds():
+    runs = [seeded("full", 42, 0.90, 0.80, forgot=0.4), seeded("full", 43, 0.94, 0.86, forgot=0.6)]
+    agg = study.aggregate(runs)
+    assert agg["seeds"] == [42, 43]
+    assert agg["validation"]["roc_auc"] == pytest.approx(0.92) and agg["test"]["roc_auc"] == pytest.approx(0.83)
+    assert agg["spread"]["test"]["roc_auc"] == pytest.approx(0.06 / 2 ** 0.5)  # sample std of two values
+    assert agg["seed_values"]["test"]["roc_auc"] == [0.80, 0.86]
+    assert agg["forgetting"]["forgetting"] == pytest.approx(0.5) and agg["spread"]["forgetting"] == pytest.approx(0.2 / 2 ** 0.5)
+    assert agg["overfitting"] == runs[0]["overfitting"]  # the first seed's curves
+    assert study.aggregate(runs[:1])["spread"]["test"]["roc_auc"] == 0.0
+    assert study.seed_list(42, 3) == [42, 43, 44] and study.run_name("full", 43, 42) == "full.seed43"
+    with pytest.raises(ValueError, match="seeds must be a whole number >= 1"):
+        study.seed_list(42, 0)
+
+
+def test_differences_within_the_spread_over_seeds_are_ties():
+    """full leads lora by 0.02 on validation, but each wobbles by about 0.03 over its seeds: a tie.
+    Frozen, 0.15 behind, is ranked."""
+    seeds = {"full": [(0.92, 0.90), (0.96, 0.92)], "lora": [(0.88, 0.88), (0.96, 0.90)],
+             "frozen": [(0.78, 0.75), (0.79, 0.76)]}
+    results = {n: study.aggregate([seeded(n, 42 + i, v, t) for i, (v, t) in enumerate(runs)])
+               for n, runs in seeds.items()}
+    assert study.level(results["full"], results["lora"]) and not study.level(results["full"], results["frozen"])
+    text = study.conclusion(results, {"loss": 2.0})
+    assert ("Ranked on the validation split (mean over 2 seeds, ± the standard deviation), **full fine-tuning** "
+            "came first with ROC AUC 0.940 ± 0.028, and scored 0.910 ± 0.014 on the test split; level with it "
+            "(the difference lies within the spread over seeds): **LoRA**") in text
+    assert "**lower layers frozen** came last, 0.785 ± 0.007 (0.755 ± 0.007 on test)" in text
+    # The last can be level with the first when its own spread is wide, while the middle is not.
+    wobbly = {"full": results["full"],
+              "lora": study.aggregate([seeded("lora", 42, 0.85, 0.85), seeded("lora", 43, 0.86, 0.86)]),
+              "frozen": study.aggregate([seeded("frozen", 42, 0.70, 0.7), seeded("frozen", 43, 0.98, 0.8)])}
+    text = study.conclusion(wobbly, {"loss": 2.0})
+    assert "level with it" not in text
+    assert "**lower layers frozen** came last, 0.840 ± 0.198 (0.750 ± 0.071 on test), yet still within the spread" in text
+    close = {n: study.aggregate([seeded(n, 42 + i, v, t) for i, (v, t) in enumerate(seeds[n])]) for n in ("full", "lora")}
+    assert "Every strategy scored about the same validation ROC AUC (0.920 to 0.940, mean over 2 seeds" \
+        in study.conclusion(close, {"loss": 2.0})
