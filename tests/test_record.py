@@ -29,3 +29,17 @@ def test_a_run_without_gradient_training_needs_no_token_counts():
 def test_a_missing_primary_metric_is_named():
     with pytest.raises(KeyError, match="primary_metric 'auc'"):
         record.make_record(**{**BASE, "primary_metric": "auc"}, train={**TIMING, "epochs": None})
+
+
+def test_a_data_report_has_the_row_counts_and_reasons():
+    from nbutils import row_report
+
+    ledger = row_report.RowLedger()
+    ledger.add_read("train", 3)
+    ledger.drop("train", 1, "empty text")
+    data = {**BASE["data"], "report": row_report.data_report(ledger, 0.5)}
+    rec = record.make_record(**{**BASE, "data": data}, train={**TIMING, "epochs": None})
+    assert rec["data"]["report"]["rows"] == {"read": 3, "kept": 2, "repaired": 0, "dropped": 1}
+    broken = {**data, "report": {"rows": {"read": 3}}}
+    with pytest.raises(KeyError, match=r"data.report' lacks \['by_split', 'dropped'.*'rows.kept'"):
+        record.make_record(**{**BASE, "data": broken}, train={**TIMING, "epochs": None})

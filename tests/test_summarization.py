@@ -485,7 +485,7 @@ def test_missing_column_is_named_with_the_columns_present(cache, tmp_path):
     assert "columns present: id, dialogue, summary" in result.error
 
 
-def test_empty_summaries_stop_the_run(cache, tmp_path):
+def test_empty_summaries_above_the_allowed_share_stop_the_run(cache, tmp_path):
     folder = tmp_path / "samsum"
     folder.mkdir()
     for split in ("train", "validation", "test"):
@@ -494,10 +494,11 @@ def test_empty_summaries_stop_the_run(cache, tmp_path):
         if split == "train":
             rows[5]["summary"] = ""
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = _run_bad(tmp_path, data_source=str(folder))
+    result = _run_bad(tmp_path, data_source=str(folder), max_bad_row_share=0.0)
     assert result.status == "failed"
-    assert "summary_column='summary' is empty in 1 row(s) of the train split" in result.error
-    assert "drop_empty_rows" in result.error
+    # The sample's own empty rows and the one added here, named with the parameter that allows them.
+    assert "empty or missing 'summary'" in result.error and "rows in all" in result.error
+    assert "max_bad_row_share=0 allows" in result.error
 
 
 def test_unknown_lora_target_module_is_named_with_the_valid_ones(cache, tmp_path):
