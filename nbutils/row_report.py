@@ -112,8 +112,8 @@ class RowLedger:
                 where = "in all" if split is None else f"in the {split} split"
                 raise BadRowsError(
                     f"{c['dropped']} of {c['read']} rows {where} ({c['dropped'] / c['read']:.1%}) cannot be "
-                    f"used, more than {param}={share:g} allows: {reasons}. So many bad rows usually mean a "
-                    f"wrong column or format; check the data, or raise {param} to train on the rest.")
+                    f"used: {reasons}; more than {param}={share:g} allows. So many usually mean a wrong "
+                    f"column or format: check the data, or raise {param} to train on the rest.")
         if not self.counts()["kept"]:
             raise BadRowsError("no usable rows left in the data")
 

@@ -616,4 +616,5 @@ def test_bad_row_stops_the_notebook_naming_the_row(cache, tmp_path):
     project = runner.select(runner.discover(ROOT, "smoke"), ["instruction_tune/llama2_7b"])[0]
     result = runner.run_project(project, "smoke", ROOT, tmp_path / "out", {"data_source": str(bad)})
     assert result.status == "failed"
-    assert "row 5: no [INST] ... [/INST] markers" in result.error
+    # One bad row in six is more than max_bad_row_share allows: named with its reason and row.
+    assert "no [INST] ... [/INST] markers" in result.error and "data:5" in result.error

@@ -62,9 +62,9 @@ def test_check_stops_above_the_share_naming_reasons_counts_and_parameter():
     ledger.drop("test", 4, "reference answer does not parse as Python")
     ledger.check(0.2)
     # 2 of 110 in all is under 5%, but 2 of 10 in the test split is not.
-    with pytest.raises(row_report.BadRowsError, match=r"2 of 10 rows in the test split \(20.0%\).*"
-                                                      r"max_bad_row_share=0.05 allows: reference answer does "
-                                                      r"not parse as Python: 2 \(e.g. test:3, test:4\)"):
+    with pytest.raises(row_report.BadRowsError, match=r"2 of 10 rows in the test split \(20.0%\) cannot be "
+                                                      r"used: reference answer does not parse as Python: 2 "
+                                                      r"\(e.g. test:3, test:4\); more than max_bad_row_share=0.05"):
         ledger.check(0.05)
     with pytest.raises(ValueError, match="max_bad_row_share must be a fraction"):
         ledger.check(1.5)
