@@ -37,36 +37,6 @@ def build_prompts(dialogues, template: str = DEFAULT_TEMPLATE) -> list[str]:
     return [template.format(dialogue=dialogue) for dialogue in dialogues]
 
 
-def empty_rows(values) -> list[int]:
-    """Indices of missing (None) or blank values."""
-    return [i for i, v in enumerate(values) if v is None or not str(v).strip()]
-
-
-def check_not_empty(splits, columns: dict[str, str], id_column: str = "") -> None:
-    """Stop on a missing or blank dialogue or summary, naming the split, column and rows.
-
-    An empty reference summary would teach the model to stop at once and score zero ROUGE, an
-    empty dialogue would ask it to invent a summary: neither is a usable example, and silently
-    dropping them would change the test set people compare against.
-    `columns` maps a parameter name to its column: {"summary_column": "summary", ...}.
-    """
-    for split_name, split in splits.items():
-        for param, column in columns.items():
-            bad = empty_rows(split[column])
-            if bad:
-                ids = list(split[id_column]) if id_column and id_column in split.column_names else None
-                shown = ", ".join(str(ids[i] if ids else i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                what = f"{id_column} " if ids else "row "
-                raise ValueError(f"{param}={column!r} is empty in {len(bad)} row(s) of the {split_name} "
-                                 f"split ({what}{shown}); every example needs a dialogue and a reference "
-                                 "summary. Fix the data, or set drop_empty_rows to drop such rows.")
-
-
-def drop_empty(splits, columns: list[str]):
-    """The splits without rows whose value in any of `columns` is missing or blank."""
-    return splits.filter(lambda row: all(row[c] is not None and str(row[c]).strip() for c in columns))
-
-
 def tokenize_function(tokenizer, template: str, dialogue_column: str, summary_column: str,
                       max_source_length: int, max_target_length: int):
     """A `datasets.map(batched=True)` function: prompt + dialogue -> `input_ids`, and the
