@@ -13,7 +13,7 @@ import json
 import pytest
 
 from nbutils import data, instructions, row_report, runner, table_context, text_to_code
-from nbutils.samples import detection, text2pandas
+from nbutils.samples import text2pandas
 
 from conftest import ROOT
 
