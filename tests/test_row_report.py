@@ -82,7 +82,7 @@ def test_length_report_is_the_one_shared_by_the_notebooks():
 # --- detection: empty and missing texts, duplicates, other languages, very long essays --------
 
 def _daigt(cache):
-    with (cache / "sample-data" / "daigt_v2_train.csv").open(encoding="utf-8") as f:
+    with (cache / "sample-data" / "daigt_v2_train.csv").open(encoding="utf-8", newline="") as f:  # keep \r\n
         return list(csv.DictReader(f))
 
 
