@@ -76,21 +76,15 @@ def length_report(lengths, prompt_lengths, max_length: int) -> dict:
     """Length distribution and what `max_length` does to it: examples cut short (they lose their
     final EOS) and examples whose prompt alone fills `max_length` (no answer token is left:
     TRL drops them)."""
+    from .row_report import length_report as report
+
     lengths = np.asarray(lengths)
     prompt_lengths = np.asarray(prompt_lengths)
-    if lengths.size == 0:
-        raise ValueError("no examples to measure")
-    pct = np.percentile(lengths, [10, 50, 90, 99])
-    return {
-        "examples": int(lengths.size), "max_length": int(max_length),
-        "min": int(lengths.min()), "p10": float(pct[0]), "median": float(pct[1]),
-        "p90": float(pct[2]), "p99": float(pct[3]), "max": int(lengths.max()),
-        "mean": float(lengths.mean()),
-        "truncated": int((lengths > max_length).sum()),
-        "truncated_fraction": float((lengths > max_length).mean()),
-        "prompt_fills_max_length": int((prompt_lengths >= max_length).sum()),
-        "tokens_cut": int(np.clip(lengths - max_length, 0, None).sum()),
-    }
+    stats = report(lengths, max_length)  # the collection's one length summary, plus what cuts answers
+    stats["max_length"] = stats.pop("limit")
+    return {**stats, "mean": float(lengths.mean()),
+            "prompt_fills_max_length": int((prompt_lengths >= max_length).sum()),
+            "tokens_cut": int(np.clip(lengths - max_length, 0, None).sum())}
 
 
 def _autocast(device, dtype):

@@ -265,3 +265,69 @@ def split_train_val_test(dataset, label_column: str, val_size: float, test_size:
     return DatasetDict(train=dataset.select(np.sort(train)),
                        validation=dataset.select(np.sort(val)),
                        test=dataset.select(np.sort(test)))
+
+
+# --- Labelled texts (the detection notebooks): known column aliases and the malformed-row rule
+
+# Other names public AI-text data sets give the same columns: the competition's own
+# train_essays.csv calls the label `generated` and the prompt an integer `prompt_id`.
+COLUMN_ALIASES = {"label": ("generated",), "generated": ("label",),
+                  "prompt_name": ("prompt_id",), "prompt_id": ("prompt_name",)}
+
+
+def resolve_columns(dataset, **columns: str) -> tuple[dict[str, str], list[str]]:
+    """Each named column, or its known other name when only that is present (with a message
+    saying so); an unknown column stops as `require_columns` does. Returns (param -> column
+    found, messages)."""
+    present = list(dataset.column_names)
+    found, messages = {}, []
+    for param, column in columns.items():
+        if column in present or not column:
+            found[param] = column
+            continue
+        alias = next((a for a in COLUMN_ALIASES.get(column, ()) if a in present), None)
+        if alias is None:
+            require_columns(dataset, **{param: column})
+        found[param] = alias
+        messages.append(f"{param}={column!r} is not a column of the data; using {alias!r}, the name "
+                        f"this data set gives it (set {param}={alias!r} to silence this)")
+    return found, messages
+
+
+def has_non_ascii_letters(text: str) -> bool:
+    """Letters outside ASCII (é, ü, ß...): a hint of another language than English."""
+    return any(ord(c) > 127 and c.isalpha() for c in text)
+
+
+def clean_labelled_texts(table, text_column: str, label_column: str, ledger, split: str = "data"):
+    """Apply the malformed-row rule (`nbutils.row_report`) to a table of labelled texts.
+
+    Repaired: `\\r\\n` line ends in the text. Dropped: a missing or blank text, a missing label,
+    an exact duplicate of an earlier text (a copy could land in both training and test). Noted
+    and kept: text with letters outside ASCII (another language?). Returns the kept rows, with
+    `row_id` (the row's position in the file, stable across runs for the ensemble notebook).
+    """
+    from .row_report import is_blank, normalise_line_ends
+
+    ledger.add_read(split, len(table))
+    texts, keep, seen = [], [], set()
+    for i, (text, label) in enumerate(zip(table[text_column], table[label_column])):
+        if is_blank(text):
+            ledger.drop(split, i, f"empty or missing {text_column!r}")
+            continue
+        if label is None or (isinstance(label, float) and np.isnan(label)):
+            ledger.drop(split, i, f"missing {label_column!r}")
+            continue
+        text, changed = normalise_line_ends(text)
+        if text in seen:
+            ledger.drop(split, i, f"duplicate {text_column!r} (an earlier row has the same text)")
+            continue
+        seen.add(text)
+        if changed:
+            ledger.repair(split, i, "\\r\\n line ends normalised to \\n")
+        if has_non_ascii_letters(text):
+            ledger.note(split, i, "non-ASCII letters (another language?), kept")
+        texts.append(text)
+        keep.append(i)
+    kept = table.select(keep)
+    return kept.remove_columns([text_column]).add_column(text_column, texts).add_column("row_id", keep)

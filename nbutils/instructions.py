@@ -193,25 +193,84 @@ def split_prompt_completion(messages: list[dict]) -> dict:
     return {"prompt": messages[:-1], "completion": messages[-1:]}
 
 
-def to_prompt_completion(table, fmt: str, skip_invalid: bool = False, **columns):
+def trim_empty_trailing_turns(text):
+    """(text without trailing turns whose question or answer is empty, turns removed).
+
+    guanaco-llama2-1k has multi-turn rows ending in an empty `<s>[INST]  [/INST]` turn or a
+    question with no answer: the conversation before that turn is complete, so removing the
+    empty turn is an unambiguous repair. A first turn is never removed (nothing would remain).
+    """
+    if not isinstance(text, str):
+        return text, 0
+    removed = 0
+    while True:
+        turns = list(_TURN.finditer(text))
+        if len(turns) < 2:
+            return text, removed
+        last = turns[-1]
+        answer = text[last.end():].strip()
+        for marker in ("<s>", "</s>"):
+            if answer.endswith(marker):
+                answer = answer[: -len(marker)].rstrip()
+        if last.group(1).strip() and answer:
+            return text, removed
+        head = text[:last.start()].rstrip()
+        if head.endswith("<s>"):
+            head = head[:-3].rstrip()
+        text, removed = head, removed + 1
+
+
+def to_prompt_completion(table, fmt: str, skip_invalid: bool = False, ledger=None, split: str = "data",
+                         **columns):
     """Convert a `datasets.Dataset` of any format to conversational prompt/completion.
 
     Returns (dataset with `prompt` and `completion` columns, skipped rows as (index, reason)).
     A malformed row raises `InstructionDataError`, or with `skip_invalid` is left out and listed.
+    With a `nbutils.row_report.RowLedger` the malformed-row rule applies instead: `\r\n` line
+    ends and empty trailing turns (text format) are repaired and counted, other malformed rows
+    are dropped with their reason, and the caller checks the ledger's share.
     """
     from datasets import Dataset
 
+    from .row_report import normalise_line_ends
+
+    if ledger is not None:
+        ledger.add_read(split, len(table))
     rows, skipped = [], []
     for index, row in enumerate(table):
+        repairs = []
+        if ledger is not None and fmt == "text":
+            text, changed = normalise_line_ends(row[columns.get("text_column", "text")])
+            if changed:
+                repairs.append("\\r\\n line ends normalised to \\n")
+            text, removed = trim_empty_trailing_turns(text)
+            if removed:
+                repairs.append("empty trailing turn removed")
+            row = {**row, columns.get("text_column", "text"): text}
         try:
             rows.append(split_prompt_completion(row_messages(row, fmt, index, **columns)))
         except InstructionDataError as err:
+            if ledger is not None:
+                ledger.drop(split, index, _reason(str(err)))
+                continue
             if not skip_invalid:
-                raise InstructionDataError(f"{err} (set skip_invalid_rows to leave such rows out)") from None
+                raise InstructionDataError(f"{err} (pass skip_invalid, or a row_report.RowLedger as the notebook does, "
+                                           "to leave such rows out)") from None
             skipped.append((index, str(err)))
+            continue
+        for what in repairs:
+            ledger.repair(split, index, what)
     if not rows:
         raise InstructionDataError("no valid rows left: " + (skipped[0][1] if skipped else "the data is empty"))
     return Dataset.from_list(rows), skipped
+
+
+def _reason(message: str) -> str:
+    """The kind of fault in an `InstructionDataError` message, without the row number and the
+    quoted text, so that rows with the same fault share one reason in the ledger."""
+    reason = re.sub(r"^row \d+: ", "", message)
+    reason = reason.split(": '")[0].split(': "')[0]
+    return re.sub(r"\s+got .*$", "", reason).strip()
 
 
 def set_chat_template(tokenizer, chat_template: str, param: str = "chat_template") -> str:

@@ -28,6 +28,10 @@ TRAIN_FIELDS = ("runtime_s", "samples_per_s", "epochs", "processes")
 # real tokens and token slots processed, their ratio, and real tokens per second.
 TOKEN_FIELDS = ("real_tokens", "token_slots", "padding_efficiency", "tokens_per_s")
 PARAMETER_FIELDS = ("trainable", "total")
+# The data report of a training notebook (`data.report`, made by nbutils.row_report.data_report):
+# rows read/kept/repaired/dropped, each reason with its first row ids, the share that stops a run.
+DATA_REPORT_FIELDS = ("rows", "by_split", "dropped", "repaired", "noted", "max_bad_row_share")
+ROW_COUNT_FIELDS = ("read", "kept", "repaired", "dropped")
 
 LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl",
              "scikit-learn", "numpy", "pandas", "nbutils")
@@ -139,6 +143,12 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
         missing = [f for f in fields if f not in value]
         if missing:
             raise KeyError(f"run record field {name!r} lacks {missing}")
+    report = data.get("report")
+    if report is not None:
+        missing = [f for f in DATA_REPORT_FIELDS if f not in report]
+        missing += [f"rows.{f}" for f in ROW_COUNT_FIELDS if f not in report.get("rows", {})]
+        if missing:
+            raise KeyError(f"run record field 'data.report' lacks {missing} (nbutils.row_report.data_report)")
     missing = [f for f in TOKEN_FIELDS if f not in train] if train.get("epochs") is not None else []
     if missing:
         raise KeyError(f"run record field 'train' lacks {missing}: a trained model's record counts its "

@@ -344,7 +344,9 @@ def _override(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    # An empty value is the empty string (YAML would read it as null, which no typed
+    # parameter accepts): `-p tables_source=` clears a string parameter.
+    return key.strip(), yaml.safe_load(value) if value.strip() else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -361,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-output", action="store_true", help="stream notebook output")
     parser.add_argument("--nproc", type=int, default=1,
                         help="train in this many processes (accelerate launch; DDP, gloo on a CPU)")
-    args = parser.parse_args(argv)
+    # Options may come before the project names too (`run --profile smoke detect_ai_text/bert`).
+    args = parser.parse_intermixed_args(argv)
 
     root = Path(args.root).resolve()
     outputs = Path(args.outputs).resolve() if args.outputs else root / "outputs"

@@ -37,36 +37,6 @@ def build_prompts(dialogues, template: str = DEFAULT_TEMPLATE) -> list[str]:
     return [template.format(dialogue=dialogue) for dialogue in dialogues]
 
 
-def empty_rows(values) -> list[int]:
-    """Indices of missing (None) or blank values."""
-    return [i for i, v in enumerate(values) if v is None or not str(v).strip()]
-
-
-def check_not_empty(splits, columns: dict[str, str], id_column: str = "") -> None:
-    """Stop on a missing or blank dialogue or summary, naming the split, column and rows.
-
-    An empty reference summary would teach the model to stop at once and score zero ROUGE, an
-    empty dialogue would ask it to invent a summary: neither is a usable example, and silently
-    dropping them would change the test set people compare against.
-    `columns` maps a parameter name to its column: {"summary_column": "summary", ...}.
-    """
-    for split_name, split in splits.items():
-        for param, column in columns.items():
-            bad = empty_rows(split[column])
-            if bad:
-                ids = list(split[id_column]) if id_column and id_column in split.column_names else None
-                shown = ", ".join(str(ids[i] if ids else i) for i in bad[:5]) + (" ..." if len(bad) > 5 else "")
-                what = f"{id_column} " if ids else "row "
-                raise ValueError(f"{param}={column!r} is empty in {len(bad)} row(s) of the {split_name} "
-                                 f"split ({what}{shown}); every example needs a dialogue and a reference "
-                                 "summary. Fix the data, or set drop_empty_rows to drop such rows.")
-
-
-def drop_empty(splits, columns: list[str]):
-    """The splits without rows whose value in any of `columns` is missing or blank."""
-    return splits.filter(lambda row: all(row[c] is not None and str(row[c]).strip() for c in columns))
-
-
 def tokenize_function(tokenizer, template: str, dialogue_column: str, summary_column: str,
                       max_source_length: int, max_target_length: int):
     """A `datasets.map(batched=True)` function: prompt + dialogue -> `input_ids`, and the
@@ -100,13 +70,11 @@ def choose_max_length(lengths, percentile: float, cap: int = 0, multiple_of: int
 
 
 def length_report(lengths, limit: int) -> dict:
-    """How the token lengths are distributed and how many examples `limit` truncates."""
-    lengths = np.asarray(lengths)
-    truncated = int((lengths > limit).sum())
-    return {"limit": int(limit), "examples": int(lengths.size),
-            "median": float(np.median(lengths)), "p90": float(np.percentile(lengths, 90)),
-            "p99": float(np.percentile(lengths, 99)), "max": int(lengths.max()),
-            "truncated": truncated, "truncated_fraction": round(truncated / max(lengths.size, 1), 4)}
+    """How the token lengths are distributed and how many examples `limit` truncates
+    (`nbutils.row_report.length_report`, the collection's one length summary)."""
+    from .row_report import length_report as report
+
+    return report(lengths, limit)
 
 
 def set_generation(model, max_new_tokens: int, num_beams: int = 1):
@@ -194,3 +162,51 @@ def untuned_label(model_name: str) -> str:
     """How tables name the model before fine-tuning: "untuned FLAN-T5" for a FLAN-T5
     checkpoint (never "zero-shot": it was instruction-tuned on SAMSum), else "untuned model"."""
     return "untuned FLAN-T5" if "flan-t5" in str(model_name).lower() else "untuned model"
+
+
+# Placeholders SAMSum puts where a chat had an attachment: kept (the model should learn to read
+# past them), noted in the data report.
+PLACEHOLDER = "<file_"
+
+
+def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, id_column: str = ""):
+    """Apply the malformed-row rule (`nbutils.row_report`) to every split of dialogue data.
+
+    Repaired: `\\r\\n` line ends (SAMSum's) become `\\n`. Dropped: a missing or blank dialogue or
+    summary, and a dialogue already seen (in this split or an earlier one, train first: a copy
+    on both sides of the split would leak). Noted and kept: `<file_photo>`-style placeholders.
+    Rows are named by `id_column` (or their position) in the ledger.
+    """
+    from datasets import DatasetDict
+
+    from .row_report import is_blank, normalise_line_ends
+
+    seen: set = set()
+    cleaned = {}
+    for name, split in splits.items():
+        ledger.add_read(name, len(split))
+        ids = list(split[id_column]) if id_column else list(range(len(split)))
+        keep, dialogues, summaries = [], [], []
+        for i, (dialogue, summary) in enumerate(zip(split[dialogue_column], split[summary_column])):
+            row_id = ids[i]
+            if is_blank(dialogue) or is_blank(summary):
+                column = dialogue_column if is_blank(dialogue) else summary_column
+                ledger.drop(name, row_id, f"empty or missing {column!r}")
+                continue
+            dialogue, fixed_dialogue = normalise_line_ends(dialogue)
+            summary, fixed_summary = normalise_line_ends(summary)
+            if dialogue in seen:
+                ledger.drop(name, row_id, f"duplicate {dialogue_column!r} (an earlier row has the same dialogue)")
+                continue
+            seen.add(dialogue)
+            if fixed_dialogue or fixed_summary:
+                ledger.repair(name, row_id, "\\r\\n line ends normalised to \\n")
+            if PLACEHOLDER in dialogue:
+                ledger.note(name, row_id, "<file_...> placeholders (attachments), kept")
+            keep.append(i)
+            dialogues.append(dialogue)
+            summaries.append(summary)
+        kept = split.select(keep)
+        kept = kept.remove_columns([dialogue_column, summary_column])
+        cleaned[name] = kept.add_column(dialogue_column, dialogues).add_column(summary_column, summaries)
+    return DatasetDict(cleaned)

@@ -425,3 +425,40 @@ def without_examples(report, left_out):
     keep = [i for i in range(len(report.outcomes)) if i not in left_out]
     errors = report.errors or [""] * len(report.outcomes)
     return type(report)([report.outcomes[i] for i in keep], [errors[i] for i in keep])
+
+
+# --- the upstream single-column form: `table: name (col : type , ...)` + `question: ...` -------
+
+import re as _re
+
+_SCHEMA_LINE = _re.compile(r"^\s*table:\s*([A-Za-z_]\w*)\s*\((.*)\)\s*$", _re.I)
+_SCHEMA_COLUMN = _re.compile(r"\s*([^:,]+?)\s*:\s*([^,]+?)\s*(?:,|$)")
+
+
+def parse_schema_text(text: str) -> tuple[dict[str, list[str]], str] | None:
+    """(table name -> columns, question) from the single-column form's `Input`:
+    `table: df (player : object , team : object)` lines, then `question: ...` (the question may
+    run over several lines). None when there is no table line or no question."""
+    if not isinstance(text, str):
+        return None
+    schema: dict[str, list[str]] = {}
+    question_lines: list[str] | None = None
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if question_lines is not None:
+            question_lines.append(line)
+            continue
+        match = _SCHEMA_LINE.match(line)
+        if match:
+            columns = [m.group(1) for m in _SCHEMA_COLUMN.finditer(match.group(2))]
+            if columns:
+                schema[match.group(1)] = columns
+        elif line.strip().lower().startswith("question:"):
+            question_lines = [line.strip()[len("question:"):]]
+    question = " ".join(part.strip() for part in question_lines or []).strip()
+    return (schema, question) if schema and question else None
+
+
+def context_from_schema(schema: dict[str, list[str]]) -> str:
+    """The schema as the code-form context the rest of the notebook reads:
+    `name = pd.DataFrame(columns=[...])`, one line per table."""
+    return "\n".join(f"{name} = pd.DataFrame(columns={columns!r})" for name, columns in schema.items())

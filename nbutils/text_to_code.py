@@ -160,3 +160,88 @@ def generate_code(model, tokenizer, inputs, max_new_tokens: int, num_beams: int 
         for i, ids in zip(chunk, output.tolist()):
             answers[i] = decode(tokenizer, ids).strip()
     return answers
+
+
+# --- reading the data: two forms, one malformed-row rule ----------------------------------------
+
+DATA_FORMATS = ("auto", "columns", "single_column")
+# Names the answer column has in the single-column form (Rahima411/text-to-pandas: `Pandas Query`).
+SINGLE_COLUMN_ANSWERS = ("Pandas Query", "Output", "output")
+
+
+def detect_data_format(columns, requested: str, input_column: str, question_column: str,
+                       context_column: str, answer_column: str) -> tuple[str, str]:
+    """(format, answer column): `columns` (question, context and answer columns, as in
+    zeyadusf/text2pandas) or `single_column` (`input_column` holds the schema text and the
+    question, as upstream). `auto` picks the one the columns fit."""
+    columns = list(columns)
+    if requested not in DATA_FORMATS:
+        raise ValueError(f"data_format must be one of {', '.join(DATA_FORMATS)}, got {requested!r}")
+    has_columns = question_column in columns and context_column in columns
+    fmt = requested if requested != "auto" else (
+        "columns" if has_columns else "single_column" if input_column in columns else "columns")
+    if fmt == "columns":
+        return fmt, answer_column
+    if input_column not in columns:
+        raise KeyError(f"data_format='single_column' needs input_column={input_column!r}, which is not a "
+                       f"column of the data; columns present: {', '.join(columns)}")
+    answer = answer_column if answer_column in columns else next(
+        (c for c in SINGLE_COLUMN_ANSWERS if c in columns), None)
+    if answer is None:
+        raise KeyError(f"answer_column={answer_column!r} is not a column of the data (nor "
+                       f"{', '.join(map(repr, SINGLE_COLUMN_ANSWERS))}); columns present: {', '.join(columns)}")
+    return fmt, answer
+
+
+def clean_rows(split, split_name: str, fmt: str, ledger, question_column: str, context_column: str,
+               answer_column: str, input_column: str = "Input", source_answer_column: str = ""):
+    """Apply the malformed-row rule (`nbutils.row_report`) to one split, in either form.
+
+    Repaired: `\\r\\n` line ends. Dropped: an `Input` not in the `table: ...` / `question: ...`
+    form (single-column), an empty question or answer, a reference answer that does not parse
+    as Python (the real sets' broken quoting: it could be neither trained on nor scored).
+    Returns the kept rows as question, context (the code form: the schema text of the
+    single-column form is turned into it), answer and `row_id` (the row's position in the split).
+    """
+    import ast
+
+    from datasets import Dataset
+
+    from .row_report import is_blank, normalise_line_ends
+    from .table_context import context_from_schema, parse_schema_text
+
+    ledger.add_read(split_name, len(split))
+    source_answer_column = source_answer_column or answer_column
+    kept = []
+    for i, row in enumerate(split):
+        if fmt == "single_column":
+            parsed = parse_schema_text(row[input_column])
+            if parsed is None:
+                ledger.drop(split_name, i, f"{input_column!r} not in the 'table: name (col : type , ...)' "
+                                           "+ 'question: ...' form")
+                continue
+            schema, question = parsed
+            values = {"question": question, "context": context_from_schema(schema),
+                      "answer": row[source_answer_column]}
+        else:
+            values = {"question": row[question_column], "context": row[context_column],
+                      "answer": row[answer_column]}
+        if is_blank(values["question"]) or is_blank(values["answer"]):
+            ledger.drop(split_name, i, "empty question" if is_blank(values["question"]) else "empty answer")
+            continue
+        changed = False
+        for key in values:
+            values[key], fixed = normalise_line_ends(values[key] if values[key] is not None else "")
+            changed = changed or fixed
+        try:
+            ast.parse(values["answer"])
+        except SyntaxError:
+            ledger.drop(split_name, i, "reference answer does not parse as Python")
+            continue
+        if changed:
+            ledger.repair(split_name, i, "\\r\\n line ends normalised to \\n")
+        kept.append({question_column: values["question"], context_column: values["context"],
+                     answer_column: values["answer"], "row_id": i})
+    if not kept:
+        return Dataset.from_dict({question_column: [], context_column: [], answer_column: [], "row_id": []})
+    return Dataset.from_list(kept)

@@ -182,7 +182,7 @@ def test_bad_row_is_a_clear_error_naming_the_row(fmt, bad, message):
     table = _dataset([GOOD_ROW[fmt], bad, GOOD_ROW[fmt]])
     with pytest.raises(InstructionDataError, match=message) as err:
         instructions.to_prompt_completion(table, fmt)
-    assert "set skip_invalid_rows" in str(err.value)
+    assert "row_report.RowLedger" in str(err.value)
     pairs, skipped = instructions.to_prompt_completion(table, fmt, skip_invalid=True)
     assert len(pairs) == 2 and [index for index, _ in skipped] == [1]
 
@@ -256,7 +256,11 @@ def _pairs(n=None, path="guanaco_llama2_1k.jsonl", fmt="text"):
     from nbutils import data
 
     table = data.load_table(str(ROOT / ".cache" / "sample-data" / path))
-    pairs, _ = instructions.to_prompt_completion(table if n is None else table.select(range(n)), fmt)
+    from nbutils.row_report import RowLedger
+
+    # The sample has the real set's malformed rows: the notebook's rule repairs or drops them.
+    pairs, _ = instructions.to_prompt_completion(table if n is None else table.select(range(n)), fmt,
+                                                 ledger=RowLedger())
     return pairs
 
 
@@ -550,7 +554,11 @@ def test_run_record_and_held_out_scores(runs, variant):
     # must cut that several times over.
     assert before["eval_perplexity"] > 1000 and after["eval_perplexity"] < before["eval_perplexity"] / 3
     data = rec["data"]
-    assert data["test"] > 0 and data["train"] > 5 * data["test"] and data["skipped_rows"] == 0
+    assert data["test"] > 0 and data["train"] > 5 * data["test"]
+    # The guanaco sample's malformed rows: three empty trailing turns repaired, one row dropped
+    # (the chat-messages sample has none).
+    dropped = 1 if variant == "llama2_7b" else 0
+    assert data["skipped_rows"] == data["report"]["rows"]["dropped"] == dropped
     assert data["lengths"]["max_length"] == MAX_LENGTH and data["lengths"]["truncated"] > 0
     checks = data["label_checks"]
     assert checks["labels_with_stop_token"] == (data["lengths"]["examples"] - data["lengths"]["truncated"])
@@ -612,4 +620,5 @@ def test_bad_row_stops_the_notebook_naming_the_row(cache, tmp_path):
     project = runner.select(runner.discover(ROOT, "smoke"), ["instruction_tune/llama2_7b"])[0]
     result = runner.run_project(project, "smoke", ROOT, tmp_path / "out", {"data_source": str(bad)})
     assert result.status == "failed"
-    assert "row 5: no [INST] ... [/INST] markers" in result.error
+    # One bad row in six is more than max_bad_row_share allows: named with its reason and row.
+    assert "no [INST] ... [/INST] markers" in result.error and "data:5" in result.error

@@ -65,3 +65,17 @@ def test_split_hash_reads_a_dataframe_or_a_dict_of_columns_alike():
     expected = record.split_hash(Dataset.from_dict({"row_id": ids}))
     assert record.split_hash(pd.DataFrame({"row_id": ids, "label": [0, 1, 0]})) == expected
     assert record.split_hash({"row_id": ids}) == expected
+
+
+def test_a_data_report_has_the_row_counts_and_reasons():
+    from nbutils import row_report
+
+    ledger = row_report.RowLedger()
+    ledger.add_read("train", 3)
+    ledger.drop("train", 1, "empty text")
+    data = {**BASE["data"], "report": row_report.data_report(ledger, 0.5)}
+    rec = record.make_record(**{**BASE, "data": data}, train={**TIMING, "epochs": None})
+    assert rec["data"]["report"]["rows"] == {"read": 3, "kept": 2, "repaired": 0, "dropped": 1}
+    broken = {**data, "report": {"rows": {"read": 3}}}
+    with pytest.raises(KeyError, match=r"data.report' lacks \['by_split', 'dropped'.*'rows.kept'"):
+        record.make_record(**{**BASE, "data": broken}, train={**TIMING, "epochs": None})

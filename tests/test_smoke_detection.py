@@ -36,7 +36,9 @@ def test_run_record_follows_the_schema(runs, backbone):
     scores = {"accuracy", "precision", "recall", "f1", "roc_auc"}
     assert set(rec["metrics"]) == scores | {"threshold", "threshold_chosen_on"}
     assert set(rec["baselines"]["tfidf_logreg"]) == scores | {"threshold"}
-    assert rec["data"]["train"] + rec["data"]["validation"] + rec["data"]["test"] == 600
+    # The sample's 643 rows less the 7 the malformed-row rule drops (empty essays, duplicates).
+    assert rec["data"]["report"]["rows"] == {"read": 643, "kept": 636, "repaired": 3, "dropped": 7}
+    assert rec["data"]["train"] + rec["data"]["validation"] + rec["data"]["test"] == 636
     assert rec["train"]["runtime_s"] > 0 and rec["train"]["samples_per_s"] > 0
     assert 0 < rec["parameters"]["trainable"] <= rec["parameters"]["total"]
     assert rec["config"]["model_name"].startswith(".cache/tiny-models/")

@@ -141,20 +141,30 @@ def test_prompt_template_must_hold_the_dialogue_field():
     assert summarization.build_prompts(["A: hi"], "Summarize:\n{dialogue}") == ["Summarize:\nA: hi"]
 
 
-def test_empty_summaries_are_named_by_split_and_id():
+def test_empty_rows_and_repeated_dialogues_are_dropped_and_named_by_split_and_id():
     from datasets import DatasetDict
 
-    splits = DatasetDict(train=_table([{"id": "11", "dialogue": "A: hi", "summary": "A greets."},
+    from nbutils.row_report import BadRowsError, RowLedger
+
+    splits = DatasetDict(train=_table([{"id": "11", "dialogue": "A: hi\r\nB: <file_photo>", "summary": "A greets."},
                                        {"id": "12", "dialogue": "B: yo", "summary": "  "},
                                        {"id": "13", "dialogue": "C: hey", "summary": None}]),
-                         test=_table([{"id": "21", "dialogue": "D: ok", "summary": "D agrees."}]))
-    columns = {"dialogue_column": "dialogue", "summary_column": "summary"}
-    with pytest.raises(ValueError, match=r"summary_column='summary' is empty in 2 row\(s\) of the train "
-                                         r"split \(id 12, 13\).*drop_empty_rows"):
-        summarization.check_not_empty(splits, columns, "id")
-    kept = summarization.drop_empty(splits, ["dialogue", "summary"])
-    assert list(kept["train"]["id"]) == ["11"] and len(kept["test"]) == 1
-    summarization.check_not_empty(kept, columns, "id")
+                         test=_table([{"id": "21", "dialogue": "A: hi\nB: <file_photo>", "summary": "Again."},
+                                      {"id": "22", "dialogue": "D: ok", "summary": "D agrees."}]))
+    ledger = RowLedger()
+    kept = summarization.clean_dialogues(splits, ledger, "dialogue", "summary", "id")
+    assert list(kept["train"]["id"]) == ["11"] and list(kept["test"]["id"]) == ["22"]
+    assert kept["train"][0]["dialogue"] == "A: hi\nB: <file_photo>"  # line ends repaired
+    report = ledger.summary()
+    assert report["dropped"]["empty or missing 'summary'"]["row_ids"] == ["train:12", "train:13"]
+    assert report["dropped"]["duplicate 'dialogue' (an earlier row has the same dialogue)"]["row_ids"] == ["test:21"]
+    assert report["repaired"]["\\r\\n line ends normalised to \\n"]["row_ids"] == ["train:11"]
+    assert report["noted"]["<file_...> placeholders (attachments), kept"]["count"] == 1
+    with pytest.raises(BadRowsError, match=r"3 of 5 rows in all.*empty or missing 'summary': 2 "
+                                           r"\(e.g. train:12, train:13\)"):
+        ledger.check(0.5)
+    with pytest.raises(BadRowsError, match=r"2 of 3 rows in the train split"):
+        ledger.check(0.61)  # 60% in all passes; 67% in train does not
 
 
 def test_lengths_are_picked_from_the_distribution_and_truncation_is_counted():
@@ -485,7 +495,7 @@ def test_missing_column_is_named_with_the_columns_present(cache, tmp_path):
     assert "columns present: id, dialogue, summary" in result.error
 
 
-def test_empty_summaries_stop_the_run(cache, tmp_path):
+def test_empty_summaries_above_the_allowed_share_stop_the_run(cache, tmp_path):
     folder = tmp_path / "samsum"
     folder.mkdir()
     for split in ("train", "validation", "test"):
@@ -494,10 +504,11 @@ def test_empty_summaries_stop_the_run(cache, tmp_path):
         if split == "train":
             rows[5]["summary"] = ""
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = _run_bad(tmp_path, data_source=str(folder))
+    result = _run_bad(tmp_path, data_source=str(folder), max_bad_row_share=0.0)
     assert result.status == "failed"
-    assert "summary_column='summary' is empty in 1 row(s) of the train split" in result.error
-    assert "drop_empty_rows" in result.error
+    # The sample's own empty rows and the one added here, named with the parameter that allows them.
+    assert "empty or missing 'summary'" in result.error and "rows in all" in result.error
+    assert "max_bad_row_share=0 allows" in result.error
 
 
 def test_unknown_lora_target_module_is_named_with_the_valid_ones(cache, tmp_path):

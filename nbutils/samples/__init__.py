@@ -28,6 +28,9 @@ SAMPLE_FILES: dict[str, Callable] = {
     **{f"text2pandas/{split}.jsonl": partial(text2pandas.write_text2pandas_jsonl, split=split)
        for split in text2pandas.SPLITS},
     f"text2pandas/{text2pandas.TABLES_FILE}": text2pandas.write_tables_json,
+    # The same task in the upstream single-column form (`Input`, `Pandas Query`).
+    **{f"{text2pandas.UPSTREAM_DIR}/{split}.jsonl": partial(text2pandas.write_upstream_jsonl, split=split)
+       for split in text2pandas.SPLITS},
     # General text for measuring forgetting. Not in corpus(): the random tiny models never read
     # it, so their tokenizers stay as they are (nbutils.tiny_pretraining builds its own).
     **{f"general_text/{split}.jsonl": partial(general_text.write_general_text_jsonl, split=split)

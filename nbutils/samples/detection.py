@@ -117,7 +117,8 @@ def _essay(rng: random.Random, prompt: str, generated: bool) -> str:
 
 
 def detection_rows(n: int = 600, seed: int = 0) -> list[dict]:
-    """Rows in the DAIGT v2 schema; `label` is 1 for AI-generated text, balanced classes."""
+    """Rows in the DAIGT v2 schema; `label` is 1 for AI-generated text, balanced classes (the
+    clean rows: the written file mixes in the real sets' quirks, see `add_quirks`)."""
     rng = random.Random(seed)
     prompts = sorted(_TOPICS)
     rows = []
@@ -135,19 +136,73 @@ def detection_rows(n: int = 600, seed: int = 0) -> list[dict]:
     return rows
 
 
+# Essays in other languages, as the real sets have a few (DAIGT v2 and the persuade corpus hold
+# some Spanish, French and German essays among the English ones).
+_OTHER_LANGUAGES = {
+    "es": ["creo que las ciudades sin coches tienen un aire más limpio",
+           "además, el transporte público es crucial para el futuro",
+           "mi familia vive lejos del centro y necesitamos el coche",
+           "en conclusión, los beneficios superan claramente los inconvenientes"],
+    "fr": ["je pense que les élèves apprennent mieux à l'école",
+           "de plus, l'enseignement à distance favorise l'autonomie",
+           "mes amis préfèrent étudier ensemble à la bibliothèque",
+           "en conclusion, il est essentiel de trouver un équilibre"],
+    "de": ["ich glaube, dass Handys beim Fahren sehr gefährlich sind",
+           "darüber hinaus lenkt eine Freisprechanlage den Fahrer ab",
+           "meine Mutter sagt, eine Nachricht kann immer warten",
+           "zusammenfassend ist ein Verbot für alle Beteiligten wichtig"],
+}
+
+
+def add_quirks(rows: list[dict], seed: int = 0) -> list[dict]:
+    """Mix in what the real detection sets have and clean samples lack, at similar rates:
+    very long essays (5%; real essays run far past 512 tokens, and past the smoke max_length),
+    a few empty or missing texts (0.5%), exact duplicates (0.7%), essays in other languages
+    (1%) and Windows line ends between paragraphs. A separate random stream, so the clean rows
+    stay as they were."""
+    rng = random.Random(seed + 15)
+    prompts = sorted(_TOPICS)
+    extra = []
+    for i in range(30):  # very long, multi-paragraph essays of both classes
+        generated = i % 2 == 1
+        prompt = prompts[rng.randrange(len(prompts))]
+        paragraphs = [_essay(rng, prompt, generated) for _ in range(rng.randint(4, 7))]
+        extra.append({"text": ("\r\n\r\n" if i % 10 == 0 else "\n\n").join(paragraphs), "label": int(generated),
+                      "prompt_name": prompt, "source": rng.choice(_SOURCES_AI if generated else _SOURCES_HUMAN),
+                      "RDizzl3_seven": prompt != "Facial action coding system"})
+    for i, (language, sentences) in enumerate(sorted(_OTHER_LANGUAGES.items()) * 2):
+        generated = i % 2 == 1
+        prompt = prompts[rng.randrange(len(prompts))]
+        start = i // len(_OTHER_LANGUAGES)  # each copy starts elsewhere: no two rows alike
+        text = " ".join(sentences[start:] + sentences[:start]) + "."
+        extra.append({"text": text[0].upper() + text[1:], "label": int(generated), "prompt_name": prompt,
+                      "source": rng.choice(_SOURCES_AI if generated else _SOURCES_HUMAN),
+                      "RDizzl3_seven": prompt != "Facial action coding system"})
+    for text in ("", "   ", None):  # an empty essay, a blank one, a missing one (empty csv field)
+        prompt = prompts[rng.randrange(len(prompts))]
+        extra.append({"text": text, "label": 0, "prompt_name": prompt, "source": _SOURCES_HUMAN[0],
+                      "RDizzl3_seven": prompt != "Facial action coding system"})
+    extra += [dict(row) for row in rng.sample(rows, 4)]  # exact duplicates
+    out = list(rows)
+    for row in extra:
+        out.insert(rng.randrange(len(out) + 1), row)
+    return out
+
+
 def write_detection_csv(path: str | Path, seed: int = 0, n: int = 600) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=DETECTION_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(detection_rows(n, seed))
+        writer.writerows(add_quirks(detection_rows(n, seed), seed))
     return path
 
 
 
 # --- The competition's own training file (train_essays.csv: id, prompt_id, text, generated):
-# another schema, and almost only student essays (3 generated among 1378 in the real file).
+# another schema, and almost only student essays (3 generated among 1378 in the real file), on
+# two prompts given as an integer `prompt_id` (0 and 1) instead of DAIGT's `prompt_name`.
 
 COMPETITION_COLUMNS = ["id", "prompt_id", "text", "generated"]
 
@@ -160,7 +215,7 @@ def competition_rows(n: int = 120, seed: int = 1, generated_share: float = 0.05)
     rows = []
     for i in range(n):
         generated = i < n_generated
-        prompt = rng.randrange(len(prompts))
+        prompt = rng.randrange(2)  # the real file has two prompts, as integers 0 and 1
         rows.append({"id": f"{rng.getrandbits(32):08x}", "prompt_id": prompt,
                      "text": _essay(rng, prompts[prompt], generated), "generated": int(generated)})
     rng.shuffle(rows)

@@ -212,6 +212,24 @@ def dialogue_rows(seed: int = 0) -> dict[str, list[dict]]:
     return splits
 
 
+def add_quirks(rows: list[dict], split: str, seed: int = 0) -> list[dict]:
+    """What the real SAMSum copies have beyond `\\r\\n` line ends and `<file_photo>`-style
+    placeholders (which every sample dialogue already has): in the training split an empty
+    dialogue, a missing summary (null) and a blank one, and two exact duplicates; in validation
+    one empty summary. About 1% of the rows, so the malformed-row rule runs on every smoke run.
+    The test split stays clean: it is what runs are compared on."""
+    rng = random.Random(f"{seed}-{split}-quirks")
+    out = [dict(row) for row in rows]
+    broken = {"train": [("dialogue", ""), ("summary", None), ("summary", "   ")],
+              "validation": [("summary", "")]}.get(split, [])
+    for column, value in broken:
+        out[rng.randrange(len(out))][column] = value
+    if split == "train":
+        for row in rng.sample(rows, 2):
+            out.insert(rng.randrange(len(out) + 1), {**row, "id": str(int(row["id"]) + 1)})
+    return out
+
+
 def texts(seed: int = 0) -> list[str]:
     """Every dialogue and summary, for the tiny models' tokenizers."""
     return [row[col] for rows in dialogue_rows(seed).values() for row in rows
@@ -222,4 +240,5 @@ def write_dialogues_jsonl(path: str | Path, seed: int = 0, split: str = "train")
     """Write one split as JSON lines (one `{"id", "dialogue", "summary"}` object per line)."""
     if split not in SPLIT_SIZES:
         raise ValueError(f"split must be one of {', '.join(SPLIT_SIZES)}, got {split!r}")
-    return write_jsonl(path, ({c: row[c] for c in COLUMNS} for row in dialogue_rows(seed)[split]))
+    rows = add_quirks(dialogue_rows(seed)[split], split, seed)
+    return write_jsonl(path, ({c: row[c] for c in COLUMNS} for row in rows))

@@ -302,8 +302,28 @@ def chat_rows(n: int = N_CHAT_ROWS, seed: int = 0) -> list[dict]:
             for m in conversations(n, seed + 1000, system_share=0.3)]
 
 
+def add_quirks(rows: list[dict], seed: int = 0) -> list[dict]:
+    """guanaco-llama2-1k's malformed multi-turn rows (3 in its 1,000), one or two of each kind
+    so the small sample has them: two conversations ending in an empty `<s>[INST]  [/INST]`
+    turn and one whose last question has an empty answer (the rule repairs these: the empty
+    trailing turn is removed), and one whose first answer is empty before a second turn (the
+    rule drops it: there is no unambiguous repair)."""
+    rng = random.Random(seed + 15)
+    out = [dict(row) for row in rows]
+    multi = [i for i, row in enumerate(out) if row["text"].count("[INST]") > 1]
+    single = [i for i, row in enumerate(out) if row["text"].count("[INST]") == 1]
+    empty_turns, empty_answer = rng.sample(multi, 2), rng.choice(single)
+    for i in empty_turns:
+        out[i]["text"] += "<s>[INST]  [/INST]"
+    out[empty_answer]["text"] += f"<s>[INST] {rng.choice(_FOLLOW_UPS)} [/INST] </s>"
+    dropped = rng.choice([i for i in multi if i not in empty_turns])
+    first_end = out[dropped]["text"].index("[/INST]") + len("[/INST]")
+    out[dropped]["text"] = out[dropped]["text"][:first_end] + " </s>" + out[dropped]["text"].split("</s>", 1)[1]
+    return out
+
+
 def write_guanaco_jsonl(path: str | Path, seed: int = 0) -> Path:
-    return write_jsonl(path, text_rows(seed=seed))
+    return write_jsonl(path, add_quirks(text_rows(seed=seed), seed))
 
 
 def write_chat_jsonl(path: str | Path, seed: int = 0) -> Path:

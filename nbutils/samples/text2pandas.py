@@ -210,6 +210,83 @@ def text2pandas_rows(seed: int = 0) -> dict[str, list[dict]]:
     return {"train": train, "test": test}
 
 
+# --- the real sets' quirks ---------------------------------------------------------------------
+
+BROKEN_SHARE = 0.1  # share of rows added with a reference that does not parse (broken quoting)
+UPSTREAM_DIR = "text2pandas_upstream"  # the single-column form, beside `text2pandas/`
+UPSTREAM_COLUMNS = ["Input", "Pandas Query"]
+UPSTREAM_TRAIN = 160  # rows of the training split written in the single-column form
+
+
+def break_quoting(code: str) -> str:
+    """The reference with an apostrophe inside its last string literal (`'Rockets's'`), the way
+    the real sets' answers break on names like O'Neal: it no longer parses."""
+    import ast
+    import re
+
+    literals = list(re.finditer(r"'([^']+)'", code))
+    for match in reversed(literals):
+        broken = code[:match.end() - 1] + "'s" + code[match.end() - 1:]
+        try:
+            ast.parse(broken)
+        except SyntaxError:
+            return broken
+    return code + " )"
+
+
+def quirk_rows(split: str, n: int, seed: int = 0) -> list[dict]:
+    """`n` rows whose reference answer does not parse, and (in train) one with an empty answer,
+    from a separate random stream (the clean rows stay as they are). Appended at the end of a
+    split, so the clean rows keep their positions (`row_id`)."""
+    rng = random.Random(f"{seed}-{split}-broken")
+    rows = []
+    for _ in range(n):
+        table = rng.choice(TABLES)
+        question, answer = _single_table_example(rng, table)
+        rows.append({"question": question, "context": context_of(table), "answer": break_quoting(answer)})
+    if split == "train":
+        table = rng.choice(TABLES)
+        question, _ = _single_table_example(rng, table)
+        rows.insert(rng.randrange(len(rows) + 1), {"question": question, "context": context_of(table), "answer": ""})
+    return rows
+
+
+def _dtype(values: list) -> str:
+    return "int64" if all(isinstance(v, int) for v in values) else \
+        "float64" if all(isinstance(v, (int, float)) for v in values) else "object"
+
+
+def upstream_schema(context: str) -> str:
+    """A context in the single-column form's schema text: `table: df (player : object , ...)`,
+    one line per table (the types from the sample tables' values)."""
+    from nbutils.table_context import parse_context
+
+    by_name = {t["name"] + "|" + ",".join(t["columns"]): t for t in TABLES + [EMPLOYEES, DEPARTMENTS]}
+    lines = []
+    for name, columns in parse_context(context).items():
+        table = by_name[name + "|" + ",".join(columns)]
+        types = [_dtype(_column(table, c)) for c in columns]
+        lines.append(f"table: {name} (" + " , ".join(f"{c} : {t}" for c, t in zip(columns, types)) + ")")
+    return "\n".join(lines)
+
+
+def upstream_rows(split: str, seed: int = 0) -> list[dict]:
+    """Rows in the upstream single-column form: `Input` = the schema text, a newline and
+    `question: ...`; `Pandas Query` = `result = <code>`, with the same share of references that
+    do not parse."""
+    rows = text2pandas_rows(seed)[split]
+    rows = rows[:UPSTREAM_TRAIN] if split == "train" else rows
+    rows = rows + quirk_rows(split, round(BROKEN_SHARE * len(rows)), seed)
+    return [{"Input": f"{upstream_schema(r['context'])}\nquestion: {r['question']}",
+             "Pandas Query": f"result = {r['answer']}" if r["answer"] else ""} for r in rows]
+
+
+def write_upstream_jsonl(path: str | Path, seed: int = 0, split: str = "train") -> Path:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    return write_jsonl(path, upstream_rows(split, seed))
+
+
 def tables() -> list[dict]:
     """Every sample table: name, columns and rows (what `tables.json` holds)."""
     return [{"name": t["name"], "columns": t["columns"], "rows": t["rows"]}
@@ -225,7 +302,9 @@ def write_text2pandas_jsonl(path: str | Path, seed: int = 0, split: str = "train
     """Write one split as JSON lines (one `{"question", "context", "answer"}` object per line)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    return write_jsonl(path, ({c: row[c] for c in COLUMNS} for row in text2pandas_rows(seed)[split]))
+    rows = text2pandas_rows(seed)[split]
+    rows = rows + quirk_rows(split, round(BROKEN_SHARE * len(rows)), seed)
+    return write_jsonl(path, ({c: row[c] for c in COLUMNS} for row in rows))
 
 
 def write_tables_json(path: str | Path, seed: int = 0) -> Path:

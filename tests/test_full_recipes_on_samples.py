@@ -1,0 +1,114 @@
+"""Each full recipe's own data handling, run in CI: the full profile's parameter files with only
+the model and the scale swapped for the tiny local ones, on the sample data (which carries the
+real sets' quirks).
+
+`MODEL_AND_SCALE` below is the whole swap, one explicit table per run: a key not in it keeps the
+full profile's value (the test checks that the run's config is the full profile's, changed in
+exactly these keys). What counts as "model and scale":
+- the model: `model_name` (the tiny model of the same architecture), and what only a chat model
+  has (a chat template);
+- the data source: the real data set -> the project's sample of it (same schema, same quirks;
+  for text-to-pandas, the upstream single-column form, which the full profile's `data_format:
+  auto` must detect);
+- the scale: epochs, `max_length`s, batch sizes, sample and evaluation counts, beams, generated
+  tokens, the LoRA rank;
+- how to run on a CPU: the optimizer (bitsandbytes' paged AdamW needs a GPU), CPU threads,
+  sandbox workers.
+Data handling (`max_bad_row_share`, the columns, `group_column`, `data_format`, `tables_source`,
+`drop_overlap`, `overlong`, the prompt template...) is never swapped.
+
+One run per notebook's distinct full data handling: detection's variants share one loader (the
+cross-validation variant's extra source goes through `nbutils.sources`, covered by its smoke
+run), and `finetuning_strategies` uses the very same loader function (`data.clean_labelled_texts`);
+the instruction-tuning run is the Llama-2 text format (the one whose full run stopped on real
+data); the Qwen variant's `messages` format runs in its smoke profile with the same defaults.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nbutils import runner
+
+from conftest import ROOT
+
+SAMPLES = ".cache/sample-data"
+
+MODEL_AND_SCALE = {
+    "detect_ai_text/bert": {
+        "model_name": ".cache/tiny-models/bert",
+        "data_source": f"{SAMPLES}/daigt_v2_train.csv",
+        "max_length": 128, "epochs": 1, "batch_size": 32, "eval_batch_size": 64,
+    },
+    "summarize_dialogues/flan_t5_base": {
+        "model_name": ".cache/tiny-models/t5",
+        "data_source": f"{SAMPLES}/samsum",
+        "max_length_cap": 64, "epochs": 1, "batch_size": 32, "eval_batch_size": 32,
+        "max_train_samples": 64, "max_eval_samples": 16, "num_beams": 1, "generation_max_new_tokens": 24,
+        "num_examples_shown": 1, "cpu_threads": 1,
+    },
+    "instruction_tune/llama2_7b": {
+        "model_name": ".cache/tiny-models/llama",
+        "data_source": f"{SAMPLES}/guanaco_llama2_1k.jsonl",
+        "max_length": 128, "epochs": 1, "batch_size": 16, "eval_batch_size": 32, "max_samples": 64,
+        "lora_r": 8, "num_generations": 1, "max_new_tokens": 8,
+        "optim": "adamw_torch", "cpu_threads": 1,
+    },
+    "text_to_pandas": {
+        "model_name": ".cache/tiny-models/t5",
+        "data_source": f"{SAMPLES}/text2pandas_upstream",
+        "max_source_length": 128, "epochs": 1, "batch_size": 32, "eval_batch_size": 32,
+        "max_test_samples": 16, "num_beams": 1, "synthetic_tables": 1, "exec_workers": 2,
+    },
+}
+
+
+def _full_parameters(name: str) -> dict:
+    project = runner.select(runner.discover(ROOT, "full"), [name])[0]
+    merged: dict = {}
+    for path in project.param_files:
+        merged.update(runner.load_yaml(path))
+    return merged
+
+
+@pytest.fixture(scope="module")
+def swapped_runs(cache, tmp_path_factory):
+    """Each full project above, run once with its swap, through the real runner."""
+    outputs = tmp_path_factory.mktemp("full-swapped")
+    results = {}
+    for name, swap in MODEL_AND_SCALE.items():
+        project = runner.select(runner.discover(ROOT, "full"), [name])[0]
+        results[name] = runner.run_project(project, "full", ROOT, outputs, swap)
+    return results
+
+
+@pytest.mark.parametrize("name", list(MODEL_AND_SCALE))
+def test_full_recipe_runs_on_the_sample_data_with_only_model_and_scale_swapped(swapped_runs, name):
+    result = swapped_runs[name]
+    assert result.status == "ok", result.error
+    record = result.record
+    config, full = record["config"], _full_parameters(name)
+    # Nothing but the swapped keys differs from the full profile's parameter files.
+    for key, value in full.items():
+        if key not in MODEL_AND_SCALE[name]:
+            assert config[key] == value, key
+    for key, value in MODEL_AND_SCALE[name].items():
+        assert config[key] == value, key
+    assert record["profile"] == "full"
+    report = record["data"]["report"]
+    assert report["rows"]["dropped"] > 0 and report["rows"]["kept"] > 0  # the quirks met the rule
+    assert report["max_bad_row_share"] == config["max_bad_row_share"]
+
+
+def test_full_text_to_pandas_detects_the_single_column_form_and_drops_unparsable_references(swapped_runs):
+    record = swapped_runs["text_to_pandas"].record
+    assert record["data"]["data_format"] == "single_column"
+    assert record["data"]["report"]["dropped"]["reference answer does not parse as Python"]["count"] > 0
+
+
+def test_full_instruction_recipe_repairs_the_empty_trailing_turns(swapped_runs):
+    report = swapped_runs["instruction_tune/llama2_7b"].record["data"]["report"]
+    assert report["repaired"]["empty trailing turn removed"]["count"] == 3
+    assert json.dumps(report["dropped"]).count("empty answer in turn 1") == 1
