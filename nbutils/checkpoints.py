@@ -39,7 +39,7 @@ def resume_checkpoint(folder: str | Path, resume: bool = True) -> str | None:
         return None
     finished = finished_steps(checkpoints[-1])
     if finished:
-        print(f"THIS RUN ALREADY FINISHED TRAINING: {checkpoints[-1].name} is step {finished} of {finished}. "
+        print(f"THIS RUN ALREADY FINISHED TRAINING: {checkpoints[-1]} is step {finished} of {finished}. "
               f"Nothing is trained again (resume = True keeps the finished run); the cells below "
               f"evaluate and save its best model. To train afresh instead, set resume = False and run again.")
     else:

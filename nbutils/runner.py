@@ -279,6 +279,10 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         if isinstance(err, ParameterError):
             summary = " ".join(lines)  # the bad name and the valid ones, all of it
+        elif isinstance(err, papermill.PapermillExecutionError) and err.evalue:
+            # The notebook's own exception, all of its message: its first line names what went
+            # wrong (a message may go on with how to fix it over several lines).
+            summary = f"{err.ename}: " + " ".join(line.strip() for line in err.evalue.splitlines() if line.strip())
         else:  # papermill's message ends with the notebook's own exception line
             summary = lines[-1] if lines else ""
             if not isinstance(err, (papermill.PapermillExecutionError, LaunchError)):

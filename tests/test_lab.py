@@ -91,11 +91,18 @@ def _emit(logger_name, message, *args):
     logger = logging.getLogger(logger_name)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
+    # Earlier tests may have left the library's logger quieter (transformers' verbosity) or
+    # disabled (a dictConfig elsewhere): what is tested here is the filter alone.
+    saved = logger.level, logger.disabled
+    logger.setLevel(logging.WARNING)
+    logger.disabled = False
     logger.addHandler(handler)
     try:
         logger.warning(message, *args)
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
     return stream.getvalue()
 
 

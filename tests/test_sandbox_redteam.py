@@ -162,7 +162,7 @@ ATTACKS: dict[str, list[tuple[str, str, bool]]] = {
         ("mkdir in the user's folder", ESCAPE + "OS.mkdir('MARKER_PATH')", False),
         ("walk the worker's memory for the token (exec-started workers only)",
          ESCAPE + "gc = B['__import__']('gc')\n[v for o in gc.get_objects() if isinstance(o, dict) "
-         "for v in list(o.values()) if isinstance(v, str) and v.startswith('hf_' + 'TOKEN')][:3]", False),
+         "for v in list(dict.values(o)) if isinstance(v, str) and v.startswith('hf_' + 'TOKEN')][:3]", False),
         ("pandas writes a file: to_string(path)", "df.to_string('MARKER_PATH')", True),
         ("pandas writes a file: pipe(DataFrame.to_string, path)", "df.pipe(pd.DataFrame.to_string, 'MARKER_PATH')", True),
         ("unchecked: pandas writes a file", "df.to_string(buf='MARKER_PATH')", False),

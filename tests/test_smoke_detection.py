@@ -108,13 +108,15 @@ def _run_bad(tmp_path, **overrides):
 def test_missing_data_file_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, data_source=".cache/sample-data/no_such_file.csv")
     assert result.status == "failed"
-    assert "data file not found" in result.error and "no_such_file.csv" in result.error
+    # Checked before the run folder is made (environment.require_inputs): the parameter, the path.
+    assert "not found: data_source = '.cache/sample-data/no_such_file.csv'" in result.error
 
 
 def test_missing_label_column_is_named_with_the_columns_present(cache, tmp_path):
-    result = _run_bad(tmp_path, label_column="generated")
+    # (`generated` would be found: it is the known other name of `label`, data.COLUMN_ALIASES)
+    result = _run_bad(tmp_path, label_column="is_ai_written")
     assert result.status == "failed"
-    assert "label_column='generated' is not a column" in result.error
+    assert "label_column='is_ai_written' is not a column" in result.error
     assert "columns present: text, label, prompt_name, source, RDizzl3_seven" in result.error
 
 

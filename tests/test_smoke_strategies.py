@@ -6,6 +6,7 @@ so forgetting measured through them would be noise.
 """
 
 import json
+import math
 
 import nbformat
 import pandas as pd
@@ -40,8 +41,10 @@ def test_record_holds_every_strategy(rec):
     for name, s in strategies.items():
         assert set(s["test"]) == set(s["validation"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
         assert s["forgetting"]["mlm_loss_before"] == rec["metrics"]["forgetting_before"]["loss"]
-        # 4 epochs of 25 steps (389 rows, 16 a batch), evaluated every 12 steps and at the last
-        assert len(s["history"]) == s["overfitting"]["evaluations"] == 9
+        # 4 epochs of ceil(rows / 16) steps, evaluated twice an epoch (every steps // 2) and at the last
+        steps = math.ceil(rec["data"]["train"] / 16)
+        total, every = 4 * steps, steps // 2
+        assert len(s["history"]) == s["overfitting"]["evaluations"] == total // every + bool(total % every)
         assert all({"train_loss", "validation_loss", "gap", "running_train_loss"} <= set(h) for h in s["history"])
         assert 0 < s["parameters"]["trainable"] <= s["parameters"]["total"]
     assert strategies["lora"]["parameters"]["trainable"] < 0.1 * strategies["lora"]["parameters"]["total"]

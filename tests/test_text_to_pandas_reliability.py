@@ -78,6 +78,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(session_
         assert later and [after[s] for s in later] == pytest.approx([before[s] for s in later], abs=1e-6), key
     metrics, expected = dict(resumed.record["metrics"]), dict(reference["metrics"])
     assert metrics.pop("outcomes") == expected.pop("outcomes")  # counts per failure kind
+    assert metrics.pop("uninformative_reasons") == expected.pop("uninformative_reasons")
     assert metrics == pytest.approx(expected, abs=1e-6)
     assert resumed.record["train"]["epochs"] == reference["train"]["epochs"]
 
