@@ -49,17 +49,24 @@ def library_versions() -> dict[str, str | None]:
 
 def git_state(path: str | Path = ".") -> dict[str, object]:
     """Commit and whether the work tree had uncommitted changes (None outside a git checkout)."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=10)
+    def git(*args, timeout=10):
+        return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True, timeout=timeout)
 
     try:
         head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return {"commit": None, "dirty": None}
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").stdout.strip())
-        return {"commit": head.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
+    if head.returncode != 0:
+        return {"commit": None, "dirty": None}
+    try:
+        # `git status` may run the notebooks' clean filter (nbstripout, one Python process per
+        # notebook it cannot tell clean from its stat data, e.g. every one in a fresh clone):
+        # seconds on a busy machine. The commit is known either way.
+        status = git("status", "--porcelain", "--untracked-files=no", timeout=120)
+        dirty = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        dirty = None
+    return {"commit": head.stdout.strip(), "dirty": dirty}
 
 
 def count_parameters(model) -> dict[str, int]:

@@ -79,3 +79,21 @@ def test_a_data_report_has_the_row_counts_and_reasons():
     broken = {**data, "report": {"rows": {"read": 3}}}
     with pytest.raises(KeyError, match=r"data.report' lacks \['by_split', 'dropped'.*'rows.kept'"):
         record.make_record(**{**BASE, "data": broken}, train={**TIMING, "epochs": None})
+
+
+def test_the_commit_is_recorded_even_when_git_status_is_slow(monkeypatch, root):
+    """In a fresh clone `git status` runs the notebooks' clean filter (nbstripout) on every
+    notebook; on a busy machine that took longer than the old 10 s limit, and the record lost
+    its commit (seen in CI). The commit comes from `rev-parse` alone."""
+    import subprocess
+
+    real_run = subprocess.run
+
+    def slow_status(command, *args, **kwargs):
+        if command[:2] == ["git", "status"]:
+            raise subprocess.TimeoutExpired(command, kwargs.get("timeout"))
+        return real_run(command, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", slow_status)
+    state = record.git_state(root)
+    assert state["commit"] and len(state["commit"]) == 40 and state["dirty"] is None
