@@ -65,7 +65,7 @@ git-setup:
 
 # Sample data and tiny models for the smoke profile (rebuilt only when their code changes).
 fixtures: setup
-	@HF_HUB_OFFLINE=1 $(PY) -m nbutils.fixtures
+	@HF_HUB_OFFLINE=1 $(PY) -m nbutils.harness.fixtures
 
 test: fixtures
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest
@@ -86,32 +86,32 @@ test-latest: fixtures
 	  --deselect tests/test_environment.py::test_installed_versions_match_the_pins
 
 run-all: fixtures
-	$(RUN_ENV) $(PY) -m nbutils.runner run-all --profile $(PROFILE)
+	$(RUN_ENV) $(PY) -m nbutils.harness.runner run-all --profile $(PROFILE)
 
 run: fixtures
 	@test -n "$(RUN)" || { echo "usage: make run RUN=<project> [PROFILE=smoke|full] [PARAMS='key=value ...']"; \
-	  $(PY) -m nbutils.runner list --profile $(PROFILE); exit 2; }
-	$(RUN_ENV) $(PY) -m nbutils.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) $(foreach p,$(PARAMS),-p $(p))
+	  $(PY) -m nbutils.harness.runner list --profile $(PROFILE); exit 2; }
+	$(RUN_ENV) $(PY) -m nbutils.harness.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) $(foreach p,$(PARAMS),-p $(p))
 
 list: setup
-	@$(PY) -m nbutils.runner list --profile $(PROFILE)
+	@$(PY) -m nbutils.harness.runner list --profile $(PROFILE)
 
 # Same model, same examples, one pass: padded to 512 in random order vs the project's batching.
 # Minutes on two CPU cores; run it on a quiet machine. Results: outputs/bench/bench.json.
 bench: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench --out outputs/bench/bench.json
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench --out outputs/bench/bench.json
 
 # Executions per second of the code sandbox (2 workers, short snippets) and the cost of each of
 # its layers, in one run (about a minute). Results: outputs/bench/sandbox.json.
 bench-sandbox: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench_sandbox --out outputs/bench/sandbox.json
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json
 
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in
 # Lab; smoke runs offline (HF_HUB_OFFLINE=1). LAB_ARGS passes more (e.g. --no-browser --port 8890).
 # Without RUN: the stored notebooks (defaults: the full recipe).
 lab: fixtures
-	$(if $(RUN),$(PY) -m nbutils.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
+	$(if $(RUN),$(PY) -m nbutils.harness.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
 	  $(VENV)/bin/jupyter lab --notebook-dir=. notebooks/)
 
 # Training curves of the runs (report_to=tensorboard) in TensorBoard: http://localhost:6006
@@ -120,7 +120,7 @@ tensorboard: setup
 
 # One folder per project for `kaggle kernels push`, plus the nbutils wheel as a dataset.
 kaggle: setup
-	$(PY) -m nbutils.kaggle --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),full) --out outputs/kaggle
+	$(PY) -m nbutils.harness.kaggle --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),full) --out outputs/kaggle
 
 clean:
 	rm -rf outputs .cache build dist *.egg-info .pytest_cache

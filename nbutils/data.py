@@ -307,7 +307,7 @@ def clean_labelled_texts(table, text_column: str, label_column: str, ledger, spl
     and kept: text with letters outside ASCII (another language?). Returns the kept rows, with
     `row_id` (the row's position in the file, stable across runs for the ensemble notebook).
     """
-    from .row_report import is_blank, normalise_line_ends
+    from nbutils.row_report import is_blank, normalise_line_ends
 
     ledger.add_read(split, len(table))
     texts, keep, seen = [], [], set()

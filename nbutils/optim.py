@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from transformers import Trainer
 
-from .layers import layer_groups, tunable_parameters
+from nbutils.layers import layer_groups, tunable_parameters
 
 ULMFIT_FACTOR = 2.6
 

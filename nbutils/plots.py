@@ -107,7 +107,7 @@ def outcome_bars(counts: dict[str, dict[str, int]], path, title: str = "Executio
 def train_validation_losses(histories: dict[str, list[dict]], path,
                             title: str = "Train vs validation loss (evaluation mode)"):
     """One panel per strategy: loss on a sample of the training rows and on the validation split
-    at each evaluation (`nbutils.strategies.loss_history` rows), on a shared loss axis; the
+    at each evaluation (`nbutils.tasks.strategies.study.loss_history` rows), on a shared loss axis; the
     space between the lines is the overfitting gap."""
     import matplotlib.pyplot as plt
 

@@ -18,7 +18,7 @@ import math
 
 from transformers import TrainerCallback
 
-from .layers import freeze_to, layer_groups, tunable_parameters
+from nbutils.layers import freeze_to, layer_groups, tunable_parameters
 
 
 class GradualUnfreezing(TrainerCallback):

@@ -20,7 +20,7 @@ FAKE_TOKEN = "hf_FAKEsmokeTOKEN0123456789notreal"
 
 def run_smoke_project(name: str, outputs: Path, **overrides):
     """Run one smoke project through the real runner (in-process) into `outputs`."""
-    from nbutils import runner
+    from nbutils.harness import runner
 
     project = runner.select(runner.discover(ROOT, "smoke"), [name])[0]
     return runner.run_project(project, "smoke", ROOT, outputs, overrides)
@@ -63,7 +63,7 @@ def interrupt_smoke_run(name: str, outputs: Path, until=None, waiting_for: str =
     if until is None:
         def until():
             return bool(checkpoints.complete_checkpoints(run_dir / "checkpoints"))
-    command = [sys.executable, "-m", "nbutils.runner", "run", name, "--profile", "smoke",
+    command = [sys.executable, "-m", "nbutils.harness.runner", "run", name, "--profile", "smoke",
                "--root", str(ROOT), "--outputs", str(outputs)]
     process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,7 +84,7 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def cache() -> Path:
     """`.cache/` with the sample data and all tiny models (built once, reused when current)."""
-    from nbutils import fixtures
+    from nbutils.harness import fixtures
 
     return fixtures.build(ROOT / ".cache", quiet=True)
 
@@ -93,7 +93,7 @@ def cache() -> Path:
 def smoke_run(cache, tmp_path_factory):
     """`smoke_run("detect_ai_text")` runs that notebook's smoke projects once per session
     through the real runner; returns (exit code, the outputs/smoke folder)."""
-    from nbutils import runner
+    from nbutils.harness import runner
 
     done: dict[str, tuple[int, Path]] = {}
 

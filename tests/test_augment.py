@@ -6,7 +6,8 @@ from collections import Counter
 import pytest
 from datasets import ClassLabel, Dataset, Value
 
-from nbutils import augment, fixtures, sources
+from nbutils.remedies import augment, sources
+from nbutils.harness import fixtures
 
 TEXT = "Cars pollute the air. Buses carry more people! Parks could replace parking lots."
 

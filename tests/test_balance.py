@@ -6,7 +6,7 @@ import torch
 from datasets import Dataset
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from nbutils import balance
+from nbutils.remedies import balance
 
 TABLE = Dataset.from_dict({"text": [f"essay {i}" for i in range(40)], "labels": [0] * 32 + [1] * 8})
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-from nbutils import batching, bench, fixtures
+from nbutils import batching
+from nbutils.harness import bench, fixtures
 from training_helpers import tiny_classifier, training_args
 
 MAX_LENGTH = 40

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nbutils import data, fixtures
+from nbutils import data
+from nbutils.harness import fixtures
 
 TEXTS = ["Moreover, cities without cars have cleaner air.", "i think alot of stuff lol", "so yeah."]
 

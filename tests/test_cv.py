@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from nbutils import cv
+from nbutils.remedies import cv
 
 LABELS = np.array([0, 1] * 30)
 GROUPS = np.array(["a", "b", "c", "d", "e", "f"] * 10)

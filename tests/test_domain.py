@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from nbutils import domain
-from nbutils.group_metrics import metrics_by_group
+from nbutils.remedies import domain
+from nbutils.remedies.group_metrics import metrics_by_group
 
 TABLE = Dataset.from_dict({"text": list("abcdefgh"), "prompt": ["p1", "p1", "p2", "p2", "p3", "p3", "p4", "p4"],
                            "seven": [True] * 6 + [False] * 2})

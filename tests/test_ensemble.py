@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_smoke_project
-from nbutils import ensemble, record, runner
-from nbutils.ensemble import EnsembleError
+from nbutils.tasks import ensemble
+from nbutils import record
+from nbutils.harness import runner
+from nbutils.tasks.ensemble import EnsembleError
 
 VALIDATION_IDS = np.arange(0, 80)
 TEST_IDS = np.arange(100, 160)

@@ -8,8 +8,10 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from nbutils import fixtures, forgetting, lora, tiny_pretraining
-from nbutils.samples import detection, general_text
+from nbutils.harness import fixtures, tiny_pretraining
+from nbutils.tasks.strategies import forgetting
+from nbutils import lora
+from nbutils.harness.samples import detection, general_text
 
 
 @pytest.fixture(scope="module")

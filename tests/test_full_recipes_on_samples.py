@@ -18,7 +18,7 @@ Data handling (`max_bad_row_share`, the columns, `group_column`, `data_format`, 
 `drop_overlap`, `overlong`, the prompt template...) is never swapped.
 
 One run per notebook's distinct full data handling: detection's variants share one loader (the
-cross-validation variant's extra source goes through `nbutils.sources`, covered by its smoke
+cross-validation variant's extra source goes through `nbutils.remedies.sources`, covered by its smoke
 run), and `finetuning_strategies` uses the very same loader function (`data.clean_labelled_texts`);
 the instruction-tuning run is the Llama-2 text format (the one whose full run stopped on real
 data); the Qwen variant's `messages` format runs in its smoke profile with the same defaults.
@@ -30,7 +30,7 @@ import json
 
 import pytest
 
-from nbutils import runner
+from nbutils.harness import runner
 
 from conftest import ROOT
 

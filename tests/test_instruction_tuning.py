@@ -15,9 +15,11 @@ import pytest
 import torch
 
 from conftest import ROOT
-from nbutils import causal_lm, fixtures, instructions, lora, record, runner
-from nbutils.instructions import InstructionDataError
-from nbutils.samples import instructions as sample
+from nbutils.tasks.instruction_tuning import causal_lm, instructions
+from nbutils.harness import fixtures, runner
+from nbutils import lora, record
+from nbutils.tasks.instruction_tuning.instructions import InstructionDataError
+from nbutils.harness.samples import instructions as sample
 
 MAX_LENGTH = 192  # the smoke profile's
 
@@ -82,7 +84,7 @@ def test_sample_lengths_have_the_real_long_right_tail(cache):
 def test_sample_texts_feed_the_tokenizer_corpus(cache):
     from transformers import AutoTokenizer
 
-    from nbutils import samples
+    from nbutils.harness import samples
 
     assert set(sample.texts()) <= set(samples.corpus(0))
     tok = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "llama"))

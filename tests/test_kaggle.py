@@ -8,7 +8,8 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from nbutils import environment, kaggle, runner
+from nbutils import environment
+from nbutils.harness import kaggle, runner
 
 REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
             "enable_internet", "dataset_sources", "competition_sources", "kernel_sources",
@@ -191,7 +192,7 @@ def test_the_ensemble_kernel_attaches_the_detection_kernels_outputs(bundles):
 
 def test_ensemble_gathers_the_attached_detection_runs_on_kaggle(tmp_path):
     """Each detection kernel's /kaggle/working is mounted as /kaggle/input/<kernel>/."""
-    from nbutils import ensemble
+    from nbutils.tasks import ensemble
 
     env = environment.detect({environment.KAGGLE_ROOT_VARIABLE: str(tmp_path), "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
     for run in ("bert", "roberta"):

@@ -158,7 +158,7 @@ def test_install_switches_progress_bars_only_when_headless(monkeypatch):
 
 def test_headless_runs_use_ipc_kernels():
     """Over TCP every headless kernel logs `Kernel is running over TCP without encryption`."""
-    from nbutils import runner
+    from nbutils.harness import runner
 
     assert runner.headless_kernel_manager()().transport == "ipc"
 

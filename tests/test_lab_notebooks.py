@@ -30,7 +30,7 @@ def _output_texts(nb) -> list[str]:
 
 
 def test_prepare_writes_a_copy_with_absolute_paths_and_the_project_kernel(cache, tmp_path):
-    from nbutils import lab
+    from nbutils.harness import lab
 
     copy = lab.prepare("detect_ai_text/bert", "smoke", ROOT, tmp_path, {"epochs": 1})
     assert copy == tmp_path / "smoke" / "detect_ai_text" / "bert" / "detect_ai_text.lab.ipynb"
@@ -45,7 +45,7 @@ def test_prepare_writes_a_copy_with_absolute_paths_and_the_project_kernel(cache,
 
 
 def test_absolute_paths_leave_names_and_hub_ids_alone(tmp_path):
-    from nbutils import lab
+    from nbutils.harness import lab
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.csv").write_text("a\n")
@@ -59,7 +59,7 @@ def test_absolute_paths_leave_names_and_hub_ids_alone(tmp_path):
 
 
 def test_lab_runs_smoke_offline_and_live():
-    from nbutils import lab
+    from nbutils.harness import lab
 
     env = lab.lab_environment("smoke", {"PATH": "/bin", "NBUTILS_HEADLESS": "1"})
     assert env["HF_HUB_OFFLINE"] == "1" and "NBUTILS_HEADLESS" not in env
@@ -73,7 +73,7 @@ def test_a_prepared_notebook_runs_twice_in_one_kernel_started_in_its_folder(cach
     nothing. Also: TensorBoard event files in the run folder, a model card, no nested folders."""
     from nbclient import NotebookClient
 
-    from nbutils import lab
+    from nbutils.harness import lab
 
     copy = lab.prepare("detect_ai_text/bert", "smoke", ROOT, tmp_path,
                        {"epochs": 1, "max_samples": 300, "report_to": "tensorboard"})

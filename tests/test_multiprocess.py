@@ -5,7 +5,7 @@ import json
 import nbformat
 
 from conftest import ROOT, run_smoke_project
-from nbutils import runner
+from nbutils.harness import runner
 
 
 def test_two_process_run_trains_and_records_two_processes(cache, tmp_path, smoke_run):

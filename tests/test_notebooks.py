@@ -43,7 +43,7 @@ def test_first_code_cell_installs_nbutils_where_missing(path):
     """Every notebook runs unedited on Kaggle (wheel dataset, internet off) and Colab."""
     import tomllib
 
-    from nbutils.kaggle import install_cell
+    from nbutils.harness.kaggle import install_cell
 
     repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbutils"]["repository"]
     nb = nbformat.read(ROOT / path, as_version=4)

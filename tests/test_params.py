@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from nbutils import runner
+from nbutils.harness import runner
 from nbutils.params import ParameterError, check_parameters, declared_parameters, notebook_parameters
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

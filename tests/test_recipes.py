@@ -3,7 +3,7 @@
 import ast
 
 from conftest import ROOT
-from nbutils import runner
+from nbutils.harness import runner
 
 
 def full_parameters(project_name):
@@ -30,7 +30,7 @@ def test_qlora_recipe_uses_the_qlora_papers_learning_rate():
 def test_flan_t5_before_fine_tuning_is_called_untuned_not_zero_shot(tmp_path):
     import nbformat
 
-    from nbutils import summarization
+    from nbutils.tasks import summarization
 
     assert summarization.untuned_label("google/flan-t5-large") == "untuned FLAN-T5"
     assert summarization.untuned_label(".cache/tiny-models/t5") == "untuned model"

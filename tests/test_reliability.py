@@ -8,7 +8,8 @@ from datasets import Dataset
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           Trainer, TrainerCallback, TrainingArguments)
 
-from nbutils import checkpoints, data, fixtures, secrets
+from nbutils import checkpoints, data, secrets
+from nbutils.harness import fixtures
 from nbutils.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
 

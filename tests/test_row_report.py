@@ -12,8 +12,11 @@ import json
 
 import pytest
 
-from nbutils import data, instructions, row_report, runner, table_context, text_to_code
-from nbutils.samples import text2pandas
+from nbutils import data, row_report
+from nbutils.tasks.instruction_tuning import instructions
+from nbutils.harness import runner
+from nbutils.tasks.text_to_pandas import table_context, text_to_code
+from nbutils.harness.samples import text2pandas
 
 from conftest import ROOT
 
@@ -71,7 +74,8 @@ def test_check_stops_above_the_share_naming_reasons_counts_and_parameter():
 
 
 def test_length_report_is_the_one_shared_by_the_notebooks():
-    from nbutils import causal_lm, summarization
+    from nbutils.tasks.instruction_tuning import causal_lm
+    from nbutils.tasks import summarization
 
     report = row_report.length_report([10, 20, 30, 40, 250], 30)
     assert report["truncated"] == 2 and report["truncated_fraction"] == 0.4 and report["median"] == 30

@@ -5,7 +5,7 @@ import json
 import nbformat
 import pytest
 
-from nbutils import runner
+from nbutils.harness import runner
 
 PARAMETERS = '''project: str = "toy"  # run name
 profile: str = "smoke"  # profile

@@ -2,7 +2,7 @@ import csv
 import hashlib
 import statistics
 
-from nbutils.samples import detection
+from nbutils.harness.samples import detection
 
 
 def test_detection_sample_is_deterministic(tmp_path):
@@ -38,7 +38,7 @@ def test_detection_sample_varies_in_length_and_content():
 
 
 def test_every_registered_sample_file_is_built(cache):
-    from nbutils import fixtures, samples
+    from nbutils.harness import fixtures, samples
 
     for name in samples.SAMPLE_FILES:
         path = fixtures.sample_data_dir(cache) / name

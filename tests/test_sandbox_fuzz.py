@@ -14,11 +14,11 @@ import random
 
 import pytest
 
-from nbutils import code_exec, table_context
-from nbutils.code_exec import ExecutionEvaluator, Sandbox
-from nbutils.result_compare import parse_reply, results_match, validated_reply
-from nbutils.samples import text2pandas
-from nbutils.sandbox_allowlist import ALLOWED_ATTRIBUTES
+from nbutils.tasks.text_to_pandas import code_exec, table_context
+from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox
+from nbutils.tasks.text_to_pandas.result_compare import parse_reply, results_match, validated_reply
+from nbutils.harness.samples import text2pandas
+from nbutils.tasks.text_to_pandas.sandbox_allowlist import ALLOWED_ATTRIBUTES
 
 SEED = 20261201
 TABLE = {"df": {"columns": ["name", "team", "points"],

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from nbutils import code_exec
-from nbutils.code_exec import ExecutionEvaluator, Sandbox
+from nbutils.tasks.text_to_pandas import code_exec
+from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox
 
 SECRET = "SECRET-7f3a9c-planted-in-a-file"
 TOKEN = "hf_TOKEN-41d2e8-planted-in-an-environment"
@@ -491,7 +491,7 @@ def test_without_seccomp_the_sandbox_refuses_unless_the_user_accepts_the_risk(mo
     """Where the kernel cannot contain the children (macOS, no seccomp), nothing runs unless
     `allow_uncontained`; then the containment says what is missing. Simulated by a worker forked
     from this process with a filter that cannot be built."""
-    from nbutils import sandbox_jail
+    from nbutils.tasks.text_to_pandas import sandbox_jail
 
     def unavailable():
         raise sandbox_jail.ContainmentUnavailable("seccomp is Linux-only; this is simulated")

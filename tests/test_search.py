@@ -3,7 +3,8 @@
 import pytest
 from transformers import DataCollatorWithPadding, TrainerCallback
 
-from nbutils import metrics, search
+from nbutils import metrics
+from nbutils.remedies import search
 from nbutils.optim import LayerGroupTrainer
 from training_helpers import tiny_classifier, tokenized_essays, training_args
 

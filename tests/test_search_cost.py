@@ -5,7 +5,8 @@ import pytest
 from datasets import Dataset
 from transformers import DataCollatorWithPadding, Trainer
 
-from nbutils import metrics, search
+from nbutils import metrics
+from nbutils.remedies import search
 from training_helpers import tiny_classifier, tokenized_essays, training_args
 
 SPACE = {"learning_rate": {"low": 1.0e-4, "high": 1.0e-2, "log": True}, "epochs": [1, 2]}

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_smoke_project
-from nbutils import record, runner
+from nbutils import record
+from nbutils.harness import runner
 
 BACKBONES = ("bert", "deberta", "distilbert", "roberta")
 

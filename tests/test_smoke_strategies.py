@@ -1,7 +1,7 @@
 """End to end: the fine-tuning strategies study on its smoke profile, through papermill, offline.
 
 The tiny backbone is a BERT the fixtures briefly pre-trained with masked-LM on the project's
-general text (`nbutils.tiny_pretraining`): the random tiny models' MLM heads predict at chance,
+general text (`nbutils.harness.tiny_pretraining`): the random tiny models' MLM heads predict at chance,
 so forgetting measured through them would be noise.
 """
 
@@ -14,7 +14,7 @@ import pytest
 
 from conftest import interrupt_smoke_run, run_smoke_project
 from nbutils import checkpoints, record
-from nbutils import strategies as study
+from nbutils.tasks.strategies import study
 
 PROJECT = "finetuning_strategies"
 STRATEGIES = ["full", "full_high_lr", "frozen", "gradual", "lora"]

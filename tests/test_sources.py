@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset
 
-from nbutils import data, sources
+from nbutils import data
+from nbutils.remedies import sources
 
 PROMPTS = ["Car-free cities", "Distance learning", "Phones and driving", "Summer projects",
            "Facial action coding system"]

@@ -5,7 +5,7 @@ import pytest
 from datasets import Dataset
 
 from nbutils import layers
-from nbutils import strategies as study
+from nbutils.tasks.strategies import study
 from nbutils.optim import LayerGroupTrainer
 from nbutils.unfreezing import GradualUnfreezing
 

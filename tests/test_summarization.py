@@ -13,8 +13,10 @@ import pytest
 import torch
 
 from conftest import ROOT, run_smoke_project
-from nbutils import baselines, data, fixtures, lora, metrics, record, runner, runtime, summarization
-from nbutils.samples import dialogues
+from nbutils import baselines, data, lora, metrics, record, runtime
+from nbutils.harness import fixtures, runner
+from nbutils.tasks import summarization
+from nbutils.harness.samples import dialogues
 
 TEMPLATE = summarization.DEFAULT_TEMPLATE
 

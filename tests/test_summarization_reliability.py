@@ -11,7 +11,9 @@ import torch
 from transformers import TrainerCallback
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import batching, checkpoints, data, fixtures, lora, record, summarization
+from nbutils import batching, checkpoints, data, lora, record
+from nbutils.harness import fixtures
+from nbutils.tasks import summarization
 
 NOTEBOOK = "summarize_dialogues"
 TRAINS = f"{NOTEBOOK}/flan_t5_large"  # 480 dialogues, 3 epochs: the variant that really trains

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from nbutils import code_exec, table_context
+from nbutils.tasks.text_to_pandas import code_exec, table_context
 
 CONTEXT = "df = pd.DataFrame(columns=['player', 'year', 'team', 'points'])"
 

@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_smoke_project
-from nbutils import code_exec, record, runner, table_context, text_to_code
+from nbutils.tasks.text_to_pandas import code_exec, table_context, text_to_code
+from nbutils import record
+from nbutils.harness import runner
 from nbutils import tokenizer_coverage as coverage
-from nbutils.code_exec import ExecutionEvaluator, Sandbox, canonical, results_match
-from nbutils.samples import text2pandas
+from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox, canonical, results_match
+from nbutils.harness.samples import text2pandas
 
 TABLE = {"df": {"columns": ["name", "team", "points"],
                 "rows": [["Ann", "red", 10], ["Bob", "red", 25], ["Cid", "blue", 7], ["Dee", "blue", 31]]}}
@@ -354,7 +356,7 @@ CODE = ["df.groupby('team').agg({'points': 'sum', 'games': 'mean'})", "df[df['po
 def t5_tokenizer(cache):
     from transformers import AutoTokenizer
 
-    from nbutils import fixtures
+    from nbutils.harness import fixtures
 
     return AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "t5"))
 
@@ -399,7 +401,7 @@ def test_a_byte_level_tokenizer_needs_nothing(cache):
     """The CodeT5 case: a byte-level BPE vocabulary encodes every character."""
     from transformers import AutoTokenizer
 
-    from nbutils import fixtures
+    from nbutils.harness import fixtures
 
     tokenizer = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "roberta"))
     report = coverage.check_coverage(tokenizer, CODE)
@@ -411,7 +413,7 @@ def test_new_embeddings_start_at_the_mean(cache, t5_tokenizer):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from nbutils import fixtures
+    from nbutils.harness import fixtures
 
     model = AutoModelForSeq2SeqLM.from_pretrained(fixtures.tiny_model_dir(cache, "t5"))
     before = model.get_input_embeddings().weight.detach().clone()
@@ -430,7 +432,7 @@ def test_new_embeddings_start_at_the_mean(cache, t5_tokenizer):
 def test_label_padding_is_masked_with_minus_100(cache, t5_tokenizer):
     from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
-    from nbutils import fixtures
+    from nbutils.harness import fixtures
 
     model = AutoModelForSeq2SeqLM.from_pretrained(fixtures.tiny_model_dir(cache, "t5"))
     targets = ["df['a'].sum()", "df[df['team'] == 'Rockets']['player'].count()"]

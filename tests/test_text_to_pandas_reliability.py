@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import checkpoints, data, record, text_to_code
-from nbutils.samples import text2pandas
+from nbutils import checkpoints, data, record
+from nbutils.tasks.text_to_pandas import text_to_code
+from nbutils.harness.samples import text2pandas
 
 NOTEBOOK = "text_to_pandas"
 

@@ -8,7 +8,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
                           AutoModelForSeq2SeqLM, AutoModelForSequenceClassification,
                           AutoTokenizer)
 
-from nbutils import fixtures, samples, tiny_models
+from nbutils.harness import fixtures, samples, tiny_models
 
 AUTO_CLASS = {"t5": AutoModelForSeq2SeqLM, "llama": AutoModelForCausalLM}
 SENTENCE = "Furthermore, texting while driving causes many crashes."

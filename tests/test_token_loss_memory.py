@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from nbutils import causal_lm
+from nbutils.tasks.instruction_tuning import causal_lm
 
 VOCAB = 32_000  # a real vocabulary's size on a tiny model: the logits dominate memory
 BATCH, LENGTH, PROMPT = 4, 160, 40

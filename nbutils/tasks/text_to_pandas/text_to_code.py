@@ -144,7 +144,7 @@ def generate_code(model, tokenizer, inputs, max_new_tokens: int, num_beams: int 
     """
     import torch
 
-    from .tokenizer_coverage import decode
+    from nbutils.tokenizer_coverage import decode
 
     inputs = list(inputs)
     order = sorted(range(len(inputs)), key=lambda i: len(inputs[i]))
@@ -207,8 +207,8 @@ def clean_rows(split, split_name: str, fmt: str, ledger, question_column: str, c
 
     from datasets import Dataset
 
-    from .row_report import is_blank, normalise_line_ends
-    from .table_context import context_from_schema, parse_schema_text
+    from nbutils.row_report import is_blank, normalise_line_ends
+    from nbutils.tasks.text_to_pandas.table_context import context_from_schema, parse_schema_text
 
     ledger.add_read(split_name, len(split))
     source_answer_column = source_answer_column or answer_column

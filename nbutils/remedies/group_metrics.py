@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from .metrics import binary_classification_metrics
+from nbutils.metrics import binary_classification_metrics
 
 
 def metrics_by_group(labels, probabilities, groups, threshold: float = 0.5) -> dict[str, dict]:

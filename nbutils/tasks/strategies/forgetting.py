@@ -60,7 +60,7 @@ def load_general_text(source: str, column: str = "text", config: str = "", split
     """
     from datasets import load_dataset
 
-    from .data import is_file_source, load_table, require_columns
+    from nbutils.data import is_file_source, load_table, require_columns
 
     if not isinstance(source, str) or not source:
         raise ValueError(f"{param} must be a file path or a hub data set id, got {source!r}")
@@ -237,7 +237,7 @@ def transplant_backbone(fine_tuned, masked_lm):
     pooler) are left out; one that the masked LM's backbone needs but the task model lacks is an
     error. Neither input is changed.
     """
-    from .layers import is_peft_model
+    from nbutils.layers import is_peft_model
 
     if is_peft_model(fine_tuned):
         fine_tuned = copy.deepcopy(fine_tuned).merge_and_unload()

@@ -81,7 +81,7 @@ def cross_validate(dataset, n_folds: int, label_column: str,
     Returns {"folds": n, "group_column": ..., "metrics": summarize(...), "sizes": [per fold:
     train and validation rows, and with a group column the groups validated on]}.
     """
-    from .data import require_columns
+    from nbutils.data import require_columns
 
     groups = None
     if group_column:

@@ -1,8 +1,8 @@
 """Run the collection's notebooks headless with papermill, and gather their run records.
 
-    python -m nbutils.runner run-all --profile smoke
-    python -m nbutils.runner run detect_ai_text/bert --profile smoke -p epochs=3
-    python -m nbutils.runner list --profile full
+    python -m nbutils.harness.runner run-all --profile smoke
+    python -m nbutils.harness.runner run detect_ai_text/bert --profile smoke -p epochs=3
+    python -m nbutils.harness.runner list --profile full
 
 A *project* is a notebook plus its parameter files for a profile:
 
@@ -35,8 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from .params import ParameterError, check_parameters, declared_parameters
-from .record import RECORD_FILE, splits_digest
+from nbutils.params import ParameterError, check_parameters, declared_parameters
+from nbutils.record import RECORD_FILE, splits_digest
 
 KERNEL = "llm-notebooks"
 
@@ -235,7 +235,7 @@ def headless_kernel_manager():
 def headless_environment():
     """Tell the kernels started here that no one watches them live (`nbutils.quiet`: progress
     bars write one final line instead of widgets frozen at 0% in the stored notebook)."""
-    from .quiet import HEADLESS_VARIABLE
+    from nbutils.quiet import HEADLESS_VARIABLE
 
     saved = os.environ.get(HEADLESS_VARIABLE)
     os.environ[HEADLESS_VARIABLE] = "1"
@@ -354,7 +354,7 @@ def _override(text: str) -> tuple[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbutils.runner",
+    parser = argparse.ArgumentParser(prog="python -m nbutils.harness.runner",
                                      description="Run the notebook collection with papermill.")
     parser.add_argument("command", choices=["run-all", "run", "list"])
     parser.add_argument("projects", nargs="*", help="with `run`: project names (or a notebook name)")

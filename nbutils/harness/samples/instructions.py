@@ -23,7 +23,7 @@ import json
 import random
 from pathlib import Path
 
-from .jsonl import write_jsonl
+from nbutils.harness.samples.jsonl import write_jsonl
 
 # Rows per file. guanaco-llama2-1k has 1,000; the notebook holds a tenth out for evaluation.
 N_TEXT_ROWS = 300

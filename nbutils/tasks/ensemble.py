@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .metrics import choose_threshold  # noqa: F401  (one helper for every notebook's threshold)
-from .record import RECORD_FILE
+from nbutils.metrics import choose_threshold  # noqa: F401  (one helper for every notebook's threshold)
+from nbutils.record import RECORD_FILE
 
 SPLITS = ("validation", "test")
 COLUMNS = ("row_id", "label", "prob_generated")
@@ -322,7 +322,7 @@ def evaluate(methods: dict[str, dict[str, np.ndarray]], tables: dict[str, SplitS
     ROC AUC there, and the test metrics at that threshold (ROC AUC from the scores)."""
     from sklearn.metrics import roc_auc_score
 
-    from .metrics import binary_classification_metrics
+    from nbutils.metrics import binary_classification_metrics
 
     results = {}
     for name, scores in methods.items():

@@ -72,7 +72,7 @@ def choose_max_length(lengths, percentile: float, cap: int = 0, multiple_of: int
 def length_report(lengths, limit: int) -> dict:
     """How the token lengths are distributed and how many examples `limit` truncates
     (`nbutils.row_report.length_report`, the collection's one length summary)."""
-    from .row_report import length_report as report
+    from nbutils.row_report import length_report as report
 
     return report(lengths, limit)
 
@@ -179,7 +179,7 @@ def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, i
     """
     from datasets import DatasetDict
 
-    from .row_report import is_blank, normalise_line_ends
+    from nbutils.row_report import is_blank, normalise_line_ends
 
     seen: set = set()
     cleaned = {}

@@ -24,8 +24,8 @@ gated-GELU feed-forward, Llama with SwiGLU and RoPE) at flan-t5-small's width, f
 a smaller vocabulary, so the whole bench runs in minutes on two CPU cores: speed does not depend
 on the weights, and at this width the matrix products, not Python, take the time.
 
-    python -m nbutils.bench                    # both tasks, writes outputs/bench/bench.json
-    python -m nbutils.bench --scale tiny       # seconds: checks that the bench works
+    python -m nbutils.harness.bench                    # both tasks, writes outputs/bench/bench.json
+    python -m nbutils.harness.bench --scale tiny       # seconds: checks that the bench works
 
 It uses one CPU thread unless told otherwise (`--threads`): on a machine shared with other work,
 torch's threads wait for each other at every operation, which slows small operations most and
@@ -446,7 +446,7 @@ TASKS = {"summarization": bench_summarization, "sft": bench_sft}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbutils.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nbutils.harness.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", choices=sorted(SCALES), default="default")
     parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=list(TASKS))
     parser.add_argument("--seed", type=int, default=0)

@@ -82,7 +82,7 @@ def check_names(names, param: str = "strategies") -> list[str]:
 def plan(names, *, learning_rate: float, high_learning_rate: float, lora_learning_rate: float,
          freeze_to: int, lr_factor: float = 2.6, lr_decay: float = 0.0) -> dict[str, Strategy]:
     """The strategies to run, in the order given, with their settings checked."""
-    from .optim import discriminative_learning_rates
+    from nbutils.optim import discriminative_learning_rates
 
     names = check_names(names)
     for param, value in (("learning_rate", learning_rate), ("high_learning_rate", high_learning_rate),
@@ -110,7 +110,7 @@ def plan(names, *, learning_rate: float, high_learning_rate: float, lora_learnin
 def prepare_model(strategy: Strategy, model, lora_config=None, blocks_per_group: int = 1):
     """Apply the strategy to a fresh task model: freeze its lower groups, or wrap it in LoRA.
     Gradual unfreezing freezes nothing here: its callback does that when training starts."""
-    from . import layers, lora
+    from nbutils import layers, lora
 
     if strategy.freeze_to:
         layers.freeze_to(model, strategy.freeze_to, blocks_per_group)
@@ -145,8 +145,8 @@ def trainer_setup(strategy: Strategy, blocks_per_group: int = 1, unfreeze_every_
     parameter from the start (the stock Trainer would never update a group unfrozen later)."""
     from transformers import Trainer
 
-    from .optim import LayerGroupTrainer
-    from .unfreezing import GradualUnfreezing
+    from nbutils.optim import LayerGroupTrainer
+    from nbutils.unfreezing import GradualUnfreezing
 
     if strategy.gradual:
         options = dict(lr_factor=strategy.lr_factor, lr_decay=strategy.lr_decay,
@@ -258,7 +258,7 @@ def _result_path(folder, name: str) -> Path:
 
 def save_result(folder, name: str, result: dict) -> Path:
     """Write one finished run's results (atomically: a crash never leaves half a file)."""
-    from .record import is_main_process
+    from nbutils.record import is_main_process
 
     path = _result_path(folder, name)
     if is_main_process():

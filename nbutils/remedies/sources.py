@@ -52,7 +52,7 @@ def load_source(entry, index: int, text_column: str, label_column: str, group_co
     that column, holding the entry's group values mapped through its `group_names`."""
     from datasets import Dataset
 
-    from .data import binary_labels, load_table, require_columns
+    from nbutils.data import binary_labels, load_table, require_columns
 
     entry = _entry(entry, index, text_column, label_column)
     param = f"extra_sources[{index}]"

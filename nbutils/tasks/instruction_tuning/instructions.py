@@ -232,7 +232,7 @@ def to_prompt_completion(table, fmt: str, skip_invalid: bool = False, ledger=Non
     """
     from datasets import Dataset
 
-    from .row_report import normalise_line_ends
+    from nbutils.row_report import normalise_line_ends
 
     if ledger is not None:
         ledger.add_read(split, len(table))

@@ -2,7 +2,7 @@
 
 The fine-tuning strategies study measures *forgetting* as a backbone's masked-language-model
 loss on general text before and after fine-tuning on a task. Its smoke profile needs a tiny
-backbone that has learnt something general first (`nbutils.tiny_pretraining` pre-trains one on
+backbone that has learnt something general first (`nbutils.harness.tiny_pretraining` pre-trains one on
 the `pretrain` split here) and held-out general text to measure it on (the `heldout` split).
 
 Each sentence states a fixed fact about an animal, a city, a food, a chemical element or a
@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .jsonl import write_jsonl
+from nbutils.harness.samples.jsonl import write_jsonl
 
 COLUMNS = ["text"]
 SPLITS = ("pretrain", "heldout")

@@ -18,7 +18,7 @@ import json
 import random
 from pathlib import Path
 
-from .jsonl import write_jsonl
+from nbutils.harness.samples.jsonl import write_jsonl
 
 COLUMNS = ["question", "context", "answer"]
 SPLITS = ("train", "test")
@@ -259,7 +259,7 @@ def _dtype(values: list) -> str:
 def upstream_schema(context: str) -> str:
     """A context in the single-column form's schema text: `table: df (player : object , ...)`,
     one line per table (the types from the sample tables' values)."""
-    from nbutils.table_context import parse_context
+    from nbutils.tasks.text_to_pandas.table_context import parse_context
 
     by_name = {t["name"] + "|" + ",".join(t["columns"]): t for t in TABLES + [EMPLOYEES, DEPARTMENTS]}
     lines = []

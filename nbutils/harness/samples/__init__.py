@@ -15,7 +15,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Callable
 
-from . import detection, dialogues, general_text, instructions, text2pandas
+from nbutils.harness.samples import detection, dialogues, general_text, instructions, text2pandas
 
 # File name under .cache/sample-data/ -> the function that writes it, given (path, seed).
 SAMPLE_FILES: dict[str, Callable] = {
@@ -32,7 +32,7 @@ SAMPLE_FILES: dict[str, Callable] = {
     **{f"{text2pandas.UPSTREAM_DIR}/{split}.jsonl": partial(text2pandas.write_upstream_jsonl, split=split)
        for split in text2pandas.SPLITS},
     # General text for measuring forgetting. Not in corpus(): the random tiny models never read
-    # it, so their tokenizers stay as they are (nbutils.tiny_pretraining builds its own).
+    # it, so their tokenizers stay as they are (nbutils.harness.tiny_pretraining builds its own).
     **{f"general_text/{split}.jsonl": partial(general_text.write_general_text_jsonl, split=split)
        for split in general_text.SPLITS},
 }

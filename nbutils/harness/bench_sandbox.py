@@ -1,13 +1,13 @@
 """Benchmark of the text-to-pandas sandbox: executions per second on short snippets, and what
 each layer costs, in one run.
 
-    python -m nbutils.bench_sandbox --out outputs/bench/sandbox.json [--old OLD_CODE_EXEC.py]
+    python -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json [--old OLD_CODE_EXEC.py]
 
 - `executions_per_s`: snippets through `Sandbox(workers=2).run`, all layers on (the figure the
   issue asks to keep at or above 100/s on 2 cores); `cpu_bound_per_s`: the same from the CPU
   time all processes spent per snippet (what 2 otherwise idle cores sustain). With `--old FILE` the same snippets also go
   through an older `code_exec.py` loaded from that file, in the same run, for a fair ratio
-  (`git show d4054e0:nbutils/code_exec.py > /tmp/old_code_exec.py`).
+  (`git show d4054e0:nbutils/tasks/text_to_pandas/code_exec.py > /tmp/old_code_exec.py`).
 - `layers_ms`: the time of each layer for one snippet, measured in a process shaped like the
   worker (pandas imported and warmed up): the static check; the fresh process (fork and reap);
   each step of the jail (fds, uid drop when root, rlimits, seccomp), timed inside the child; and
@@ -69,7 +69,7 @@ def executions_per_s(module, runs: int, workers: int = 2) -> dict:
 
 def _one_child(compiled, frames, rules, jailed: bool, vm_bytes=None) -> tuple[float, dict]:
     """Fork -> [jail, timing each layer] -> run one snippet -> reply -> reap: (wall ms, layer ms)."""
-    from nbutils import code_exec, sandbox_jail
+    from nbutils.tasks.text_to_pandas import code_exec, sandbox_jail
 
     start = time.perf_counter()
     read_fd, write_fd = os.pipe()
@@ -104,7 +104,7 @@ def layer_costs(repeats: int) -> dict:
     load disturbs far less than differences of wall times; the fresh process is the wall time of
     an unjailed fork -> snippet -> reap minus the same snippet run in this process. Jailed and
     unjailed children alternate, so drift hits both alike."""
-    from nbutils import code_exec, sandbox_jail
+    from nbutils.tasks.text_to_pandas import code_exec, sandbox_jail
 
     sys.modules.setdefault("pyarrow", None)
     import pandas as pd
@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--old", help="an older code_exec.py to measure in the same run")
     args = parser.parse_args(argv)
-    from nbutils import code_exec
+    from nbutils.tasks.text_to_pandas import code_exec
 
     result = {"cpus": os.cpu_count(), "root": os.geteuid() == 0,
               "load_average_before": os.getloadavg()[0]}

@@ -1,6 +1,6 @@
 """Kaggle bundles: every project of a profile as a folder ready for `kaggle kernels push`.
 
-    python -m nbutils.kaggle [--profile full] [--out outputs/kaggle]   (or `make kaggle`)
+    python -m nbutils.harness.kaggle [--profile full] [--out outputs/kaggle]   (or `make kaggle`)
 
 Each project folder holds the notebook with its parameters already injected (papermill's
 prepare-only mode, so Kaggle runs exactly the recipe of the params files) and a
@@ -24,7 +24,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runner
+from nbutils.harness import runner
 
 KAGGLE_INPUT = "/kaggle/input/"
 
@@ -180,7 +180,7 @@ def build_bundles(root: Path, out: Path, profile: str = "full", settings: Kaggle
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbutils.kaggle", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nbutils.harness.kaggle", description=__doc__.splitlines()[0])
     parser.add_argument("projects", nargs="*", help="project names (default: all of the profile)")
     parser.add_argument("--profile", default="full")
     parser.add_argument("--root", default=".")

@@ -1,9 +1,9 @@
 """Explore one project in JupyterLab at any profile: a copy of its notebook prepared with that
 profile's parameters, opened in Lab.
 
-    python -m nbutils.lab detect_ai_text/bert                  # smoke profile, opens Lab
-    python -m nbutils.lab detect_ai_text/bert --profile full -p epochs=1
-    python -m nbutils.lab detect_ai_text/bert --prepare-only   # just write the copy
+    python -m nbutils.harness.lab detect_ai_text/bert                  # smoke profile, opens Lab
+    python -m nbutils.harness.lab detect_ai_text/bert --profile full -p epochs=1
+    python -m nbutils.harness.lab detect_ai_text/bert --prepare-only   # just write the copy
     make lab RUN=detect_ai_text/bert [PROFILE=smoke]
 
 The copy is the notebook with papermill's injected-parameters cell (the profile's merged YAML
@@ -29,7 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .runner import KERNEL, _override, discover, project_parameters, select
+from nbutils.harness.runner import KERNEL, _override, discover, project_parameters, select
 
 LAB_SUFFIX = ".lab.ipynb"
 KERNEL_DISPLAY_NAME = f"Python ({KERNEL})"
@@ -117,7 +117,7 @@ def lab_command(notebook: Path, root: Path, port: int | None = None, token: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nbutils.lab", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m nbutils.harness.lab", description=__doc__.split("\n\n")[0])
     parser.add_argument("project", help="a project, e.g. detect_ai_text/bert (`make list` names them)")
     parser.add_argument("--profile", default="smoke")
     parser.add_argument("--root", default=".", help="the repository root")

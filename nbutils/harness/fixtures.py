@@ -1,7 +1,7 @@
 """Build everything the smoke profile reads: sample data and tiny models, in `.cache/`.
 
-    python -m nbutils.fixtures            # build what is missing or out of date
-    python -m nbutils.fixtures --force    # rebuild all
+    python -m nbutils.harness.fixtures            # build what is missing or out of date
+    python -m nbutils.harness.fixtures --force    # rebuild all
 
 The smoke parameter files point `data_source` and `model_name` at these paths, so the notebooks
 load them with the same `load_dataset` / `from_pretrained` calls they use for hub ids.
@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from . import samples, tiny_models, tiny_pretraining
+from nbutils.harness import samples, tiny_models, tiny_pretraining
 
 DEFAULT_ROOT = Path(".cache")
 SEED = 0

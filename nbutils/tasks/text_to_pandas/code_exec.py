@@ -45,11 +45,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbutils.result_compare import (MAX_RESULT_BYTES, canonical, column_order_fixed,  # noqa: F401
+from nbutils.tasks.text_to_pandas.result_compare import (MAX_RESULT_BYTES, canonical, column_order_fixed,  # noqa: F401
                                     is_order_sensitive, parse_reply, results_match, validated_reply)
-from nbutils.sandbox_allowlist import (RESULT_NAME, SAFE_BUILTINS, ForbiddenCode,  # noqa: F401
+from nbutils.tasks.text_to_pandas.sandbox_allowlist import (RESULT_NAME, SAFE_BUILTINS, ForbiddenCode,  # noqa: F401
                                        check_code, refusal, refusals)
-from nbutils.sandbox_jail import ContainmentUnavailable, build_filter, containment_label, jail, probe
+from nbutils.tasks.text_to_pandas.sandbox_jail import ContainmentUnavailable, build_filter, containment_label, jail, probe
 
 FAILURE_KINDS = ("wrong_result", "syntax_error", "runtime_error", "timeout", "memory_limit",
                  "forbidden")
@@ -90,7 +90,7 @@ class _ModuleView:
     def __getattr__(self, name):
         import types
 
-        from nbutils.sandbox_allowlist import ALLOWED_ATTRIBUTES, EXPRESSION_METHODS
+        from nbutils.tasks.text_to_pandas.sandbox_allowlist import ALLOWED_ATTRIBUTES, EXPRESSION_METHODS
 
         module = object.__getattribute__(self, "_view_of")
         if name not in ALLOWED_ATTRIBUTES and name not in EXPRESSION_METHODS:
@@ -183,7 +183,7 @@ def _worker_vm_bytes() -> int | None:
     `memory_mb` to it). Read from /proc every 32 requests, not in every child: reading it cost
     the child about a tenth of its time (`make bench-sandbox`); in between the worker grows by
     little more than a snippet's tables."""
-    from nbutils.sandbox_jail import _virtual_memory_bytes
+    from nbutils.tasks.text_to_pandas.sandbox_jail import _virtual_memory_bytes
 
     if _vm["bytes"] is None or _vm["requests"] % 32 == 0:
         measured = _virtual_memory_bytes()
@@ -476,9 +476,10 @@ class _Worker:
         if method == "fork":
             self.process = _ForkedProcess(self.workdir.name, self.allow_uncontained)
         else:
-            package_parent = str(Path(__file__).resolve().parent.parent)
+            # The folder holding the `nbutils` package (this file is nbutils/tasks/text_to_pandas/).
+            package_parent = str(Path(__file__).resolve().parents[3])
             boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                    "from nbutils.code_exec import _worker_main; "
+                    "from nbutils.tasks.text_to_pandas.code_exec import _worker_main; "
                     f"_worker_main(allow_uncontained={self.allow_uncontained!r})")
             # -I: no PYTHONPATH, no user site, no current folder on sys.path.
             self.process = subprocess.Popen([sys.executable, "-I", "-c", boot], stdin=subprocess.PIPE,

@@ -1,17 +1,17 @@
 """A tiny BERT that has been briefly pre-trained, for measuring forgetting in smoke runs.
 
-The tiny models of `nbutils.tiny_models` are random: their masked-LM head predicts no better
+The tiny models of `nbutils.harness.tiny_models` are random: their masked-LM head predicts no better
 than chance, so "forgetting" measured through it is noise. The strategies study needs a backbone
 that knows something general before it is fine-tuned. This module makes one, the way real
 backbones are made at toy scale: a tiny BERT (the tiny models' shape) pre-trained with
 masked-LM, by the Trainer, on the `pretrain` split of the project's general text
-(`nbutils.samples.general_text`, encyclopedic passages, not essays), so it learns facts and
+(`nbutils.harness.samples.general_text`, encyclopedic passages, not essays), so it learns facts and
 syntax its MLM head can show; the `heldout` split is what the study measures forgetting on.
 
 Its tokenizer (WordPiece, lowercase, as `bert-base-uncased`) covers the general text and the
 detection essays, as a real tokenizer covers every text its users fine-tune on.
 
-It is built into `.cache/tiny-pretrained/bert` by `python -m nbutils.fixtures`, with its own
+It is built into `.cache/tiny-pretrained/bert` by `python -m nbutils.harness.fixtures`, with its own
 stamp: it is pre-trained again only when the code that makes it changes (1000 optimizer steps
 on one sentence-long row each, 15-30 s; on one CPU thread, so the weights come out byte for byte
 the same from one process and core count to the next). Held-out loss after pre-training: about
@@ -41,8 +41,8 @@ def model_dir(root: str | Path) -> Path:
 def _tokenizer(seed: int = 0):
     from transformers import BertTokenizer
 
-    from .samples import detection, general_text
-    from .tiny_models import _wordpiece_vocab
+    from nbutils.harness.samples import detection, general_text
+    from nbutils.harness.tiny_models import _wordpiece_vocab
 
     texts = general_text.passages("pretrain", seed) + [row["text"] for row in detection.detection_rows(seed=seed)]
     return BertTokenizer(vocab=_wordpiece_vocab(texts, lowercase=True))
@@ -58,8 +58,8 @@ def pretrain_tiny_bert(out_dir: str | Path, seed: int = 0, steps: int = STEPS) -
                               Trainer, TrainingArguments)
     from transformers.utils import logging as hf_logging
 
-    from .samples import general_text
-    from .tiny_models import FFN, HEADS, HIDDEN, LAYERS, MAX_POSITIONS
+    from nbutils.harness.samples import general_text
+    from nbutils.harness.tiny_models import FFN, HEADS, HIDDEN, LAYERS, MAX_POSITIONS
 
     tokenizer = _tokenizer(seed)
     rows = tokenizer(general_text.passages("pretrain", seed))["input_ids"]  # one sentence a row
@@ -99,8 +99,8 @@ def pretrain_tiny_bert(out_dir: str | Path, seed: int = 0, steps: int = STEPS) -
 def stamp(seed: int = 0) -> str:
     """A hash of the code that makes the model (this module, the texts, the tokenizer's vocabulary
     builder and the model shape), and the seed."""
-    from . import tiny_models
-    from .samples import detection, general_text
+    from nbutils.harness import tiny_models
+    from nbutils.harness.samples import detection, general_text
 
     code = b"".join(Path(m.__file__).read_bytes() for m in (tiny_models, detection, general_text))
     code += Path(__file__).read_bytes()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from .jsonl import write_jsonl
+from nbutils.harness.samples.jsonl import write_jsonl
 
 COLUMNS = ["id", "dialogue", "summary"]
 # SAMSum has 14,732 / 818 / 819 dialogues; the sample keeps roughly its proportions, small.

@@ -76,7 +76,7 @@ def length_report(lengths, prompt_lengths, max_length: int) -> dict:
     """Length distribution and what `max_length` does to it: examples cut short (they lose their
     final EOS) and examples whose prompt alone fills `max_length` (no answer token is left:
     TRL drops them)."""
-    from .row_report import length_report as report
+    from nbutils.row_report import length_report as report
 
     lengths = np.asarray(lengths)
     prompt_lengths = np.asarray(prompt_lengths)

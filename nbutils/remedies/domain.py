@@ -18,7 +18,7 @@ def hold_out(dataset, column: str, values):
     Values compare as text, so `[false]` in YAML matches a boolean column and `["3"]` a
     number column.
     """
-    from .data import require_columns
+    from nbutils.data import require_columns
 
     require_columns(dataset, holdout_column=column)
     if not isinstance(values, (list, tuple)) or not values:
