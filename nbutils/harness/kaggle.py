@@ -124,11 +124,24 @@ def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleS
 
 
 def build_wheel(root: Path, out: Path) -> Path:
+    """The nbutils wheel, built from a clean copy of the package's sources.
+
+    Built in place, setuptools reuses `build/lib` and a module moved or deleted since the last
+    build would still ship; a copy of just pyproject.toml, the README and `nbutils/` (caches
+    left out) has no such leftovers.
+    """
+    import tempfile
+
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("nbutils-*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                    "--no-build-isolation", "--wheel-dir", str(out), str(root)], check=True)
+    with tempfile.TemporaryDirectory(prefix="nbutils-wheel-") as source:
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy2(root / name, Path(source) / name)
+        shutil.copytree(root / "nbutils", Path(source) / "nbutils",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--no-build-isolation", "--wheel-dir", str(out), source], check=True)
     return next(out.glob("nbutils-*.whl"))
 
 
