@@ -118,18 +118,21 @@ def parameter_layout(model, lora_config=None, quantize: bool = False, prepare=No
 
     `lora_config`: a `peft.LoraConfig` whose adapter (and modules_to_save) is what trains; without
     one every parameter trains, or those `prepare(model)` leaves trainable (e.g. a freezing
-    function). Shared (tied) parameters count once.
+    function, in place; one that returns a model gives the model counted). Shared (tied) parameters count once.
     """
     import torch
 
     quantized = quantized_weights(model) if quantize else 0
     if prepare is not None:
-        model = prepare(model) or model
+        prepared = prepare(model)  # in place (a freezing function), or a new model
+        model = prepared if isinstance(prepared, torch.nn.Module) else model
     if lora_config is not None:
+        import copy
+
         from peft import get_peft_model
 
-        with torch.device("meta"):
-            model = get_peft_model(model, lora_config)
+        with torch.device("meta"):  # PEFT writes into the config it is given: a copy
+            model = get_peft_model(model, copy.deepcopy(lora_config))
     parameters = {id(p): p for p in model.parameters()}.values()
     return {"total": sum(p.numel() for p in parameters),
             "trainable": sum(p.numel() for p in parameters if p.requires_grad),

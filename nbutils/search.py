@@ -181,13 +181,18 @@ def run_search(trainer, space: dict, n_trials: int, metric: str, direction: str 
     # Only the main process opens the database; the others of a DDP run follow its trials.
     study = missing = None
     if main:
-        store = (open_storage(storage, heartbeat_seconds, grace_seconds) if storage is not None
-                 else optuna.storages.InMemoryStorage())
-        study = open_study(store, study_name, direction, seed, settings, shown=_shown(storage))
-        missing = max(0, n_trials - _count(study, "COMPLETE"))
-        print(f"search: study {study_name!r} in {_shown(storage)}: {_count(study, 'COMPLETE')} of "
-              f"{n_trials} trials complete, {missing} to run")
+        try:
+            store = (open_storage(storage, heartbeat_seconds, grace_seconds) if storage is not None
+                     else optuna.storages.InMemoryStorage())
+            study = open_study(store, study_name, direction, seed, settings, shown=_shown(storage))
+            missing = max(0, n_trials - _count(study, "COMPLETE"))
+            print(f"search: study {study_name!r} in {_shown(storage)}: {_count(study, 'COMPLETE')} of "
+                  f"{n_trials} trials complete, {missing} to run")
+        except ValueError as error:  # a bad storage or study: every process of a DDP run stops
+            missing = error
     missing = _from_main(missing, shared)
+    if isinstance(missing, Exception):
+        raise missing
     if missing:
         gate = TrialGate(hp_space, n_trials, worker, admit=not shared,
                          poll_seconds=poll_seconds if poll_seconds is not None else POLL_SECONDS)
@@ -315,6 +320,24 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
             if isinstance(failure, ImportError) else "")
     raise ValueError(f"hpo_storage={shown!r}: cannot open the database ({type(failure).__name__}: "
                      f"{message}){hint}; {expected}") from None
+
+
+# Notebook parameters that change neither what a trial trains nor how it is scored: a stored study
+# made with other values of these is the same search (and processes that share it may differ in
+# them: their run folders, their process counts, where they log).
+NOT_SEARCH_SETTINGS = frozenset({
+    "project", "profile", "output_dir", "hpo_trials", "hpo_storage", "hpo_study", "resume",
+    "save_every_steps", "logging_steps", "report_to", "push_to_hub", "hub_repo_id", "hub_private",
+    "num_processes", "distributed", "eval_batch_size", "cv_folds", "group_metrics_column",
+    "threshold_from_validation", "cpu_threads"})
+
+
+def recipe(config: dict) -> dict:
+    """The notebook parameters that make a trial what it is: all but `NOT_SEARCH_SETTINGS`, with
+    any credential in a URL masked (they are stored with the study)."""
+    from nbutils.secrets import redact_config
+
+    return redact_config({name: value for name, value in config.items() if name not in NOT_SEARCH_SETTINGS})
 
 
 def search_settings(space: dict, metric: str, direction: str, seed: int, **more) -> dict:

@@ -142,3 +142,16 @@ def test_auto_weights_are_in_the_checkpoints_own_dtype(cache, tmp_path):
     assert result["bytes_per_process"]["total"] == 8 * P
     assert memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "llama")),
                                            "causal_lm")["weights_dtype"] == "fp32"
+
+
+def test_frozen_layers_do_not_count_as_trainable(cache):
+    from nbutils import layers
+
+    path = fixtures.tiny_model_dir(cache, "bert")
+    result = memory.estimate_training_memory(str(path), "sequence_classification", num_labels=2,
+                                             prepare=lambda m: layers.freeze_to(m, -1, 1))  # the head only
+    real = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, use_safetensors=True)
+    layers.freeze_to(real, -1, 1)
+    trainable = sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert result["parameters"]["trainable"] == trainable < result["parameters"]["total"]
+    assert result["bytes_per_process"]["optimizer"] == 8 * trainable
