@@ -272,3 +272,28 @@ def test_the_run_record_never_holds_a_password_from_a_url_parameter():
                              parameters={"trainable": 1, "total": 1}, seed=0, config=config)
     assert "s3cr3t" not in json.dumps(rec)
     assert rec["config"]["hpo_storage"] == "postgresql://alice:***@db/hpo" and rec["config"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_a_two_process_ddp_run_searches_one_study_and_every_process_gets_the_best(cache, tmp_path):
+    """Several processes of one training run (DDP over gloo): the main process opens the study,
+    the other follows its trials, and both come back with the study's best (before, the other
+    process got nothing back from Trainer.hyperparameter_search and failed)."""
+    import os
+
+    import socket
+
+    with socket.socket() as free:  # a port no other run holds
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    url = f"sqlite:///{tmp_path / 'hpo.sqlite3'}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(WORKER), str(cache), url, "ddp", "2", "--output", str(tmp_path / "out")]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "ACCELERATE_USE_CPU": "true"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"best"')]
+    study = stored(url, "ddp")
+    assert len(summaries) == 2 and summaries[0] == summaries[1]
+    assert states(study) == ["COMPLETE", "COMPLETE"] and summaries[0]["objective"] == study.best_value
+    assert summaries[0]["info"]["trials_this_process"] == 2
