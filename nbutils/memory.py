@@ -30,6 +30,7 @@ temporary buffers: leave some margin.
 from __future__ import annotations
 
 import os
+import warnings
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BYTES = 0.5  # two 4-bit values per byte
@@ -85,7 +86,8 @@ def meta_model(model_name, task: str, trust_remote_code: bool = False, token=Non
 
     config = (model_name if not isinstance(model_name, str)
               else load_config(model_name, trust_remote_code, token, **config_overrides))
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the library's notes on the model: they come when it is really loaded
         return _auto_class(task).from_config(config, trust_remote_code=trust_remote_code)
 
 
@@ -131,8 +133,9 @@ def parameter_layout(model, lora_config=None, quantize: bool = False, prepare=No
 
         from peft import get_peft_model
 
-        with torch.device("meta"):  # PEFT writes into the config it is given: a copy
-            model = get_peft_model(model, copy.deepcopy(lora_config))
+        with torch.device("meta"), warnings.catch_warnings():  # its notes come again with the real model
+            warnings.simplefilter("ignore")
+            model = get_peft_model(model, copy.deepcopy(lora_config))  # PEFT writes into its config: a copy
     parameters = {id(p): p for p in model.parameters()}.values()
     return {"total": sum(p.numel() for p in parameters),
             "trainable": sum(p.numel() for p in parameters if p.requires_grad),

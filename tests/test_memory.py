@@ -155,3 +155,16 @@ def test_frozen_layers_do_not_count_as_trainable(cache):
     trainable = sum(p.numel() for p in real.parameters() if p.requires_grad)
     assert result["parameters"]["trainable"] == trainable < result["parameters"]["total"]
     assert result["bytes_per_process"]["optimizer"] == 8 * trainable
+
+
+def test_the_estimate_shows_none_of_the_librarys_notes_on_the_model(cache):
+    """Building on the meta device repeats the library's warnings about the model (PEFT's on
+    tied layers, a deprecated property): they belong where the model is really loaded."""
+    import warnings
+
+    config = lora.seq2seq_lora_config(8, 16, 0.05, ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "t5")), "seq2seq_lm",
+                                        lora_config=config)
+    assert not [str(w.message) for w in caught]
