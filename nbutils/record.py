@@ -14,6 +14,8 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from nbutils.secrets import redact_config
+
 SCHEMA_VERSION = 1
 RECORD_FILE = "metrics.json"
 
@@ -164,7 +166,8 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
         "schema_version": SCHEMA_VERSION, "project": project, "profile": profile, "task": task,
         "model": model, "data": data, "metrics": metrics, "primary_metric": primary_metric,
         "baselines": baselines or {}, "train": train, "parameters": parameters, "seed": seed,
-        "config": config, "versions": library_versions(), "git": git_state(),
+        # Credentials in URL parameters (an hpo_storage database URL) are masked.
+        "config": redact_config(config), "versions": library_versions(), "git": git_state(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     assert tuple(record) == RECORD_FIELDS

@@ -566,6 +566,8 @@ def test_run_record_and_held_out_scores(runs, variant):
     assert checks["labels_with_stop_token"] == (data["lengths"]["examples"] - data["lengths"]["truncated"])
     assert 0.05 < checks["masked_label_fraction"] < 0.6, "the prompts are masked, the answers are not"
     assert 0 < rec["parameters"]["trainable"] < rec["parameters"]["total"]
+    # The memory estimate printed before loading counted, from the config alone, the adapter trained.
+    assert rec["train"]["memory_estimate"]["parameters"]["trainable"] == rec["parameters"]["trainable"]
 
 
 def test_qlora_and_lora_variants_load_as_asked(runs):

@@ -43,7 +43,7 @@ def make_trainer(cache, tmp_path, callbacks=()):
 def test_three_trials_each_train_with_their_settings_and_the_best_is_reported(cache, tmp_path):
     seen = SeenSettings()
     trainer = make_trainer(cache, tmp_path, [seen])
-    best, objective, table = search.run_search(trainer, SPACE, n_trials=3, metric="roc_auc", seed=1)
+    best, objective, table, info = search.run_search(trainer, SPACE, n_trials=3, metric="roc_auc", seed=1)
 
     assert list(table["trial"]) == [0, 1, 2] and set(table["state"]) == {"COMPLETE"}
     assert set(SPACE) <= set(table.columns) and table["objective"].between(0, 1).all()
@@ -59,6 +59,9 @@ def test_three_trials_each_train_with_their_settings_and_the_best_is_reported(ca
     winner = table.loc[table["objective"].idxmax()]
     assert objective == winner["objective"]
     assert best == {name: winner[name] for name in SPACE}
+    # Without a storage the study lives in this process's memory; every trial was this process's.
+    assert info["storage"] == {"kind": "memory", "url": None}
+    assert info["trials_complete"] == info["trials_this_process"] == 3 and set(table["worker"]) == {info["worker"]}
 
 
 def test_the_seed_fixes_the_sampled_settings():

@@ -27,7 +27,7 @@ def test_trials_keep_no_checkpoints(cache, tmp_path):
     trainer = Trainer(model_init=lambda: tiny_classifier(cache, "bert"), args=args,
                       train_dataset=split["train"], eval_dataset=split["test"],
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
-    best, objective, table = search.run_search(trainer, SPACE, n_trials=2, metric="roc_auc", seed=0)
+    best, objective, table, _ = search.run_search(trainer, SPACE, n_trials=2, metric="roc_auc", seed=0)
     assert set(table["state"]) == {"COMPLETE"} and 0 <= objective <= 1
     saved = [p for p in tmp_path.rglob("*") if p.name.startswith("checkpoint-")]
     assert not saved, f"trials saved checkpoints: {saved}"

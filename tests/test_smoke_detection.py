@@ -197,6 +197,17 @@ def test_three_trial_search_and_out_of_domain_test_are_recorded(runs):
     assert found["train_rows"] == rec["config"]["hpo_train_rows"] == 200
     assert found["expected_cost"]["disk_gb"] == 0 and found["expected_cost"]["pflop"] > 0
     assert not list((runs[1] / "detect_ai_text" / "roberta_search").rglob("run-*/checkpoint-*"))
+    # The study lives in a SQLite file in the run folder (a rerun would continue it), under the
+    # name derived from the project, model and seed; this run ran all of its trials.
+    assert found["storage"] == {"kind": "sqlite", "url": "sqlite:///" + str(
+        (runs[1] / "detect_ai_text" / "roberta_search" / "hpo.sqlite3").resolve())}
+    assert found["study"].startswith(f"detect_ai_text/roberta_search:{rec['model']}:seed{rec['seed']}:")
+    assert found["trials_asked"] == found["trials_complete"] == found["trials_this_process"] == 3
+    assert {t["worker"] for t in trials} == {found["worker"]}
+    # The memory estimate printed before loading counted, from the config alone, the model trained.
+    estimate = rec["train"]["memory_estimate"]
+    assert estimate["parameters"]["total"] == estimate["parameters"]["trainable"] == rec["parameters"]["total"]
+    assert estimate["bytes_per_process"]["total"] == 16 * rec["parameters"]["total"]  # fp32 AdamW, one process
     ood = rec["metrics"]["out_of_domain"]
     assert ood["column"] == "RDizzl3_seven" and ood["rows"] == rec["data"]["out_of_domain"] > 0
     assert set(ood["model"]) == set(ood["tfidf_logreg"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}

@@ -386,6 +386,9 @@ def test_run_record_reports_rouge_on_the_test_split(runs, variant, cache):
     params = rec["parameters"]
     assert 0 < params["trainable"] < params["total"]
     assert params["trainable_fraction"] == pytest.approx(params["trainable"] / params["total"], abs=1e-6)
+    # The memory estimate printed before loading counted, from the config alone, the model trained.
+    estimate = rec["train"]["memory_estimate"]["parameters"]
+    assert (estimate["trainable"], estimate["total"]) == (params["trainable"], params["total"])
     assert rec["config"]["precision"] == "auto" and rec["train"]["runtime_s"] > 0
 
 

@@ -1,0 +1,171 @@
+"""The memory estimate printed before a model is loaded (issue 19): parameter counts from the
+config alone on the meta device, and bytes per process for weights, gradients and AdamW state
+under DDP and FSDP, checked against figures computed by hand for the tiny Llama."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+from nbutils.harness import fixtures
+from nbutils import lora, memory
+
+# The tiny Llama (.cache/tiny-models/llama): vocabulary 1256, hidden 32, MLP 64, 2 layers,
+# 2 heads of 16, untied head. Per layer: q, k, v, o 4 x 32 x 32 = 4096; gate, up, down
+# 3 x 32 x 64 = 6144; two RMSNorms 64 -> 10304. Embeddings 1256 x 32 = 40192, the final norm 32,
+# the head 40192: 40192 + 2 x 10304 + 32 + 40192 = 101024.
+P = 101_024
+LINEAR_IN_LAYERS = 2 * (4096 + 6144)  # what bitsandbytes quantizes: 20480 (not the head)
+LORA_QV_R8 = 2 * 2 * 8 * (32 + 32)  # q_proj and v_proj in 2 layers, r x (in + out) each: 2048
+
+ARCHS = [("llama", "causal_lm", AutoModelForCausalLM, {}), ("t5", "seq2seq_lm", AutoModelForSeq2SeqLM, {}),
+         *[(arch, "sequence_classification", AutoModelForSequenceClassification, {"num_labels": 2})
+           for arch in ("bert", "distilbert", "roberta", "deberta-v2")]]
+
+
+def count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("arch, task, auto, options", ARCHS)
+def test_the_meta_device_count_equals_the_real_models(cache, arch, task, auto, options):
+    path = fixtures.tiny_model_dir(cache, arch)
+    meta = memory.meta_model(str(path), task, **options)
+    assert all(p.device.type == "meta" for p in meta.parameters())
+    real = auto.from_pretrained(path, use_safetensors=True, **options)
+    assert memory.parameter_layout(meta)["total"] == count(real)
+
+
+def test_the_tiny_llama_counts_by_hand(cache):
+    meta = memory.meta_model(str(fixtures.tiny_model_dir(cache, "llama")), "causal_lm")
+    assert memory.parameter_layout(meta) == {"total": P, "trainable": P, "quantized": 0, "lora": False}
+    config = lora.causal_lm_lora_config(8, 16, 0.1, ["q_proj", "v_proj"], [])
+    layout = memory.parameter_layout(meta, config, quantize=True)
+    assert layout == {"total": P + LORA_QV_R8, "trainable": LORA_QV_R8, "quantized": LINEAR_IN_LAYERS, "lora": True}
+
+
+def test_lora_and_4bit_counts_match_peft_and_bitsandbytes_on_the_real_model(cache):
+    from peft import get_peft_model
+
+    path = fixtures.tiny_model_dir(cache, "llama")
+    config = lora.causal_lm_lora_config(8, 16, 0.1, ["q_proj", "v_proj"], [])
+    layout = memory.parameter_layout(memory.meta_model(str(path), "causal_lm"), config, quantize=True)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        path, quantization_config=lora.bnb_4bit_config("nf4", True, torch.float32), use_safetensors=True)
+    import bitsandbytes as bnb
+
+    assert layout["quantized"] == sum(m.in_features * m.out_features for m in quantized.modules()
+                                      if isinstance(m, bnb.nn.Linear4bit))
+    real = get_peft_model(AutoModelForCausalLM.from_pretrained(path, use_safetensors=True), config)
+    assert (layout["trainable"], layout["total"]) == real.get_nb_trainable_parameters()
+
+
+def test_only_the_config_is_read(cache, tmp_path):
+    shutil.copy(fixtures.tiny_model_dir(cache, "llama") / "config.json", tmp_path / "config.json")
+    result = memory.estimate_training_memory(str(tmp_path), "causal_lm")  # no weights in the folder
+    assert result["parameters"]["total"] == P
+
+
+FULL = {"total": P, "trainable": P, "quantized": 0, "lora": False}
+QLORA = {"total": P + LORA_QV_R8, "trainable": LORA_QV_R8, "quantized": LINEAR_IN_LAYERS, "lora": True}
+
+
+@pytest.mark.parametrize("layout, settings, weights, gradients, optimizer", [
+    # Full fine-tuning in fp32, one process: 4 + 4 + 8 bytes per parameter.
+    (FULL, dict(precision="fp32"), 4 * P, 4 * P, 8 * P),
+    # bf16 mixed precision on fp32 weights under DDP, 2 processes: each holds all, plus a 16-bit
+    # working copy of the weights (2 bytes) and DDP's gradient buckets (another 4).
+    (FULL, dict(precision="bf16", processes=2), 6 * P, 8 * P, 8 * P),
+    # The same under FSDP: each process holds half of the fp32 weights, gradients and moments.
+    (FULL, dict(precision="bf16", distributed="fsdp", processes=2), 2 * P, 2 * P, 4 * P),
+    # Weights loaded in bf16 and trained in bf16: 2 + 2 + 4 bytes (AdamW's moments in bf16 too).
+    (FULL, dict(precision="bf16", weight_dtype="bf16"), 2 * P, 2 * P, 4 * P),
+    # QLoRA in bf16, one process, plain NF4 (an fp32 scale per 64 weights: 0.5625 bytes each):
+    # 80544 other frozen weights in bf16, the adapter in fp32 plus its bf16 working copy.
+    (QLORA, dict(precision="bf16", weight_dtype="bf16", quantized_4bit=True, double_quant=False),
+     (P - LINEAR_IN_LAYERS) * 2 + LINEAR_IN_LAYERS * 0.5625 + LORA_QV_R8 * (4 + 2),
+     4 * LORA_QV_R8, 8 * LORA_QV_R8),
+    # The same with double quantization, under FSDP over 2 processes: 0.5 + 1/64 + 4/16384 bytes
+    # per 4-bit weight, everything halved, no working copy of the whole model.
+    (QLORA, dict(precision="bf16", weight_dtype="bf16", quantized_4bit=True, distributed="fsdp", processes=2),
+     ((P - LINEAR_IN_LAYERS) * 2 + LINEAR_IN_LAYERS * (0.5 + 1 / 64 + 4 / 16384) + LORA_QV_R8 * 4) / 2,
+     4 * LORA_QV_R8 / 2, 8 * LORA_QV_R8 / 2),
+])
+def test_bytes_per_process_by_hand(layout, settings, weights, gradients, optimizer):
+    result = memory.estimate(layout, **settings)["bytes_per_process"]
+    assert result["weights"] == pytest.approx(weights, abs=1)
+    assert result["gradients"] == pytest.approx(gradients, abs=1)
+    assert result["optimizer"] == pytest.approx(optimizer, abs=1)
+    assert result["total"] == pytest.approx(weights + gradients + optimizer, abs=1)
+
+
+def test_fsdp_divides_what_ddp_holds_whole_by_the_processes():
+    ddp = memory.estimate(FULL, distributed="ddp", processes=4)
+    fsdp = memory.estimate(FULL, distributed="fsdp", processes=4)
+    assert ddp["bytes_per_process"]["weights"] == 4 * fsdp["bytes_per_process"]["weights"]
+    assert ddp["bytes_per_process"]["optimizer"] == 4 * fsdp["bytes_per_process"]["optimizer"]
+    one = memory.estimate(FULL, distributed="ddp", processes=1)
+    assert one["bytes_per_process"]["weights"] == ddp["bytes_per_process"]["weights"]
+
+
+def test_the_estimate_reads_as_a_few_lines(cache):
+    config = lora.causal_lm_lora_config(8, 16, 0.1, ["q_proj", "v_proj"], [])
+    result = memory.estimate_training_memory(
+        str(fixtures.tiny_model_dir(cache, "llama")), "causal_lm", precision="bf16", weight_dtype="bf16",
+        lora_config=config, quantized_4bit=True, distributed="fsdp", processes=2, batch_size=4, seq_len=128)
+    text = memory.describe(result)
+    assert "FSDP over 2 processes: each holds 1/2" in text and "2,048 trainable in fp32" in text
+    assert "weights in 4-bit" in text and "AdamW state" in text and "8 KiB" in text  # 8192 bytes
+    assert "activations (not counted)" in text and "batch 4 x 128 tokens" in text
+
+
+def test_bad_settings_are_named(monkeypatch):
+    with pytest.raises(ValueError, match="distributed must be one of ddp, fsdp, got 'zero3'"):
+        memory.estimate(FULL, distributed="zero3")
+    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16, fp16"):
+        memory.estimate(FULL, precision="int8")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    assert memory.process_count(1) == 4 and memory.process_count(8) == 8
+    assert memory.precision_of({"bf16": False, "fp16": True}) == "fp16"
+
+
+def test_auto_weights_are_in_the_checkpoints_own_dtype(cache, tmp_path):
+    import json
+
+    config = json.loads((fixtures.tiny_model_dir(cache, "llama") / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    result = memory.estimate_training_memory(str(tmp_path), "causal_lm", precision="bf16")
+    # Loaded in bf16 and fully fine-tuned, it trains in bf16: 2 + 2 + 4 bytes per parameter.
+    assert result["weights_dtype"] == result["trainable_dtype"] == "bf16"
+    assert result["bytes_per_process"]["total"] == 8 * P
+    assert memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "llama")),
+                                           "causal_lm")["weights_dtype"] == "fp32"
+
+
+def test_frozen_layers_do_not_count_as_trainable(cache):
+    from nbutils import layers
+
+    path = fixtures.tiny_model_dir(cache, "bert")
+    result = memory.estimate_training_memory(str(path), "sequence_classification", num_labels=2,
+                                             prepare=lambda m: layers.freeze_to(m, -1, 1))  # the head only
+    real = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, use_safetensors=True)
+    layers.freeze_to(real, -1, 1)
+    trainable = sum(p.numel() for p in real.parameters() if p.requires_grad)
+    assert result["parameters"]["trainable"] == trainable < result["parameters"]["total"]
+    assert result["bytes_per_process"]["optimizer"] == 8 * trainable
+
+
+def test_the_estimate_shows_none_of_the_librarys_notes_on_the_model(cache):
+    """Building on the meta device repeats the library's warnings about the model (PEFT's on
+    tied layers, a deprecated property): they belong where the model is really loaded."""
+    import warnings
+
+    config = lora.seq2seq_lora_config(8, 16, 0.05, ["q", "k", "v", "o", "wi_0", "wi_1", "wo"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "t5")), "seq2seq_lm",
+                                        lora_config=config)
+    assert not [str(w.message) for w in caught]
