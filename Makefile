@@ -8,6 +8,12 @@ PY      := $(VENV)/bin/python
 KERNEL  := llm-notebooks
 PROFILE ?= smoke
 NPROC   ?= 1
+# Several machines (`make run`): each runs the same command with its own NODE_RANK (0 on the main
+# one, which listens on MASTER_ADDR:MASTER_PORT); NPROC processes on each.
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
 STAMP   := $(VENV)/.setup-done
 
 # The smoke profile never needs the hub; offline, a stray hub lookup fails at once instead of
@@ -22,6 +28,7 @@ LATEST  := .venv-latest
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
 	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...'] [NPROC=2]   run one project (or a notebook's variants)"
+	@echo "    [NNODES=2 NODE_RANK=0|1 MASTER_ADDR=ip MASTER_PORT=29500]   ... on several machines (each runs it)"
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make bench                          padding/batching benchmark: original recipe vs nbutils.batching"
 	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
@@ -91,7 +98,9 @@ run-all: fixtures
 run: fixtures
 	@test -n "$(RUN)" || { echo "usage: make run RUN=<project> [PROFILE=smoke|full] [PARAMS='key=value ...']"; \
 	  $(PY) -m nbutils.runner list --profile $(PROFILE); exit 2; }
-	$(RUN_ENV) $(PY) -m nbutils.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) $(foreach p,$(PARAMS),-p $(p))
+	$(RUN_ENV) $(PY) -m nbutils.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) \
+	  --nnodes $(NNODES) --node-rank $(NODE_RANK) --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
+	  $(foreach p,$(PARAMS),-p $(p))
 
 list: setup
 	@$(PY) -m nbutils.runner list --profile $(PROFILE)
