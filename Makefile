@@ -23,7 +23,7 @@ RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup git-setup fixtures test test-latest run-all run list bench bench-sandbox lab tensorboard kaggle clean distclean
+.PHONY: help setup git-setup fixtures test test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
@@ -32,6 +32,7 @@ help:
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make bench                          padding/batching benchmark: original recipe vs nbutils.batching"
 	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
+	@echo "make bench-distributed              bytes each of 2 training processes holds: DDP vs FSDP"
 	@echo "make test                           unit tests + smoke runs of every notebook"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
 	@echo "make lab [RUN=<project>] [PROFILE=..]  JupyterLab; with RUN, on a copy prepared with the profile's parameters"
@@ -114,6 +115,11 @@ bench: setup
 # its layers, in one run (about a minute). Results: outputs/bench/sandbox.json.
 bench-sandbox: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench_sandbox --out outputs/bench/sandbox.json
+
+# What each of 2 training processes (gloo, CPU) holds after one step of the bench's Llama, under
+# DDP and under FSDP, in one launch (about a minute). Results: outputs/bench/distributed.json.
+bench-distributed: setup
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.bench_distributed --out outputs/bench/distributed.json
 
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in

@@ -244,8 +244,24 @@ def shard_fractions(model) -> dict[str, float]:
     return fractions
 
 
+def reshard(model) -> None:
+    """Free the gathered weights of every FSDP unit of `model` (its resting, sharded state).
+
+    A unit that does not reshard after its forward (the root, whose weights the backward needs
+    first) keeps its weights gathered after an evaluation; counted then, it would look whole."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def process_state(model) -> dict:
-    """What this process holds: model-state bytes, and how its sharded parameters are split."""
+    """What this process holds at rest: model-state bytes, and how its sharded parameters are
+    split."""
+    reshard(model)
     fractions = shard_fractions(model)
     values = list(fractions.values())
     return {"model_state_bytes": model_state_bytes(model),

@@ -208,3 +208,31 @@ def test_block_classes_of_a_model_fsdp_has_sharded_keep_their_names():
     model = torch.nn.Module()
     model.blocks = torch.nn.ModuleList([sharded(), sharded()])
     assert distributed.block_classes(model) == ["Block"]
+
+
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype():
+    from nbutils import lora
+
+    sharded = lora.bnb_4bit_config("nf4", True, torch.bfloat16, distributed="fsdp")
+    assert sharded.bnb_4bit_quant_storage == torch.bfloat16 and sharded.bnb_4bit_compute_dtype == torch.bfloat16
+    assert lora.bnb_4bit_config("nf4", True, torch.float16, "fsdp").bnb_4bit_quant_storage == torch.float16
+    assert lora.bnb_4bit_config("nf4", True, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8  # ddp: packed bytes
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        lora.bnb_4bit_config("nf4", True, torch.bfloat16, "zero3")
+
+
+def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16():
+    """The full variant for two GPUs: its parameters check against the notebook, ask for two
+    FSDP processes and QLoRA, and the quantization config the notebook builds from them on a
+    bf16 GPU stores the 4-bit weights in bf16."""
+    from conftest import ROOT
+    from nbutils import lora
+
+    project = runner.select(runner.discover(ROOT, "full"), ["instruction_tune/llama2_13b_fsdp_qlora"])[0]
+    params = runner.project_parameters(project, "full", "outputs/full/x")  # checked against the notebook
+    assert params["model_name"] == "NousResearch/Llama-2-13b-hf"
+    assert params["num_processes"] == 2 and params["distributed"] == "fsdp" and params["load_in_4bit"]
+    assert not params["optim"].startswith("paged")  # bitsandbytes' paged optimizers take no DTensors
+    config = lora.bnb_4bit_config(params["bnb_4bit_quant_type"], params["bnb_4bit_use_double_quant"],
+                                  torch.bfloat16, params["distributed"])
+    assert config.bnb_4bit_quant_storage == torch.bfloat16
