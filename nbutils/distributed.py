@@ -201,7 +201,37 @@ def apply(trainer):
     if not getattr(trainer, "is_fsdp_enabled", False):
         raise RuntimeError(f"{PARAMETER}='fsdp' was asked for, but the Trainer's accelerator runs "
                            f"{state.distributed_type}: the model would not be sharded")
+    broadcast_from_main(trainer.model)
     return trainer
+
+
+def broadcast_from_main(model) -> int:
+    """Give every process the main process's parameters and buffers (in place); returns how
+    many tensors were sent.
+
+    DDP does this when it wraps a model; FSDP2 does not: each process keeps its own shard of
+    its own copy. Weights created at random in each process (a LoRA adapter, a new task head)
+    would then make a model that is no process's: half of one initialisation, half of another.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return 0
+    tensors = [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
+    seen, sent = set(), 0
+    with torch.no_grad():
+        for tensor in tensors:
+            data = tensor.detach()  # the same storage: the broadcast writes into the model
+            if data.numel() == 0:
+                continue
+            key = (data.untyped_storage().data_ptr(), data.storage_offset(), tuple(data.shape))
+            if key in seen:  # a tied weight: once
+                continue
+            seen.add(key)
+            dist.broadcast(data, src=0)
+            sent += 1
+    return sent
 
 
 def strategy_in_use(distributed: str, processes: int | None = None) -> str:

@@ -236,3 +236,30 @@ def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16
     config = lora.bnb_4bit_config(params["bnb_4bit_quant_type"], params["bnb_4bit_use_double_quant"],
                                   torch.bfloat16, params["distributed"])
     assert config.bnb_4bit_quant_storage == torch.bfloat16
+
+
+def _fake_trainer(distributed_type, tmp_path, model):
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), **distributed.training_arguments("fsdp", model, processes=2))
+    state = SimpleNamespace(distributed_type=distributed_type)
+    return SimpleNamespace(args=args, is_fsdp_enabled=False, accelerator=SimpleNamespace(state=state), model=model)
+
+
+def test_apply_switches_fsdp_on_over_gloo_and_refuses_a_silent_ddp_run(tiny, tmp_path, monkeypatch):
+    """accelerate selects FSDP only for accelerator devices: on CPUs (MULTI_CPU, gloo) the
+    Trainer would run DDP. `apply` installs the plugin there; where FSDP is still off, it stops."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    model = tiny("llama")
+    monkeypatch.setitem(PartialState._shared_state, "distributed_type", DistributedType.MULTI_CPU)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    trainer = distributed.apply(_fake_trainer(DistributedType.MULTI_CPU, tmp_path, model))
+    assert trainer.is_fsdp_enabled and trainer.accelerator.state.distributed_type == DistributedType.FSDP
+    plugin = trainer.accelerator.state.fsdp_plugin
+    assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    with pytest.raises(RuntimeError, match="distributed='fsdp' was asked for.*not be sharded"):
+        distributed.apply(_fake_trainer(DistributedType.NO, tmp_path, model))
