@@ -8,6 +8,12 @@ PY      := $(VENV)/bin/python
 KERNEL  := llm-notebooks
 PROFILE ?= smoke
 NPROC   ?= 1
+# Several machines (`make run`): each runs the same command with its own NODE_RANK (0 on the main
+# one, which listens on MASTER_ADDR:MASTER_PORT); NPROC processes on each.
+NNODES      ?= 1
+NODE_RANK   ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?= 29500
 STAMP   := $(VENV)/.setup-done
 
 # The smoke profile never needs the hub; offline, a stray hub lookup fails at once instead of
@@ -17,14 +23,16 @@ RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup git-setup fixtures test test-latest run-all run list bench bench-sandbox lab tensorboard kaggle clean distclean
+.PHONY: help setup git-setup fixtures test test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
 	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...'] [NPROC=2]   run one project (or a notebook's variants)"
+	@echo "    [NNODES=2 NODE_RANK=0|1 MASTER_ADDR=ip MASTER_PORT=29500]   ... on several machines (each runs it)"
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make bench                          padding/batching benchmark: original recipe vs nbutils.batching"
 	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
+	@echo "make bench-distributed              bytes each of 2 training processes holds: DDP vs FSDP"
 	@echo "make test                           unit tests + smoke runs of every notebook"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
 	@echo "make lab [RUN=<project>] [PROFILE=..]  JupyterLab; with RUN, on a copy prepared with the profile's parameters"
@@ -91,7 +99,9 @@ run-all: fixtures
 run: fixtures
 	@test -n "$(RUN)" || { echo "usage: make run RUN=<project> [PROFILE=smoke|full] [PARAMS='key=value ...']"; \
 	  $(PY) -m nbutils.harness.runner list --profile $(PROFILE); exit 2; }
-	$(RUN_ENV) $(PY) -m nbutils.harness.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) $(foreach p,$(PARAMS),-p $(p))
+	$(RUN_ENV) $(PY) -m nbutils.harness.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) \
+	  --nnodes $(NNODES) --node-rank $(NODE_RANK) --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
+	  $(foreach p,$(PARAMS),-p $(p))
 
 list: setup
 	@$(PY) -m nbutils.harness.runner list --profile $(PROFILE)
@@ -105,6 +115,11 @@ bench: setup
 # its layers, in one run (about a minute). Results: outputs/bench/sandbox.json.
 bench-sandbox: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json
+
+# What each of 2 training processes (gloo, CPU) holds after one step of the bench's Llama, under
+# DDP and under FSDP, in one launch (about a minute). Results: outputs/bench/distributed.json.
+bench-distributed: setup
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_distributed --out outputs/bench/distributed.json
 
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in

@@ -183,23 +183,50 @@ class LaunchError(RuntimeError):
     """A multi-process run exited non-zero; the message ends with its last log line."""
 
 
-def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path, nproc: int) -> Path:
-    """Run a notebook in `nproc` processes with `accelerate launch` (DDP; gloo on a CPU).
+@dataclass(frozen=True)
+class Machines:
+    """Several machines from the command line: how many, this one's rank, where the main one
+    (rank 0) listens. Every machine runs the same command with its own `node_rank`."""
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+
+    def __post_init__(self):
+        if self.nnodes < 1 or not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"--node-rank must be in 0..{self.nnodes - 1} for --nnodes {self.nnodes}, "
+                             f"got {self.node_rank}")
+
+    def accelerate_options(self, nproc: int) -> list[str]:
+        """accelerate launch options: its --num_processes counts the processes of all machines."""
+        options = ["--num_processes", str(nproc * self.nnodes), "--num_machines", str(self.nnodes)]
+        if self.nnodes > 1:
+            options += ["--machine_rank", str(self.node_rank), "--main_process_ip", self.master_addr,
+                        "--main_process_port", str(self.master_port)]
+        return options
+
+
+def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path, nproc: int,
+                     machines: Machines = Machines()) -> Path:
+    """Run a notebook in `nproc` processes (on each of `machines`) with `accelerate launch`
+    (DDP or FSDP, as the notebook's `distributed` says; gloo on a CPU).
 
     Papermill injects the parameters (prepare-only), nbconvert turns the notebook into a script,
     and every process runs that script; the Trainer shards the batches and only the main process
-    writes files. Returns the log of all processes.
+    writes files. Returns the log of this machine's processes (another machine's launch writes
+    its own, `launch-node<rank>.log`, so two launches sharing a folder do not clash).
     """
     import torch
 
     from nbutils.launch import notebook_script
 
-    script = notebook_script(notebook, parameters, run_dir / "launch")
-    log = run_dir / "launch.log"
+    suffix = f"-node{machines.node_rank}" if machines.node_rank else ""
+    script = notebook_script(notebook, parameters, run_dir / f"launch{suffix}")
+    log = run_dir / f"launch{suffix}.log"
     # `--multi_gpu` selects accelerate's torchrun launcher (`--cpu` would start one process).
     # Without CUDA, ACCELERATE_USE_CPU makes the Trainer join the processes over gloo.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
-               "--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no",
+               *machines.accelerate_options(nproc), "--mixed_precision", "no",
                "--dynamo_backend", "no"]
     env = dict(os.environ)
     if not torch.cuda.is_available():
@@ -250,7 +277,7 @@ def headless_environment():
 
 def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False,
-                nproc: int = 1) -> Result:
+                nproc: int = 1, machines: Machines = Machines()) -> Result:
     import papermill
 
     run_dir = outputs / profile / project.name
@@ -260,11 +287,15 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
         output_dir = os.path.relpath(run_dir, root)
         parameters = project_parameters(project, profile, output_dir, overrides)
         run_dir.mkdir(parents=True, exist_ok=True)
+        if machines.node_rank:  # another machine's part of a run: the main machine writes the record
+            with headless_environment():
+                launch_processes(project.notebook, parameters, run_dir, root, nproc, machines)
+            return Result(project.name, "ok", executed, time.time() - start, {}, parameters=parameters)
         # A record left by an earlier run must not pass for this one's.
         (run_dir / RECORD_FILE).unlink(missing_ok=True)
         with headless_environment():
-            if nproc > 1:
-                launch_processes(project.notebook, parameters, run_dir, root, nproc)
+            if nproc > 1 or machines.nnodes > 1:
+                launch_processes(project.notebook, parameters, run_dir, root, nproc, machines)
             else:
                 papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
                                            kernel_name=kernel, cwd=str(root), progress_bar=False,
@@ -366,10 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernel", default=KERNEL)
     parser.add_argument("--log-output", action="store_true", help="stream notebook output")
     parser.add_argument("--nproc", type=int, default=1,
-                        help="train in this many processes (accelerate launch; DDP, gloo on a CPU)")
+                        help="train in this many processes on each machine (accelerate launch; "
+                             "DDP or FSDP as the notebook's `distributed` says; gloo on a CPU)")
+    parser.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this machine's rank, 0 on the main one")
+    parser.add_argument("--master-addr", default="127.0.0.1", help="address of the main machine (rank 0)")
+    parser.add_argument("--master-port", type=int, default=29500, help="port the main machine listens on")
     # Options may come before the project names too (`run --profile smoke detect_ai_text/bert`).
     args = parser.parse_intermixed_args(argv)
 
+    try:
+        machines = Machines(args.nnodes, args.node_rank, args.master_addr, args.master_port)
+    except ValueError as err:
+        parser.error(str(err))
     root = Path(args.root).resolve()
     outputs = Path(args.outputs).resolve() if args.outputs else root / "outputs"
     try:
@@ -407,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
                             error=f"not run: it needs {', '.join(blocked)}, which did not finish")
         else:
             result = run_project(project, args.profile, root, outputs, overrides, args.kernel,
-                                 args.log_output, args.nproc)
+                                 args.log_output, args.nproc, machines)
         print(f"[{args.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
               + (f" - {result.error}" if result.error else ""), flush=True)
         results.append(result)

@@ -1,0 +1,391 @@
+"""Training in several processes: data parallel (DDP) or sharded (FSDP2), on one or more machines.
+
+- `ddp` (the default): every process holds a whole copy of the model, its gradients and its
+  optimizer state, and trains on its share of each batch; gradients are averaged. It needs the
+  model to fit one device, and is what `num_processes` / `NPROC` did before this module.
+- `fsdp`: PyTorch's Fully Sharded Data Parallel, version 2 (`torch.distributed.fsdp.fully_shard`,
+  through accelerate and the Trainer). Each transformer block becomes one unit whose parameters,
+  gradients and optimizer state are split across the processes: each process holds about
+  1/n of them and gathers a block's full weights only while computing it. For models that do
+  not fit one device (full fine-tuning of a 7B model, QLoRA of 13B-70B ones).
+
+`training_arguments(distributed, model)` returns the `TrainingArguments` keywords for a
+strategy; `save_pretrained` writes a consolidated model (or PEFT adapter) that loads without
+FSDP; `summary` is the record's `train.distributed` section. Checkpoints during training are
+sharded (one file per process, `torch.distributed.checkpoint`), so saving a 13B model does not
+gather it in one process's memory, and they resume with the same number of processes.
+
+The launch environment (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_WORLD_SIZE), set
+by torchrun, `accelerate launch` or `accelerate.notebook_launcher`, is read in one place:
+`launch_environment`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STRATEGIES = ("ddp", "fsdp")
+# The run record's `train.distributed` section (`summary`).
+RECORD_FIELDS = ("strategy", "processes", "machines", "model_state_bytes_per_process")
+PARAMETER = "distributed"  # the notebooks' parameter name, used in messages
+
+
+@dataclass(frozen=True)
+class LaunchEnvironment:
+    processes: int  # all training processes, on all machines (WORLD_SIZE)
+    rank: int  # this process among them (RANK); 0 writes the files
+    local_rank: int  # this process on its machine (LOCAL_RANK): its GPU
+    processes_per_machine: int  # LOCAL_WORLD_SIZE
+    machines: int  # number of machines (nodes) taking part; see `launch_environment`
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _int(environ, name: str, default: int) -> int:
+    value = environ.get(name)
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        raise ValueError(f"the launch environment variable {name} must be a whole number, got {value!r}") from None
+
+
+def launch_environment(environ=None) -> LaunchEnvironment:
+    """Processes, ranks and machines of this run, from the variables the launcher sets.
+
+    Machines: GROUP_WORLD_SIZE where the launcher sets it. torchrun (and `accelerate launch`,
+    which runs torchrun's launcher) starts one agent per machine and sets GROUP_WORLD_SIZE to
+    the number of agents, which is the number of machines even when they run different numbers
+    of processes. Elsewhere (a launcher that sets only WORLD_SIZE and LOCAL_WORLD_SIZE, such as
+    an srun script) WORLD_SIZE / LOCAL_WORLD_SIZE, which assumes the same number of processes
+    on each machine. Without any of them: one process on one machine.
+    """
+    environ = os.environ if environ is None else environ
+    processes = _int(environ, "WORLD_SIZE", 1)
+    local = _int(environ, "LOCAL_WORLD_SIZE", processes)
+    machines = _int(environ, "GROUP_WORLD_SIZE", 0) or max(1, processes // max(local, 1))
+    return LaunchEnvironment(processes=processes, rank=_int(environ, "RANK", 0),
+                             local_rank=_int(environ, "LOCAL_RANK", 0),
+                             processes_per_machine=local, machines=machines)
+
+
+def check_strategy(distributed: str) -> str:
+    """`distributed` itself if it names a strategy; else an error naming the parameter."""
+    if distributed not in STRATEGIES:
+        raise ValueError(f"{PARAMETER} must be one of {', '.join(repr(s) for s in STRATEGIES)} "
+                         f"(ddp: a whole model per process; fsdp: the model sharded across the "
+                         f"processes), got {distributed!r}")
+    return distributed
+
+
+def _unwrap(model):
+    """The transformers model inside a PEFT wrapper (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _class_name(module) -> str:
+    """The module's own class name; FSDP2 renames a sharded module's class FSDP<name>."""
+    for cls in type(module).__mro__:  # FSDP<name>, FSDPModule, <name>, ...
+        if not cls.__name__.startswith("FSDP"):
+            return cls.__name__
+    return type(module).__name__
+
+
+def block_classes(model) -> list[str]:
+    """Names of the model's transformer block classes, the units FSDP shards and gathers one
+    at a time (`transformer_layer_cls_to_wrap`), in the order first met.
+
+    From the model's `_no_split_modules` (the blocks transformers itself never splits across
+    devices), kept only where the class occurs in this model and does not hold the input
+    embeddings (accelerate shards those on their own); for a model that declares none
+    (DistilBERT, DeBERTa-v2) the class repeated in the model's block list (a `ModuleList` of
+    one class). A PEFT model is looked into. A model with neither is an error: wrapping the
+    whole model as one unit would gather all its weights at once, which is no sharding.
+    """
+    import torch
+
+    inner = _unwrap(model)
+    present = []
+    for module in inner.modules():
+        name = _class_name(module)
+        if name not in present:
+            present.append(name)
+    declared = list(getattr(inner, "_no_split_modules", None) or [])
+    found = [name for name in present if name in declared]
+    if not found:
+        for module in inner.modules():
+            if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+                kinds = {_class_name(block) for block in module}
+                name = _class_name(module[0])
+                if len(kinds) == 1 and name not in found and any(True for _ in module[0].parameters()):
+                    found.append(name)
+    # accelerate shards the input embeddings as a unit of their own; a declared class holding
+    # them (BERT's and RoBERTa's *Embeddings) would shard that table twice, which fully_shard
+    # refuses (the second time it meets an already sharded parameter).
+    get_embeddings = getattr(inner, "get_input_embeddings", None)
+    embeddings = get_embeddings() if callable(get_embeddings) else None
+    if embeddings is not None:
+        holders = {_class_name(m) for m in inner.modules()
+                   if m is not embeddings and any(sub is embeddings for sub in m.modules())}
+        found = [name for name in found if name not in holders]
+    if not found:
+        raise ValueError(f"{PARAMETER}='fsdp': cannot find the transformer blocks of "
+                         f"{_class_name(inner)} to shard (no _no_split_modules and no list of "
+                         f"blocks); use distributed='ddp'")
+    return found
+
+
+def training_arguments(distributed: str, model, activation_checkpointing: bool = False,
+                       processes: int | None = None) -> dict:
+    """`TrainingArguments` (or `SFTConfig`, `Seq2SeqTrainingArguments`) keywords for a strategy.
+
+    ddp: none (the Trainer's default in a multi-process run). fsdp, in a run of more than one
+    process: FSDP2 (`fsdp_config["version"] = 2`; version 1 refuses a machine without an
+    accelerator and is deprecated in transformers 5) with
+    - `reshard_after_forward`: full sharding (FSDP1's `full_shard`): a block's gathered weights
+      are freed after its forward and gathered again for its backward;
+    - each transformer block its own unit (`transformer_layer_cls_to_wrap`, `block_classes`);
+    - `SHARDED_STATE_DICT`: checkpoints are written by every process, its own shard, and
+      resumed the same way (a full state dict would gather the model in one process to save);
+    - activation checkpointing by FSDP itself when asked for (`activation_checkpointing`
+      moves from the Trainer's argument into `fsdp_config`: the Trainer's own would add an
+      all-gather per block in the backward pass).
+    `fsdp=True`: transformers 5 deprecates the string form ("full_shard auto_wrap"); the
+    sharding is set in `fsdp_config` instead. With one process there is nothing to shard (the
+    Trainer refuses FSDP outside a distributed run): no keywords.
+    """
+    check_strategy(distributed)
+    processes = launch_environment().processes if processes is None else processes
+    if distributed == "ddp" or processes < 2:
+        return {}
+    config = {
+        "version": 2,
+        "reshard_after_forward": True,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "transformer_layer_cls_to_wrap": block_classes(model),
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "cpu_ram_efficient_loading": False,
+        "activation_checkpointing": bool(activation_checkpointing),
+    }
+    return {"fsdp": True, "fsdp_config": config, "activation_checkpointing": False}
+
+
+def apply(trainer):
+    """Make sure `trainer` runs the strategy its arguments ask for; returns it.
+
+    accelerate (1.15) turns FSDP on only for accelerator devices (CUDA, XPU, NPU, ...): on a
+    machine without one (gloo over CPUs, as in the tests) a Trainer given `fsdp` arguments
+    silently trains with DDP instead, every process holding the whole model. There the FSDP
+    plugin the Trainer built from its arguments is installed in accelerate's state, which then
+    prepares the model with `fully_shard` and saves and loads sharded checkpoints exactly as on
+    GPUs. Anywhere FSDP was asked for and is still off afterwards is an error, not a silent DDP
+    run. Every process must call it, right after creating the Trainer and before training.
+    """
+    args = trainer.args
+    if not getattr(args, "fsdp", None) or getattr(trainer, "is_fsdp_enabled", False):
+        return trainer
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    state = trainer.accelerator.state
+    if state.distributed_type == DistributedType.MULTI_CPU and args.fsdp_plugin_args is not None:
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
+        state.distributed_type = DistributedType.FSDP
+        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+        os.environ["ACCELERATE_USE_FSDP"] = "true"  # as accelerate sets it when it selects FSDP itself
+        trainer.is_fsdp_enabled = True
+    if not getattr(trainer, "is_fsdp_enabled", False):
+        raise RuntimeError(f"{PARAMETER}='fsdp' was asked for, but the Trainer's accelerator runs "
+                           f"{state.distributed_type}: the model would not be sharded")
+    broadcast_from_main(trainer.model)
+    return trainer
+
+
+def broadcast_from_main(model) -> int:
+    """Give every process the main process's parameters and buffers (in place); returns how
+    many tensors were sent.
+
+    DDP does this when it wraps a model; FSDP2 does not: each process keeps its own shard of
+    its own copy. Weights created at random in each process (a LoRA adapter, a new task head)
+    would then make a model that is no process's: half of one initialisation, half of another.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return 0
+    tensors = [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
+    seen, sent = set(), 0
+    with torch.no_grad():
+        for tensor in tensors:
+            data = tensor.detach()  # the same storage: the broadcast writes into the model
+            if data.numel() == 0:
+                continue
+            key = (data.untyped_storage().data_ptr(), data.storage_offset(), tuple(data.shape))
+            if key in seen:  # a tied weight: once
+                continue
+            seen.add(key)
+            dist.broadcast(data, src=0)
+            sent += 1
+    return sent
+
+
+def strategy_in_use(distributed: str, processes: int | None = None) -> str:
+    """What actually ran: `distributed`, or "single" for a one-process run (neither applies)."""
+    check_strategy(distributed)
+    processes = launch_environment().processes if processes is None else processes
+    return distributed if processes > 1 else "single"
+
+
+# ----------------------------------------------------------------------------------------------
+# What each process holds
+
+
+def _local(tensor):
+    """The part of `tensor` this process stores: a DTensor's local shard, else the tensor."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def model_state_bytes(model) -> int:
+    """Bytes of parameters and buffers this process holds (the local shard of a sharded one;
+    a tensor shared by two names, such as tied embeddings, counted once)."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        local = _local(tensor.data if hasattr(tensor, "data") else tensor)
+        key = (local.untyped_storage().data_ptr(), local.storage_offset(), local.numel()) if local.numel() else id(tensor)
+        if key in seen:
+            continue
+        seen.add(key)
+        total += local.numel() * local.element_size()
+    return int(total)
+
+
+def shard_fractions(model) -> dict[str, float]:
+    """{parameter name: local elements / all elements} of every sharded (DTensor) parameter."""
+    fractions = {}
+    for name, param in model.named_parameters():
+        if callable(getattr(param, "to_local", None)) and param.numel():
+            fractions[name] = param.to_local().numel() / param.numel()
+    return fractions
+
+
+def reshard(model) -> None:
+    """Free the gathered weights of every FSDP unit of `model` (its resting, sharded state).
+
+    A unit that does not reshard after its forward (the root, whose weights the backward needs
+    first) keeps its weights gathered after an evaluation; counted then, it would look whole."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def process_state(model) -> dict:
+    """What this process holds at rest: model-state bytes, and how its sharded parameters are
+    split."""
+    reshard(model)
+    fractions = shard_fractions(model)
+    values = list(fractions.values())
+    return {"model_state_bytes": model_state_bytes(model),
+            "parameters": sum(1 for _ in model.parameters()),
+            "sharded_parameters": len(values),
+            "shard_fraction_min": round(min(values), 6) if values else None,
+            "shard_fraction_max": round(max(values), 6) if values else None}
+
+
+def _gather(value) -> list:
+    """`value` from every process, in rank order (a collective: every process must call it)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def summary(model, distributed: str) -> dict:
+    """The record's `train.distributed` section (every process must call it: it gathers what
+    each holds): strategy, processes, machines, model-state bytes per process, and per process
+    how many parameters are sharded and the smallest and largest share of one it holds."""
+    launch = launch_environment()
+    states = _gather(process_state(model))
+    return {"strategy": strategy_in_use(distributed, launch.processes),
+            "processes": launch.processes, "machines": launch.machines,
+            "model_state_bytes_per_process": [s["model_state_bytes"] for s in states],
+            "per_process": states}
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def is_sharded(model) -> bool:
+    """Whether FSDP2 has sharded `model` (a module of it is an `FSDPModule`)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return any(isinstance(m, FSDPModule) for m in model.modules())
+
+
+def full_state_dict(model) -> dict:
+    """The whole, unsharded state dict of a sharded model, on the CPU of the main process (an
+    empty dict elsewhere). A collective: every process must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def save_pretrained(model, folder: str | Path, tokenizer=None, **kwargs) -> Path | None:
+    """`model.save_pretrained(folder, **kwargs)` (safetensors), consolidated and written by the
+    main process only: a sharded (FSDP) model is gathered first, so the folder loads with
+    `from_pretrained` (or `PeftModel.from_pretrained` for an adapter) without FSDP. Every
+    process must call it. Returns the folder in the main process, None elsewhere."""
+    state_dict = full_state_dict(model) if is_sharded(model) else None
+    folder = Path(folder)
+    if launch_environment().is_main:
+        if state_dict is not None:
+            kwargs["state_dict"] = state_dict
+        model.save_pretrained(folder, **kwargs)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(folder)
+    _barrier()  # no process reads the folder before it is whole
+    return folder if launch_environment().is_main else None
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def save_model(trainer, folder: str | Path) -> Path | None:
+    """`trainer.save_model(folder)`, also under FSDP with sharded checkpoints (where the Trainer
+    writes no weights): the consolidated model and the trainer's tokenizer, from the main
+    process. Every process must call it."""
+    if not is_sharded(trainer.model):
+        trainer.save_model(str(folder))
+        _barrier()
+        return Path(folder) if launch_environment().is_main else None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return save_pretrained(model, folder, tokenizer=trainer.processing_class)
+
+
+def describe(distributed: str, model=None) -> str:
+    """One line for the notebook: the strategy, processes, machines (and FSDP's units)."""
+    launch = launch_environment()
+    used = strategy_in_use(distributed, launch.processes)
+    text = f"{used}: {launch.processes} process(es) on {launch.machines} machine(s)"
+    if used == "fsdp" and model is not None:
+        text += f"; each {', '.join(block_classes(model))} sharded across the processes"
+    return text

@@ -1,0 +1,267 @@
+"""nbutils.distributed: strategies, FSDP's block units, the launch environment, what each
+process holds; and the runner's options for several machines. (The multi-process runs are in
+test_distributed_runs.py.)"""
+
+import pytest
+import torch
+
+from nbutils import distributed
+from nbutils.harness import runner
+
+
+@pytest.fixture(scope="module")
+def tiny(cache):
+    """Loaders of the fixtures' tiny models, by architecture."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()  # the new classification heads' load report
+
+    def load(name):
+        folder = cache / "tiny-models" / name
+        if name == "llama":
+            return AutoModelForCausalLM.from_pretrained(folder)
+        if name == "t5":
+            return AutoModelForSeq2SeqLM.from_pretrained(folder)
+        return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2)
+
+    return load
+
+
+@pytest.mark.parametrize("name, blocks", [
+    ("llama", ["LlamaDecoderLayer"]),
+    # _no_split_modules also names BertEmbeddings: accelerate shards the word embeddings on
+    # their own, and sharding them again inside BertEmbeddings fails
+    ("bert", ["BertLayer"]),
+    ("roberta", ["RobertaLayer"]),
+    ("t5", ["T5Block"]),  # encoder and decoder blocks are one class
+    ("deberta-v2", ["DebertaV2Layer"]),  # declares no _no_split_modules: its block list's class
+    ("distilbert", ["TransformerBlock"]),
+])
+def test_block_classes_are_the_models_transformer_blocks(tiny, name, blocks):
+    model = tiny(name)
+    assert distributed.block_classes(model) == blocks
+    present = {type(m).__name__ for m in model.modules()}
+    assert set(blocks) <= present  # accelerate fails on a class the model lacks
+
+
+def test_block_classes_look_inside_a_peft_model(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny("llama"), LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    assert distributed.block_classes(model) == ["LlamaDecoderLayer"]
+
+
+def test_a_model_without_blocks_is_an_error_naming_the_parameter():
+    with pytest.raises(ValueError, match=r"distributed='fsdp'.*Sequential.*ddp"):
+        distributed.block_classes(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU()))
+
+
+@pytest.mark.parametrize("bad", ["FSDP", "fdsp", "", "deepspeed", None])
+def test_a_misspelt_strategy_names_the_parameter_and_the_choices(bad):
+    with pytest.raises(ValueError, match=r"distributed must be one of 'ddp', 'fsdp'.*got"):
+        distributed.check_strategy(bad)
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        distributed.training_arguments(bad, None, processes=2)
+
+
+def test_ddp_and_a_single_process_add_no_arguments(tiny):
+    model = tiny("llama")
+    assert distributed.training_arguments("ddp", model, processes=2) == {}  # today's behaviour
+    # One process: nothing to shard, and the Trainer refuses FSDP outside a distributed run.
+    assert distributed.training_arguments("fsdp", model, processes=1) == {}
+    assert distributed.strategy_in_use("fsdp", processes=1) == "single"
+    assert distributed.strategy_in_use("fsdp", processes=2) == "fsdp"
+
+
+def test_fsdp_arguments_are_fsdp2_with_sharded_checkpoints_and_accepted_by_the_trainer(tiny, tmp_path):
+    from transformers import TrainingArguments
+
+    model = tiny("llama")
+    kwargs = distributed.training_arguments("fsdp", model, activation_checkpointing=True, processes=2)
+    config = kwargs["fsdp_config"]
+    assert kwargs["fsdp"] is True
+    assert config["version"] == 2 and config["reshard_after_forward"] is True
+    assert config["transformer_layer_cls_to_wrap"] == ["LlamaDecoderLayer"]
+    assert config["state_dict_type"] == "SHARDED_STATE_DICT"
+    # FSDP's own activation checkpointing replaces the Trainer's (which adds an all-gather).
+    assert config["activation_checkpointing"] is True and kwargs["activation_checkpointing"] is False
+    # transformers turns them into accelerate's FSDP plugin arguments without complaint.
+    plugin = TrainingArguments(output_dir=str(tmp_path), **kwargs).fsdp_plugin_args
+    assert plugin["fsdp_version"] == 2
+    assert plugin["transformer_cls_names_to_wrap"] == "LlamaDecoderLayer"
+    assert plugin["state_dict_type"] == "SHARDED_STATE_DICT"
+    assert plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, (1, 0, 0, 1, 1)),
+    # torchrun / accelerate launch: GROUP_WORLD_SIZE is the number of machines (agents)
+    ({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "2"},
+     (4, 3, 1, 2, 2)),
+    # uneven machines (3 + 1 processes): WORLD_SIZE / LOCAL_WORLD_SIZE would be wrong, GROUP_WORLD_SIZE is not
+    ({"WORLD_SIZE": "4", "RANK": "0", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "3", "GROUP_WORLD_SIZE": "2"},
+     (4, 0, 0, 3, 2)),
+    # a launcher without GROUP_WORLD_SIZE (an srun script): processes per machine
+    ({"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4"}, (8, 5, 1, 4, 2)),
+    ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, (2, 1, 1, 2, 1)),
+])
+def test_launch_environment(environ, expected):
+    launch = distributed.launch_environment(environ)
+    assert (launch.processes, launch.rank, launch.local_rank, launch.processes_per_machine,
+            launch.machines) == expected
+    assert launch.is_main == (expected[1] == 0)
+
+
+def test_a_malformed_launch_variable_is_named():
+    with pytest.raises(ValueError, match="WORLD_SIZE.*'two'"):
+        distributed.launch_environment({"WORLD_SIZE": "two"})
+
+
+def test_model_state_bytes_counts_parameters_and_buffers_once(tiny):
+    model = torch.nn.Linear(4, 3)  # 15 float32 values
+    model.register_buffer("scale", torch.ones(5, dtype=torch.float64))  # 40 bytes
+    assert distributed.model_state_bytes(model) == 15 * 4 + 5 * 8
+    tied = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10, bias=False))
+    tied[1].weight = tied[0].weight  # tied embeddings: one tensor, counted once
+    assert distributed.model_state_bytes(tied) == 40 * 4
+    llama = tiny("llama")
+    expected = sum(p.numel() * p.element_size() for p in llama.parameters()) + sum(
+        b.numel() * b.element_size() for b in llama.buffers())
+    assert distributed.model_state_bytes(llama) == expected  # untied, no shared buffers
+    state = distributed.process_state(llama)
+    assert state["sharded_parameters"] == 0 and state["shard_fraction_min"] is None
+
+
+def test_summary_of_a_single_process_run(tiny, monkeypatch):
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    model = tiny("bert")
+    section = distributed.summary(model, "ddp")
+    assert section["strategy"] == "single" and section["processes"] == 1 and section["machines"] == 1
+    assert section["model_state_bytes_per_process"] == [distributed.model_state_bytes(model)]
+    assert set(distributed.RECORD_FIELDS) <= set(section)
+
+
+def test_save_pretrained_unsharded_writes_a_loadable_model(tiny, tmp_path, monkeypatch):
+    from transformers import AutoModelForSequenceClassification
+
+    monkeypatch.delenv("RANK", raising=False)
+    model = tiny("bert")
+    assert not distributed.is_sharded(model)
+    assert distributed.save_pretrained(model, tmp_path / "m") == tmp_path / "m"
+    assert (tmp_path / "m" / "model.safetensors").is_file()
+    again = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m")
+    assert torch.equal(again.classifier.weight, model.classifier.weight)
+    monkeypatch.setenv("RANK", "1")  # another process: writes nothing
+    assert distributed.save_pretrained(model, tmp_path / "other") is None
+    assert not (tmp_path / "other").exists()
+
+
+def test_machines_become_accelerate_launch_options():
+    assert runner.Machines().accelerate_options(2) == ["--num_processes", "2", "--num_machines", "1"]
+    # accelerate's --num_processes counts all machines' processes; --nproc is per machine
+    options = runner.Machines(2, 1, "10.0.0.5", 29600).accelerate_options(2)
+    assert options == ["--num_processes", "4", "--num_machines", "2", "--machine_rank", "1",
+                       "--main_process_ip", "10.0.0.5", "--main_process_port", "29600"]
+    with pytest.raises(ValueError, match="--node-rank must be in 0..1"):
+        runner.Machines(2, 2)
+
+
+def test_runner_rejects_a_node_rank_outside_the_machines(capsys):
+    with pytest.raises(SystemExit):
+        runner.main(["run", "detect_ai_text/bert", "--nnodes", "2", "--node-rank", "5"])
+    assert "--node-rank must be in 0..1" in capsys.readouterr().err
+
+
+def test_notebooks_declare_and_pass_the_strategy():
+    """The training notebooks declare `distributed` (ddp by default), check it before they
+    launch, pass its arguments to their trainer, record what each process held and save the
+    consolidated model."""
+    import nbformat
+
+    from conftest import ROOT
+    from nbutils.params import declared_parameters
+
+    for name in ("instruction_tune", "summarize_dialogues", "detect_ai_text"):
+        path = ROOT / "notebooks" / f"{name}.ipynb"
+        declared = declared_parameters(path)
+        assert "distributed" in declared, name
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert 'distributed: str = "ddp"' in source
+        assert source.index("parallel.check_strategy(distributed)") < source.index("launch.run_in_processes")
+        assert "parallel.training_arguments(distributed, " in source
+        assert "parallel.apply(trainer)" in source  # FSDP really on (CPUs), or a stop
+        assert "parallel.summary(trainer.model, distributed)" in source
+        assert '"distributed": distributed_summary' in source
+        assert "parallel.save_model(trainer" in source or "parallel.save_pretrained(trainer.model" in source
+
+
+def test_block_classes_of_a_model_fsdp_has_sharded_keep_their_names():
+    class FSDPModule:  # stands in for torch's: FSDP2 makes FSDP<name>(FSDPModule, <name>)
+        pass
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+    sharded = type("FSDPBlock", (FSDPModule, Block), {})
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList([sharded(), sharded()])
+    assert distributed.block_classes(model) == ["Block"]
+
+
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype():
+    from nbutils import lora
+
+    sharded = lora.bnb_4bit_config("nf4", True, torch.bfloat16, distributed="fsdp")
+    assert sharded.bnb_4bit_quant_storage == torch.bfloat16 and sharded.bnb_4bit_compute_dtype == torch.bfloat16
+    assert lora.bnb_4bit_config("nf4", True, torch.float16, "fsdp").bnb_4bit_quant_storage == torch.float16
+    assert lora.bnb_4bit_config("nf4", True, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8  # ddp: packed bytes
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        lora.bnb_4bit_config("nf4", True, torch.bfloat16, "zero3")
+
+
+def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16():
+    """The full variant for two GPUs: its parameters check against the notebook, ask for two
+    FSDP processes and QLoRA, and the quantization config the notebook builds from them on a
+    bf16 GPU stores the 4-bit weights in bf16."""
+    from conftest import ROOT
+    from nbutils import lora
+
+    project = runner.select(runner.discover(ROOT, "full"), ["instruction_tune/llama2_13b_fsdp_qlora"])[0]
+    params = runner.project_parameters(project, "full", "outputs/full/x")  # checked against the notebook
+    assert params["model_name"] == "NousResearch/Llama-2-13b-hf"
+    assert params["num_processes"] == 2 and params["distributed"] == "fsdp" and params["load_in_4bit"]
+    assert not params["optim"].startswith("paged")  # bitsandbytes' paged optimizers take no DTensors
+    config = lora.bnb_4bit_config(params["bnb_4bit_quant_type"], params["bnb_4bit_use_double_quant"],
+                                  torch.bfloat16, params["distributed"])
+    assert config.bnb_4bit_quant_storage == torch.bfloat16
+
+
+def _fake_trainer(distributed_type, tmp_path, model):
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), **distributed.training_arguments("fsdp", model, processes=2))
+    state = SimpleNamespace(distributed_type=distributed_type)
+    return SimpleNamespace(args=args, is_fsdp_enabled=False, accelerator=SimpleNamespace(state=state), model=model)
+
+
+def test_apply_switches_fsdp_on_over_gloo_and_refuses_a_silent_ddp_run(tiny, tmp_path, monkeypatch):
+    """accelerate selects FSDP only for accelerator devices: on CPUs (MULTI_CPU, gloo) the
+    Trainer would run DDP. `apply` installs the plugin there; where FSDP is still off, it stops."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType
+
+    model = tiny("llama")
+    monkeypatch.setitem(PartialState._shared_state, "distributed_type", DistributedType.MULTI_CPU)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    trainer = distributed.apply(_fake_trainer(DistributedType.MULTI_CPU, tmp_path, model))
+    assert trainer.is_fsdp_enabled and trainer.accelerator.state.distributed_type == DistributedType.FSDP
+    plugin = trainer.accelerator.state.fsdp_plugin
+    assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
+    with pytest.raises(RuntimeError, match="distributed='fsdp' was asked for.*not be sharded"):
+        distributed.apply(_fake_trainer(DistributedType.NO, tmp_path, model))
