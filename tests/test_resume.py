@@ -53,6 +53,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_ru
     assert checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1] == last
 
 
+@pytest.mark.slow
 def test_a_token_in_the_environment_never_reaches_any_output(tmp_path, monkeypatch):
     secret = "hf_FAKEtoken1234567890notreal"
     monkeypatch.setenv("HF_TOKEN", secret)

@@ -49,6 +49,7 @@ def test_discover_merges_profile_and_variant_files(toy_root):
     assert runner.discover(toy_root, "full") == []
 
 
+@pytest.mark.slow
 def test_failed_project_does_not_stop_the_others(toy_root, capsys):
     code = runner.main(["run-all", "--root", str(toy_root)])
     assert code == 1
@@ -77,6 +78,7 @@ def test_misspelt_parameter_error_lists_valid_names(toy_root):
         runner.project_parameters(project, "smoke", "out")
 
 
+@pytest.mark.slow
 def test_command_line_overrides_are_checked_and_win(toy_root):
     assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=0.5"]) == 0
     record = json.loads((toy_root / "outputs/smoke/toy/good/metrics.json").read_text())
@@ -84,6 +86,7 @@ def test_command_line_overrides_are_checked_and_win(toy_root):
     assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=high"]) == 1
 
 
+@pytest.mark.slow
 def test_stale_record_is_not_reported_as_this_run(toy_root):
     assert runner.main(["run", "toy/good", "--root", str(toy_root)]) == 0
     (toy_root / "params/toy/smoke/good.yaml").write_text("score: 0.75\nfail: true\n")
@@ -91,6 +94,7 @@ def test_stale_record_is_not_reported_as_this_run(toy_root):
     assert not (toy_root / "outputs/smoke/toy/good/metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_unknown_project_lists_the_known_ones(toy_root):
     with pytest.raises(SystemExit, match="unknown project 'toy/nope'.*toy/good"):
         runner.main(["run", "toy/nope", "--root", str(toy_root)])
@@ -138,6 +142,7 @@ def test_order_puts_a_project_after_the_ones_it_needs(toy_root):
     assert runner.dependencies(runner.select(projects, ["report"]), projects) == {"report": []}
 
 
+@pytest.mark.slow
 def test_a_cycle_of_needs_is_an_error_before_anything_runs(toy_root, capsys):
     add_reader(toy_root, "aggregate", ["report"])
     add_reader(toy_root, "report", ["aggregate"])
@@ -162,6 +167,7 @@ def test_needs_that_are_not_a_list_of_names_are_an_error(toy_root):
         runner.discover(toy_root, "smoke")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("jobs", ["1", "3"])
 def test_run_all_runs_readers_after_their_needs_and_skips_them_when_one_failed(toy_root, capsys, jobs):
     add_reader(toy_root, "aggregate", ["toy/good"])  # toy/good succeeds
@@ -220,6 +226,7 @@ rec = record.make_record(project=project, profile=profile, task="toy", model="no
 record.write_record(rec, output_dir)'''
 
 
+@pytest.mark.slow
 def test_jobs_run_projects_side_by_side_each_in_its_own_kernel(toy_root):
     nb = nbformat.read(toy_root / "notebooks" / "toy.ipynb", as_version=4)
     nb.cells[2] = nbformat.v4.new_code_cell(MEET_BODY)
@@ -242,5 +249,5 @@ def test_kernels_started_side_by_side_get_sockets_of_their_own():
 @pytest.mark.parametrize("jobs", ["0", "-1", "two"])
 def test_jobs_must_be_a_positive_count(toy_root, jobs, capsys):
     with pytest.raises(SystemExit):
-        runner.main(["run-all", "--root", str(toy_root), "--jobs", jobs])
+        runner.parse_arguments(["run-all", "--root", str(toy_root), "--jobs", jobs])
     assert "--jobs" in capsys.readouterr().err

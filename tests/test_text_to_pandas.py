@@ -533,6 +533,7 @@ def _run_bad(tmp_path, **overrides):
     return run_smoke_project("text_to_pandas", tmp_path, **overrides)
 
 
+@pytest.mark.slow
 def test_missing_answer_column_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, answer_column="code")
     assert result.status == "failed"
@@ -540,6 +541,7 @@ def test_missing_answer_column_is_named(cache, tmp_path):
     assert "columns present: question, context, answer" in result.error
 
 
+@pytest.mark.slow
 def test_bad_input_template_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, input_template="<question> {question}")
     assert result.status == "failed" and "input_template=" in result.error and "{context}" in result.error
