@@ -18,7 +18,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every session smoke run sees this fake hub token in its environment, as a user's real one
-# would be; tests/test_secrets.py then scans all their output files for it.
+# would be; tests/notebooks/test_secrets.py then scans all their output files for it.
 FAKE_TOKEN = "hf_FAKEsmokeTOKEN0123456789notreal"
 
 
@@ -100,37 +100,53 @@ def _shared_folder(tmp_path_factory) -> Path:
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
-@pytest.fixture(scope="session")
-def smoke_run(cache, tmp_path_factory):
-    """`smoke_run("detect_ai_text")` runs that notebook's smoke projects once per test session
-    (once across all pytest-xdist workers: the first one to ask runs it, under a file lock, and
-    the others read its outputs) through the real runner; returns (exit code, the outputs/smoke
-    folder)."""
+def shared_smoke_run(notebook: str, shared: Path) -> tuple[int, Path]:
+    """Run `notebook`'s smoke projects into `shared`, unless a process of this test session did
+    already (a file lock makes the others wait for it, then read its outputs); a notebook that
+    reads other runs' outputs runs beside the session runs of the notebook it needs. Returns
+    (the runner's exit code, the outputs/smoke folder)."""
     from filelock import FileLock
 
     from nbutils.harness import runner
 
+    outputs = shared / f"outputs-{notebook}"
+    exit_code, folder = shared / f"outputs-{notebook}.exit-code", shared / f"outputs-{notebook}.folder"
+    with FileLock(str(shared / f"outputs-{notebook}.lock")):
+        if not exit_code.is_file():
+            need = needed_notebook(notebook)
+            if need:
+                outputs = shared_smoke_run(need, shared)[1].parent
+            folder.write_text(str(outputs))
+            saved = os.environ.get("HF_TOKEN")
+            os.environ["HF_TOKEN"] = FAKE_TOKEN
+            try:
+                code = runner.main(["run", notebook, "--profile", "smoke", "--root", str(ROOT),
+                                    "--outputs", str(outputs)])
+            finally:
+                if saved is None:
+                    os.environ.pop("HF_TOKEN")
+                else:
+                    os.environ["HF_TOKEN"] = saved
+            exit_code.write_text(str(code))
+    return int(exit_code.read_text()), Path(folder.read_text()) / "smoke"
+
+
+@pytest.fixture(scope="session")
+def smoke_run(cache, tmp_path_factory):
+    """`smoke_run("detect_ai_text")` runs that notebook's smoke projects once per test session
+    (once across all pytest-xdist workers, see `shared_smoke_run`) through the real runner;
+    returns (exit code, the outputs/smoke folder)."""
     shared = _shared_folder(tmp_path_factory)
+    return lambda notebook: shared_smoke_run(notebook, shared)
 
-    def run(notebook: str) -> tuple[int, Path]:
-        outputs = shared / f"outputs-{notebook}"
-        exit_code = shared / f"outputs-{notebook}.exit-code"
-        with FileLock(str(shared / f"outputs-{notebook}.lock")):
-            if not exit_code.is_file():
-                saved = os.environ.get("HF_TOKEN")
-                os.environ["HF_TOKEN"] = FAKE_TOKEN
-                try:
-                    code = runner.main(["run", notebook, "--profile", "smoke", "--root", str(ROOT),
-                                        "--outputs", str(outputs)])
-                finally:
-                    if saved is None:
-                        os.environ.pop("HF_TOKEN")
-                    else:
-                        os.environ["HF_TOKEN"] = saved
-                exit_code.write_text(str(code))
-        return int(exit_code.read_text()), outputs / "smoke"
 
-    return run
+def needed_notebook(notebook: str) -> str | None:
+    """The notebook whose outputs `notebook` reads (its metadata's `nbutils.needs`), if any."""
+    from nbutils.harness import runner
+
+    needs = {need.split("/")[0] for need in runner.notebook_needs(ROOT / "notebooks" / f"{notebook}.ipynb")}
+    assert len(needs) <= 1, f"{notebook} needs several notebooks' runs; smoke_run shares only one's folder"
+    return next(iter(needs), None)
 
 
 # --- which tests are slow, and which share a worker -------------------------------------------
@@ -204,6 +220,7 @@ def pytest_collection_modifyitems(config, items):
         if NOTEBOOK_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.slow)
             notebook = smoke_notebook(item)
+            notebook = notebook and (needed_notebook(notebook) or notebook)  # runs beside its need
             group = f"smoke-{notebook}" if notebook else "smoke"
         elif _module_scoped_fixtures(item.module):
             group = item.module.__name__  # its module fixtures, built once

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, smoke_notebook
+from conftest import ROOT, needed_notebook, smoke_notebook
 
 TESTS = ROOT / "tests"
 
@@ -118,6 +118,7 @@ def test_readers_of_a_session_smoke_run_are_slow_and_grouped_by_notebook(request
     for item in readers:
         assert item.get_closest_marker("slow"), item.nodeid
         notebook = smoke_notebook(item)
+        notebook = notebook and (needed_notebook(notebook) or notebook)
         assert item.get_closest_marker("xdist_group").args[0] == (f"smoke-{notebook}" if notebook else "smoke")
 
 
@@ -171,3 +172,32 @@ def _reads_the_fixture(runs):
 ])
 def test_the_group_is_the_notebook_the_test_reads(function, params, fixtures, notebook):
     assert smoke_notebook(_Item(function, params, fixtures)) == notebook
+
+
+def test_a_smoke_run_runs_once_for_all_workers_and_beside_the_runs_it_needs(tmp_path, monkeypatch):
+    """Two workers (threads here) ask for the ensemble's session run at once: the detection
+    notebook it needs runs once, then the ensemble once, into the detection run's folder."""
+    import threading
+
+    import conftest
+    from nbutils.harness import runner
+
+    calls = []
+
+    def fake_main(argv):
+        calls.append((argv[1], argv[argv.index("--outputs") + 1]))
+        (Path(argv[argv.index("--outputs") + 1]) / "smoke" / argv[1]).mkdir(parents=True)
+        return 0
+
+    monkeypatch.setattr(runner, "main", fake_main)
+    answers = []
+    workers = [threading.Thread(target=lambda: answers.append(conftest.shared_smoke_run("detect_ensemble", tmp_path)))
+               for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    detection = str(tmp_path / "outputs-detect_ai_text")
+    assert calls == [("detect_ai_text", detection), ("detect_ensemble", detection)]
+    assert answers == [(0, tmp_path / "outputs-detect_ai_text" / "smoke")] * 2
+    assert conftest.shared_smoke_run("detect_ai_text", tmp_path) == answers[0] and len(calls) == 2

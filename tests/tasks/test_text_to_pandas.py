@@ -245,7 +245,7 @@ def test_attacks_fail_and_the_evaluation_continues(box, tmp_path, name):
 
 # With the static check off, the classic escape reaches the real builtins; the kernel still stops
 # it: the seccomp filter answers EPERM (Errno 1) before the rlimits are even consulted. Each
-# snippet ends in a value so a failed call shows as its error. (tests/test_sandbox_redteam.py
+# snippet ends in a value so a failed call shows as its error. (tests/tasks/test_sandbox_redteam.py
 # tries many more.)
 ESCAPE = ("b = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
           ".__init__.__globals__['__builtins__']\n")
