@@ -76,9 +76,10 @@ fixtures: setup
 test: fixtures
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest -n $(JOBS) --dist loadgroup
 
-# The unit tests alone: every test that runs a notebook or launches processes is marked slow.
+# The unit tests alone (every test that runs a notebook or launches processes is marked slow),
+# in JOBS workers too: a few units train tiny models for a minute.
 test-fast: fixtures
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest -m "not slow"
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadgroup
 
 # Compatibility watch: the same suite in a second venv with the newest releases of every library
 # (torch excepted: it stays on the pinned CPU wheel, a newer one is a multi-GB CUDA download),
