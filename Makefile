@@ -14,6 +14,8 @@ NNODES      ?= 1
 NODE_RANK   ?= 0
 MASTER_ADDR ?= 127.0.0.1
 MASTER_PORT ?= 29500
+# Projects (run-all) and test workers (test) at once; default: the machine's cores.
+JOBS    ?= $(shell nproc 2>/dev/null || sysctl -n hw.ncpu 2>/dev/null || echo 1)
 STAMP   := $(VENV)/.setup-done
 
 # The smoke profile never needs the hub; offline, a stray hub lookup fails at once instead of
@@ -23,17 +25,18 @@ RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup git-setup fixtures test test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle clean distclean
+.PHONY: help setup git-setup fixtures test test-fast test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle clean distclean
 
 help:
-	@echo "make run-all [PROFILE=smoke|full]   run every project's notebook headless (papermill)"
+	@echo "make run-all [PROFILE=smoke|full] [JOBS=n]   run every project's notebook headless (papermill), JOBS at once (default: the cores)"
 	@echo "make run RUN=<project> [PROFILE=..] [PARAMS='key=value ...'] [NPROC=2]   run one project (or a notebook's variants)"
 	@echo "    [NNODES=2 NODE_RANK=0|1 MASTER_ADDR=ip MASTER_PORT=29500]   ... on several machines (each runs it)"
 	@echo "make list [PROFILE=..]              list the projects of a profile"
 	@echo "make bench                          padding/batching benchmark: original recipe vs nbutils.batching"
 	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
 	@echo "make bench-distributed              bytes each of 2 training processes holds: DDP vs FSDP"
-	@echo "make test                           unit tests + smoke runs of every notebook"
+	@echo "make test [JOBS=n]                  unit tests + smoke runs of every notebook, in JOBS workers (default: the cores)"
+	@echo "make test-fast                      the unit tests only (-m 'not slow': no notebook runs, no launched processes)"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
 	@echo "make lab [RUN=<project>] [PROFILE=..]  JupyterLab; with RUN, on a copy prepared with the profile's parameters"
 	@echo "make tensorboard [PROFILE=..]       training curves of the runs that logged with report_to=tensorboard"
@@ -75,8 +78,16 @@ git-setup:
 fixtures: setup
 	@HF_HUB_OFFLINE=1 $(PY) -m nbutils.harness.fixtures
 
+# In JOBS pytest-xdist workers; `--dist loadgroup` keeps the tests of one xdist_group on one
+# worker: the readers of one notebook's smoke run, the tests of a module with module-scoped
+# fixtures (tests/conftest.py sets the groups), so that each is built once.
 test: fixtures
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest -n $(JOBS) --dist loadgroup
+
+# The unit tests alone (every test that runs a notebook or launches processes is marked slow),
+# in JOBS workers too: a few units train tiny models for a minute.
+test-fast: fixtures
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m pytest -m "not slow" -n $(JOBS) --dist loadgroup
 
 # Compatibility watch: the same suite in a second venv with the newest releases of every library
 # (torch excepted: it stays on the pinned CPU wheel, a newer one is a multi-GB CUDA download),
@@ -94,7 +105,7 @@ test-latest: fixtures
 	  --deselect tests/test_environment.py::test_installed_versions_match_the_pins
 
 run-all: fixtures
-	$(RUN_ENV) $(PY) -m nbutils.harness.runner run-all --profile $(PROFILE)
+	$(RUN_ENV) $(PY) -m nbutils.harness.runner run-all --profile $(PROFILE) --jobs $(JOBS)
 
 run: fixtures
 	@test -n "$(RUN)" || { echo "usage: make run RUN=<project> [PROFILE=smoke|full] [PARAMS='key=value ...']"; \

@@ -93,8 +93,10 @@ def discover(root: Path, profile: str) -> list[Project]:
     return projects
 
 
-def _matching(projects: list[Project], name: str) -> list[str]:
-    return [p.name for p in projects if p.name == name or p.name.startswith(name.rstrip("/") + "/")]
+def matching(projects: list[Project], name: str) -> list[Project]:
+    """The projects `name` stands for: the one named exactly, or every variant of the notebook
+    `name` (`detect_ai_text` -> `detect_ai_text/bert`, ...)."""
+    return [p for p in projects if p.name == name or p.name.startswith(name.rstrip("/") + "/")]
 
 
 def dependencies(projects: list[Project], known: list[Project] | None = None) -> dict[str, list[str]]:
@@ -107,7 +109,7 @@ def dependencies(projects: list[Project], known: list[Project] | None = None) ->
     for project in projects:
         after = []
         for need in project.needs:
-            hits = _matching(known, need)
+            hits = [p.name for p in matching(known, need)]
             if not hits:
                 raise OrderError(f"{project.name}: its notebook {project.notebook.name} needs {need!r}, "
                                  "which is no project of this profile; projects: "
@@ -139,10 +141,10 @@ def order(projects: list[Project], known: list[Project] | None = None) -> list[P
 
 
 def select(projects: list[Project], names: list[str]) -> list[Project]:
-    """Projects named exactly, or all variants of a named notebook (`detect_ai_text`)."""
+    """The projects `names` stand for (see `matching`), each once; an unknown name is an error."""
     chosen = []
     for name in names:
-        hits = [p for p in projects if p.name == name or p.name.startswith(name.rstrip("/") + "/")]
+        hits = matching(projects, name)
         if not hits:
             raise SystemExit(f"unknown project {name!r}; projects of this profile: "
                              + ", ".join(p.name for p in projects))
@@ -247,13 +249,26 @@ def headless_kernel_manager():
     folder) instead of TCP on localhost. Over TCP every kernel logs `Kernel is running over TCP
     without encryption ...` once per project; IPC is the transport that warning recommends,
     and a headless kernel needs no network port."""
+    import uuid
+
     from jupyter_client import AsyncKernelManager
+    from jupyter_core.paths import jupyter_runtime_dir
     from traitlets import default
 
     class IPCKernelManager(AsyncKernelManager):
         @default("transport")
         def _transport_default(self):
             return "ipc"
+
+        @default("ip")
+        def _ip_default(self):
+            # jupyter_client's own default is the relative path `kernel-ipc` (sockets
+            # `kernel-ipc-1` ... in the working folder), the same for every kernel: kernels
+            # started side by side (run-all's workers, parallel tests) would bind each other's
+            # sockets. One fresh path per kernel keeps them apart.
+            runtime = Path(jupyter_runtime_dir())
+            runtime.mkdir(parents=True, exist_ok=True)
+            return str(runtime / f"kernel-{uuid.uuid4().hex[:12]}-ipc")
 
     return IPCKernelManager
 
@@ -384,7 +399,14 @@ def _override(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value) if value.strip() else ""
 
 
-def main(argv: list[str] | None = None) -> int:
+def _jobs(text: str) -> int:
+    jobs = int(text)
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of projects to run at once, 1 or more, got {text}")
+    return jobs
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m nbutils.harness.runner",
                                      description="Run the notebook collection with papermill.")
     parser.add_argument("command", choices=["run-all", "run", "list"])
@@ -403,58 +425,124 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-rank", type=int, default=0, help="this machine's rank, 0 on the main one")
     parser.add_argument("--master-addr", default="127.0.0.1", help="address of the main machine (rank 0)")
     parser.add_argument("--master-port", type=int, default=29500, help="port the main machine listens on")
+    parser.add_argument("-j", "--jobs", type=_jobs, default=1,
+                        help="run this many projects at once, each in its own worker process and "
+                             "kernel; a project starts after the projects it needs have finished")
     # Options may come before the project names too (`run --profile smoke detect_ai_text/bert`).
     args = parser.parse_intermixed_args(argv)
-
+    if args.command == "run" and not args.projects:
+        parser.error("`run` needs at least one project name")
     try:
-        machines = Machines(args.nnodes, args.node_rank, args.master_addr, args.master_port)
+        args.machines = Machines(args.nnodes, args.node_rank, args.master_addr, args.master_port)
     except ValueError as err:
         parser.error(str(err))
-    root = Path(args.root).resolve()
-    outputs = Path(args.outputs).resolve() if args.outputs else root / "outputs"
+    return args
+
+
+def list_projects(projects: list[Project], root: Path) -> int:
+    for p in projects:
+        print(f"{p.name:32s} {p.notebook.relative_to(root)}  "
+              + " ".join(str(f.relative_to(root)) for f in p.param_files)
+              + (f"  (after {', '.join(p.needs)})" if p.needs else ""))
+    return 0
+
+
+@dataclass
+class Invocation:
+    """What every project of one `run` or `run-all` shares; sent to the worker processes."""
+    profile: str
+    root: Path
+    outputs: Path
+    overrides: dict = field(default_factory=dict)
+    kernel: str = KERNEL
+    log_output: bool = False
+    nproc: int = 1
+    machines: Machines = field(default_factory=Machines)
+
+    def run(self, project: Project) -> Result:
+        return run_project(project, self.profile, self.root, self.outputs, self.overrides, self.kernel,
+                           self.log_output, self.nproc, self.machines)
+
+    def skip(self, project: Project, blocked: list[str]) -> Result:
+        """A project whose inputs did not come out of this invocation would read stale or missing
+        outputs: it is not run, and the summary says why."""
+        return Result(project.name, "skipped", self.outputs / self.profile / project.name
+                      / project.notebook.name, 0.0,
+                      error=f"not run: it needs {', '.join(blocked)}, which did not finish")
+
+    def failed(self, project: Project, err: BaseException) -> Result:
+        """A worker process that died (killed, out of memory) fails only its project."""
+        return Result(project.name, "failed", self.outputs / self.profile / project.name
+                      / project.notebook.name, 0.0, error=f"{type(err).__name__}: {err}"[:500])
+
+
+def _next_ready(waiting: list[Project], after: dict[str, list[str]], results: dict[str, Result]):
+    """The first waiting project whose needs have all finished (well or not), or None."""
+    return next((p for p in waiting if all(n in results for n in after[p.name])), None)
+
+
+@contextmanager
+def _workers(jobs: int):
+    """`jobs` worker processes, or None for one project at a time in this process. Processes,
+    not threads: papermill changes the working folder of its whole process while it runs a
+    notebook. Spawned, not forked: a fork copies this process's threads' locks mid-state."""
+    if jobs <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
-        projects = discover(root, args.profile)
-        known = projects
-        projects = order(projects)
-    except OrderError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not projects:
-        print(f"no projects for profile {args.profile!r} under {root / 'params'}", file=sys.stderr)
-        return 2
-    if args.command == "list":
-        for p in projects:
-            print(f"{p.name:32s} {p.notebook.relative_to(root)}  "
-                  + " ".join(str(f.relative_to(root)) for f in p.param_files)
-                  + (f"  (after {', '.join(p.needs)})" if p.needs else ""))
-        return 0
-    if args.command == "run":
-        if not args.projects:
-            parser.error("`run` needs at least one project name")
-        projects = order(select(projects, args.projects), known)  # in the order they need
-    overrides = dict(args.param)
-    after = dependencies(projects, known)
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
-    results = []
-    for project in projects:
-        print(f"[{args.profile}] {project.name} ...", flush=True)
-        # A project whose inputs did not come out of this invocation would read stale or
-        # missing outputs: it is skipped, and the summary says why.
-        blocked = [r.project for r in results if r.project in after[project.name] and r.status != "ok"]
-        if blocked:
-            result = Result(project.name, "skipped", outputs / args.profile / project.name
-                            / project.notebook.name, 0.0,
-                            error=f"not run: it needs {', '.join(blocked)}, which did not finish")
-        else:
-            result = run_project(project, args.profile, root, outputs, overrides, args.kernel,
-                                 args.log_output, args.nproc, machines)
-        print(f"[{args.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
+
+def run_projects(projects: list[Project], after: dict[str, list[str]], invocation: Invocation,
+                 jobs: int = 1) -> list[Result]:
+    """Run `projects` (given in run order, see `order`), up to `jobs` at once: each starts once
+    the projects it needs (`after`) have finished, and is skipped when one of them did not finish
+    well. Results come in the order of `projects`, whichever finished first."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    results: dict[str, Result] = {}
+    waiting, running = list(projects), {}
+
+    def finish(project: Project, result: Result) -> None:
+        print(f"[{invocation.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
               + (f" - {result.error}" if result.error else ""), flush=True)
-        results.append(result)
+        results[project.name] = result
 
-    if args.command == "run-all":  # the summary files describe a whole profile, not a subset
-        print("\n" + write_summary(results, args.profile, root, outputs))
-        print(f"summary: {os.path.relpath(outputs / args.profile / 'summary.md')} (and summary.json)")
+    with _workers(jobs) as pool:
+        while waiting or running:
+            project = _next_ready(waiting, after, results) if len(running) < jobs else None
+            if project is None:  # every free worker waits for a running project to finish
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    finished = running.pop(future)
+                    try:
+                        finish(finished, future.result())
+                    except Exception as err:  # the worker process itself died
+                        finish(finished, invocation.failed(finished, err))
+                continue
+            waiting.remove(project)
+            print(f"[{invocation.profile}] {project.name} ...", flush=True)
+            blocked = [n for n in after[project.name] if results[n].status != "ok"]
+            if blocked:
+                finish(project, invocation.skip(project, blocked))
+            elif pool is None:
+                finish(project, invocation.run(project))
+            else:
+                running[pool.submit(invocation.run, project)] = project
+    return [results[p.name] for p in projects]
+
+
+def report(results: list[Result], command: str, profile: str, root: Path, outputs: Path) -> int:
+    """Print the summary table (and, for run-all, write the summary files); name what failed."""
+    if command == "run-all":  # the summary files describe a whole profile, not a subset
+        print("\n" + write_summary(results, profile, root, outputs))
+        print(f"summary: {os.path.relpath(outputs / profile / 'summary.md')} (and summary.json)")
     else:
         print("\n" + markdown_table(summary_rows(results, root)))
     failed = [r for r in results if r.status != "ok"]
@@ -468,5 +556,40 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failed else 0
 
 
+def run_command(args: argparse.Namespace, projects: list[Project], known: list[Project], root: Path,
+                outputs: Path) -> int:
+    """`run` and `run-all`: run `projects` (in run order), then report."""
+    invocation = Invocation(args.profile, root, outputs, dict(args.param), args.kernel,
+                            args.log_output, args.nproc, args.machines)
+    # Set before the worker processes start, so that they and their kernels inherit it.
+    with headless_environment():
+        results = run_projects(projects, dependencies(projects, known), invocation, args.jobs)
+    return report(results, args.command, args.profile, root, outputs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    root = Path(args.root).resolve()
+    outputs = Path(args.outputs).resolve() if args.outputs else root / "outputs"
+    try:
+        known = discover(root, args.profile)
+        projects = order(known)
+    except OrderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not projects:
+        print(f"no projects for profile {args.profile!r} under {root / 'params'}", file=sys.stderr)
+        return 2
+    if args.command == "list":
+        return list_projects(projects, root)
+    if args.command == "run":
+        projects = order(select(projects, args.projects), known)  # in the order they need
+    return run_command(args, projects, known, root, outputs)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    # Through the imported module, so that worker processes unpickle its classes by their name
+    # (`python -m` would otherwise define them in `__main__`, which a spawned worker lacks).
+    from nbutils.harness import runner
+
+    sys.exit(runner.main())

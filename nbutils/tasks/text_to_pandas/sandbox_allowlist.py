@@ -21,7 +21,7 @@ string, a `str.format` field that walks into globals). This check names what is 
 - `str.format` only on a constant template whose fields are plain (`{}`, `{0}`, `{name}`, with a
   plain format spec): no `{0.attr}`, no `{0[key]}`.
 
-Every reference of the sample data passes (tests/test_sandbox_fuzz.py checks it); the notebook
+Every reference of the sample data passes (tests/tasks/test_sandbox_fuzz.py checks it); the notebook
 reports how many references of a data set this check refuses, and why (`refusals`).
 """
 

@@ -111,6 +111,7 @@ def test_kaggle_is_recognised_by_its_folders_alone(tmp_path):
     assert env.name == "kaggle" and env.input_dir == tmp_path / "kaggle" / "input"
 
 
+@pytest.mark.slow
 def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
     """Kaggle with internet off: inputs under <root>/input, writes under <root>/working, and a
     kernel whose Python lacks nbutils until the notebook's first cell installs it from the

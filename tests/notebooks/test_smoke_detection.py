@@ -106,6 +106,7 @@ def _run_bad(tmp_path, **overrides):
     return run_smoke_project("detect_ai_text/distilbert", tmp_path, **overrides)
 
 
+@pytest.mark.slow
 def test_missing_data_file_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, data_source=".cache/sample-data/no_such_file.csv")
     assert result.status == "failed"
@@ -113,6 +114,7 @@ def test_missing_data_file_is_named(cache, tmp_path):
     assert "not found: data_source = '.cache/sample-data/no_such_file.csv'" in result.error
 
 
+@pytest.mark.slow
 def test_missing_label_column_is_named_with_the_columns_present(cache, tmp_path):
     # (`generated` would be found: it is the known other name of `label`, data.COLUMN_ALIASES)
     result = _run_bad(tmp_path, label_column="is_ai_written")
@@ -121,6 +123,7 @@ def test_missing_label_column_is_named_with_the_columns_present(cache, tmp_path)
     assert "columns present: text, label, prompt_name, source, RDizzl3_seven" in result.error
 
 
+@pytest.mark.slow
 def test_non_binary_label_column_is_rejected(cache, tmp_path):
     result = _run_bad(tmp_path, label_column="prompt_name")
     assert result.status == "failed"
@@ -213,12 +216,14 @@ def test_three_trial_search_and_out_of_domain_test_are_recorded(runs):
     assert set(ood["model"]) == set(ood["tfidf_logreg"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
 
 
+@pytest.mark.slow
 def test_missing_cv_group_column_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, cv_folds=3, group_column="prompt")
     assert result.status == "failed"
     assert "group_column='prompt' is not a column" in result.error
 
 
+@pytest.mark.slow
 def test_freeze_to_beyond_the_layer_groups_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, freeze_to=5)
     assert result.status == "failed"

@@ -493,6 +493,7 @@ def _run_bad(tmp_path, **overrides):
     return run_smoke_project("summarize_dialogues/flan_t5_base", tmp_path, **overrides)
 
 
+@pytest.mark.slow
 def test_missing_column_is_named_with_the_columns_present(cache, tmp_path):
     result = _run_bad(tmp_path, summary_column="summaries")
     assert result.status == "failed"
@@ -500,6 +501,7 @@ def test_missing_column_is_named_with_the_columns_present(cache, tmp_path):
     assert "columns present: id, dialogue, summary" in result.error
 
 
+@pytest.mark.slow
 def test_empty_summaries_above_the_allowed_share_stop_the_run(cache, tmp_path):
     folder = tmp_path / "samsum"
     folder.mkdir()
@@ -516,6 +518,7 @@ def test_empty_summaries_above_the_allowed_share_stop_the_run(cache, tmp_path):
     assert "max_bad_row_share=0 allows" in result.error
 
 
+@pytest.mark.slow
 def test_unknown_lora_target_module_is_named_with_the_valid_ones(cache, tmp_path):
     result = _run_bad(tmp_path, lora_target_modules=["q", "query"])
     assert result.status == "failed"

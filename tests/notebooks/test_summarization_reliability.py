@@ -191,6 +191,7 @@ def test_lora_resume_restores_adapter_optimizer_and_scheduler(cache, dialogue_fe
 
 # --- numerical faults ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_step_learning_rate_and_the_t5_hint(cache, tmp_path):
     """An absurd learning rate makes the loss infinite or NaN within a few steps; the run stops
     there with a message naming the step, the learning rate and what to try for T5."""

@@ -80,6 +80,7 @@ def test_same_parameters_and_seed_give_identical_metrics(reference, fresh_lora_r
     assert second["data"]["batching"] == first["data"]["batching"]
 
 
+@pytest.mark.slow
 def test_the_hub_token_never_reaches_any_output(fresh_lora_run):
     outputs = fresh_lora_run[0]
     executed = (outputs / "smoke" / LORA / "instruction_tune.ipynb").read_text()

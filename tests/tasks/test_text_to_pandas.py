@@ -245,7 +245,7 @@ def test_attacks_fail_and_the_evaluation_continues(box, tmp_path, name):
 
 # With the static check off, the classic escape reaches the real builtins; the kernel still stops
 # it: the seccomp filter answers EPERM (Errno 1) before the rlimits are even consulted. Each
-# snippet ends in a value so a failed call shows as its error. (tests/test_sandbox_redteam.py
+# snippet ends in a value so a failed call shows as its error. (tests/tasks/test_sandbox_redteam.py
 # tries many more.)
 ESCAPE = ("b = [c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
           ".__init__.__globals__['__builtins__']\n")
@@ -533,6 +533,7 @@ def _run_bad(tmp_path, **overrides):
     return run_smoke_project("text_to_pandas", tmp_path, **overrides)
 
 
+@pytest.mark.slow
 def test_missing_answer_column_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, answer_column="code")
     assert result.status == "failed"
@@ -540,6 +541,7 @@ def test_missing_answer_column_is_named(cache, tmp_path):
     assert "columns present: question, context, answer" in result.error
 
 
+@pytest.mark.slow
 def test_bad_input_template_is_named(cache, tmp_path):
     result = _run_bad(tmp_path, input_template="<question> {question}")
     assert result.status == "failed" and "input_template=" in result.error and "{context}" in result.error

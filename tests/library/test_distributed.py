@@ -170,7 +170,7 @@ def test_machines_become_accelerate_launch_options():
 
 def test_runner_rejects_a_node_rank_outside_the_machines(capsys):
     with pytest.raises(SystemExit):
-        runner.main(["run", "detect_ai_text/bert", "--nnodes", "2", "--node-rank", "5"])
+        runner.parse_arguments(["run", "detect_ai_text/bert", "--nnodes", "2", "--node-rank", "5"])
     assert "--node-rank must be in 0..1" in capsys.readouterr().err
 
 

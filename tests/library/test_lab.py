@@ -1,6 +1,6 @@
 """Exploring in JupyterLab and publishing the Hugging Face way: the rerun message, the missing-
 input message, quiet output, model cards and the upload call (unit tests; the notebook runs
-are in tests/test_lab_notebooks.py)."""
+are in tests/notebooks/test_lab_notebooks.py)."""
 
 import io
 import json

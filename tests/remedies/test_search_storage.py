@@ -3,7 +3,7 @@ continues from the stored study, processes sharing one study split its trials, t
 as asked, and a bad or credentialed storage URL is handled without leaking the password.
 
 The searches run `search.run_search` on the tiny BERT through `Trainer.hyperparameter_search`,
-as the notebook does (tests/search_worker.py, in this process or as separate processes)."""
+as the notebook does (tests/remedies/search_worker.py, in this process or as separate processes)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from nbutils import record, secrets
 from nbutils.remedies import search
 from search_worker import SPACE, make_trainer, run
 
-WORKER = ROOT / "tests" / "search_worker.py"
+WORKER = ROOT / "tests" / "remedies" / "search_worker.py"
 
 
 def stored(url: str, name: str):

@@ -87,6 +87,7 @@ def swapped_runs(cache, tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODEL_AND_SCALE))
 def test_full_recipe_runs_on_the_sample_data_with_only_model_and_scale_swapped(swapped_runs, name):
     result = swapped_runs[name]
@@ -105,12 +106,14 @@ def test_full_recipe_runs_on_the_sample_data_with_only_model_and_scale_swapped(s
     assert report["max_bad_row_share"] == config["max_bad_row_share"]
 
 
+@pytest.mark.slow
 def test_full_text_to_pandas_detects_the_single_column_form_and_drops_unparsable_references(swapped_runs):
     record = swapped_runs["text_to_pandas"].record
     assert record["data"]["data_format"] == "single_column"
     assert record["data"]["report"]["dropped"]["reference answer does not parse as Python"]["count"] > 0
 
 
+@pytest.mark.slow
 def test_full_instruction_recipe_repairs_the_empty_trailing_turns(swapped_runs):
     report = swapped_runs["instruction_tune/llama2_7b"].record["data"]["report"]
     assert report["repaired"]["empty trailing turn removed"]["count"] == 3

@@ -617,6 +617,7 @@ def test_run_leaves_adapter_merged_model_generations_and_plots(runs, variant):
         assert (run_dir / plot).stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_bad_row_stops_the_notebook_naming_the_row(cache, tmp_path):
     bad = tmp_path / "bad.jsonl"
     rows = sample.text_rows(5) + [{"text": "What is 2 + 2? Four."}]

@@ -199,6 +199,7 @@ def flat(value, prefix=""):
     return out
 
 
+@pytest.mark.slow
 def test_an_unknown_strategy_stops_the_run_early_with_the_valid_names(tmp_path):
     result = run_smoke_project(PROJECT, tmp_path, strategies=["full", "freeze"])
     assert result.status == "failed"

@@ -223,6 +223,7 @@ def test_upstream_single_column_form_is_detected_and_parsed(cache):
 
 # --- the command line ------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_options_may_come_before_the_project_name():
     # Before the fix argparse refused the name after an option ("unrecognized arguments").
     with pytest.raises(SystemExit, match="unknown project 'no_such_project'"):

@@ -49,6 +49,7 @@ def test_discover_merges_profile_and_variant_files(toy_root):
     assert runner.discover(toy_root, "full") == []
 
 
+@pytest.mark.slow
 def test_failed_project_does_not_stop_the_others(toy_root, capsys):
     code = runner.main(["run-all", "--root", str(toy_root)])
     assert code == 1
@@ -77,6 +78,7 @@ def test_misspelt_parameter_error_lists_valid_names(toy_root):
         runner.project_parameters(project, "smoke", "out")
 
 
+@pytest.mark.slow
 def test_command_line_overrides_are_checked_and_win(toy_root):
     assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=0.5"]) == 0
     record = json.loads((toy_root / "outputs/smoke/toy/good/metrics.json").read_text())
@@ -84,6 +86,7 @@ def test_command_line_overrides_are_checked_and_win(toy_root):
     assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=high"]) == 1
 
 
+@pytest.mark.slow
 def test_stale_record_is_not_reported_as_this_run(toy_root):
     assert runner.main(["run", "toy/good", "--root", str(toy_root)]) == 0
     (toy_root / "params/toy/smoke/good.yaml").write_text("score: 0.75\nfail: true\n")
@@ -91,6 +94,7 @@ def test_stale_record_is_not_reported_as_this_run(toy_root):
     assert not (toy_root / "outputs/smoke/toy/good/metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_unknown_project_lists_the_known_ones(toy_root):
     with pytest.raises(SystemExit, match="unknown project 'toy/nope'.*toy/good"):
         runner.main(["run", "toy/nope", "--root", str(toy_root)])
@@ -138,6 +142,7 @@ def test_order_puts_a_project_after_the_ones_it_needs(toy_root):
     assert runner.dependencies(runner.select(projects, ["report"]), projects) == {"report": []}
 
 
+@pytest.mark.slow
 def test_a_cycle_of_needs_is_an_error_before_anything_runs(toy_root, capsys):
     add_reader(toy_root, "aggregate", ["report"])
     add_reader(toy_root, "report", ["aggregate"])
@@ -162,14 +167,26 @@ def test_needs_that_are_not_a_list_of_names_are_an_error(toy_root):
         runner.discover(toy_root, "smoke")
 
 
-def test_run_all_runs_readers_after_their_needs_and_skips_them_when_one_failed(toy_root, capsys):
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", ["1", "3"])
+def test_run_all_runs_readers_after_their_needs_and_skips_them_when_one_failed(toy_root, capsys, jobs):
     add_reader(toy_root, "aggregate", ["toy/good"])  # toy/good succeeds
     add_reader(toy_root, "report", ["toy"])  # toy/broken and toy/typo fail
-    assert runner.main(["run-all", "--root", str(toy_root)]) == 1
+    assert runner.main(["run-all", "--root", str(toy_root), "--jobs", jobs]) == 1
     out = capsys.readouterr()
     started = [line.split()[1] for line in out.out.splitlines() if line.endswith(" ...")]
-    assert started == ["toy/broken", "toy/good", "aggregate", "toy/typo", "report"]
+    finished = [line.split()[1].rstrip(":") for line in out.out.splitlines()
+                if line.startswith("[smoke] ") and not line.endswith(" ...")]
+    run_order = ["toy/broken", "toy/good", "aggregate", "toy/typo", "report"]
+    if jobs == "1":
+        assert started == run_order
+    else:  # side by side: in another order, but each reader after what it needs, and once
+        assert sorted(started) == sorted(run_order)
+        assert finished.index("toy/good") < started.index("aggregate")
+        assert max(finished.index(n) for n in ("toy/broken", "toy/typo")) < started.index("report")
     summary = json.loads((toy_root / "outputs" / "smoke" / "summary.json").read_text())
+    # The summary lists the projects in run order, however many ran at once.
+    assert [row["project"] for row in summary["runs"]] == run_order
     rows = {row["project"]: row for row in summary["runs"]}
     # aggregate read the record toy/good wrote earlier in the same run-all.
     assert rows["aggregate"]["status"] == "ok" and rows["aggregate"]["value"] == 0.75
@@ -190,3 +207,47 @@ def test_summary_shows_which_splits_each_run_scored(tmp_path):
     assert "splits" in runner.SUMMARY_COLUMNS
     assert rows[0]["splits"] == rows[1]["splits"] != rows[2]["splits"]
     assert f"| {rows[2]['splits']} |" in runner.markdown_table(rows)
+
+
+MEET_BODY = '''import pathlib, time
+from nbutils import record
+# Two projects that each wait for the other to have started: they finish only side by side.
+here = pathlib.Path(output_dir)
+(here / "started").touch()
+other = here.parent / {"left": "right", "right": "left"}[here.name] / "started"
+deadline = time.time() + 120
+while not other.exists():
+    assert time.time() < deadline, "the other project did not run at the same time"
+    time.sleep(0.1)
+rec = record.make_record(project=project, profile=profile, task="toy", model="none",
+    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
+    primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
+    parameters={"trainable": 0, "total": 0}, seed=0, config={})
+record.write_record(rec, output_dir)'''
+
+
+@pytest.mark.slow
+def test_jobs_run_projects_side_by_side_each_in_its_own_kernel(toy_root):
+    nb = nbformat.read(toy_root / "notebooks" / "toy.ipynb", as_version=4)
+    nb.cells[2] = nbformat.v4.new_code_cell(MEET_BODY)
+    nbformat.write(nb, toy_root / "notebooks" / "meet.ipynb")
+    (toy_root / "params" / "meet" / "smoke").mkdir(parents=True)
+    for side in ("left", "right"):
+        (toy_root / "params" / "meet" / "smoke" / f"{side}.yaml").write_text("score: 1.0\n")
+    assert runner.main(["run", "meet", "--root", str(toy_root), "--jobs", "2"]) == 0
+    for side in ("left", "right"):
+        assert (toy_root / "outputs" / "smoke" / "meet" / side / "metrics.json").is_file()
+
+
+def test_kernels_started_side_by_side_get_sockets_of_their_own():
+    """jupyter_client's IPC default is `kernel-ipc` in the working folder for every kernel."""
+    manager = runner.headless_kernel_manager()
+    first, second = manager(), manager()
+    assert first.ip != second.ip and first.ip.startswith("/") and second.ip.startswith("/")
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
+def test_jobs_must_be_a_positive_count(toy_root, jobs, capsys):
+    with pytest.raises(SystemExit):
+        runner.parse_arguments(["run-all", "--root", str(toy_root), "--jobs", jobs])
+    assert "--jobs" in capsys.readouterr().err
