@@ -1,6 +1,9 @@
-"""What hardware the notebook runs on, and the training precision that follows from it."""
+"""What the notebook runs on: the hardware, the training precision that follows from it, and
+the process topology of a multi-process run (which process this is, how many there are)."""
 
 from __future__ import annotations
+
+import os
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -97,12 +100,46 @@ def device_map():
     copy on its own GPU, `{"": local_rank}`; a model spread with "auto" cannot be trained with
     DDP. On a CPU: None (the Trainer places the model).
     """
-    import os
-
     import torch
 
     if not torch.cuda.is_available():
         return None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    if processes() > 1:
+        return {"": local_rank()}
     return "auto"
+
+
+# The process topology. `accelerate launch`, torchrun and `launch.run_in_processes` set these
+# variables in every process they start; a plain notebook or script has none of them.
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be a whole number "
+                         "(the launcher of a multi-process run sets it)") from None
+
+
+def processes() -> int:
+    """How many training processes this run has (WORLD_SIZE; 1 outside a launched run)."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def rank() -> int:
+    """This process's number among all of them (RANK; 0 outside a launched run)."""
+    return _env_int("RANK", 0)
+
+
+def local_rank() -> int:
+    """This process's number on its own machine, i.e. its GPU (LOCAL_RANK; 0 outside one)."""
+    return _env_int("LOCAL_RANK", 0)
+
+
+def is_main_process() -> bool:
+    """False in the secondary processes of a multi-process run: only the main one writes files
+    and draws plots."""
+    return rank() == 0

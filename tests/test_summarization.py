@@ -304,7 +304,7 @@ def test_lora_trains_only_the_adapter_and_starts_as_the_base_model(t5):
     peft_model = lora.add_lora(copy.deepcopy(model), lora.seq2seq_lora_config(r, 8, 0.0, ["q", "v"])).eval()
     # q and v are 32x32: the adapter adds A (r x 32) and B (32 x r) to each. T5 with 2 encoder
     # layers (self-attention) and 2 decoder layers (self- and cross-attention): 12 such layers.
-    counts = lora.trainable_parameters(peft_model)
+    counts = record.count_parameters(peft_model)
     assert counts["trainable"] == 12 * 2 * 32 * r
     assert counts["total"] == sum(p.numel() for p in base.parameters()) + counts["trainable"]
     assert counts["trainable_fraction"] == pytest.approx(counts["trainable"] / counts["total"], abs=1e-6)
@@ -337,7 +337,7 @@ def test_4bit_nf4_double_quant_on_cpu(tmp_path, t5):
     assert type(model.encoder.block[0].layer[0].SelfAttention.q).__name__ == "Linear4bit"
     model = lora.add_lora(model, lora.seq2seq_lora_config(4, 8, 0.0, lora.check_target_modules(model, ["q", "v"])),
                           quantized=True)
-    counts = lora.trainable_parameters(model)
+    counts = record.count_parameters(model)
     assert counts["trainable"] == 6 * 2 * 64 * 4  # 6 q/v layers; 4-bit weights counted unpacked
     batch = tokenizer(["Amanda: hi"], return_tensors="pt")
     loss = model(**batch, labels=tokenizer(text_target=["Amanda says hi."], return_tensors="pt")["input_ids"]).loss
