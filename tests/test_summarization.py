@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_smoke_project
-from nbutils import baselines, data, lora, metrics, record, runtime
+from nbutils import baselines, data, lora, metrics, record, row_report, runtime
 from nbutils.harness import fixtures, runner
 from nbutils.tasks import summarization
 from nbutils.harness.samples import dialogues
@@ -136,10 +136,10 @@ def test_label_padding_is_masked_so_the_loss_ignores_it(t5):
 
 
 def test_prompt_template_must_hold_the_dialogue_field():
-    assert summarization.check_template("Summarize: {dialogue}")
-    for bad in ("Summarize this chat.", "{dialogue} {speaker}", "{dialogue} {", "{text}"):
+    assert data.check_template("Summarize: {dialogue}", ["dialogue"], "prompt_template")
+    for bad in ("Summarize this chat.", "{dialogue} {speaker}", "{dialogue} {", "{text}", "{dialogue}{dialogue}"):
         with pytest.raises(ValueError, match="prompt_template"):
-            summarization.check_template(bad)
+            data.check_template(bad, ["dialogue"], "prompt_template")
     assert summarization.build_prompts(["A: hi"], "Summarize:\n{dialogue}") == ["Summarize:\nA: hi"]
 
 
@@ -174,7 +174,7 @@ def test_lengths_are_picked_from_the_distribution_and_truncation_is_counted():
     assert summarization.choose_max_length(lengths, 90) == 96  # 90.1 rounded up to a multiple of 8
     assert summarization.choose_max_length(lengths, 90, multiple_of=1) == 91
     assert summarization.choose_max_length(lengths, 99, cap=64) == 64
-    report = summarization.length_report(lengths, 64)
+    report = row_report.length_report(lengths, 64)
     assert report["truncated"] == 36 and report["truncated_fraction"] == 0.36 and report["max"] == 100
     with pytest.raises(ValueError, match="length_percentile"):
         summarization.choose_max_length(lengths, 0)
