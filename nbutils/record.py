@@ -185,16 +185,22 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
     return record
 
 
-def write_record(record: dict, output_dir: str | Path) -> Path:
-    """Write `metrics.json` atomically (a crash mid-write never leaves half a record)."""
-    path = Path(output_dir) / RECORD_FILE
+def write_json(path: str | Path, payload, indent: int = 2, default=str) -> Path:
+    """Write `payload` as JSON atomically (a crash mid-write never leaves half a file), from the
+    main process only (in a multi-process run the others return the path without writing)."""
+    path = Path(path)
     if not runtime.is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=indent, default=default) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_record(record: dict, output_dir: str | Path) -> Path:
+    """Write `metrics.json` atomically (a crash mid-write never leaves half a record)."""
+    return write_json(Path(output_dir) / RECORD_FILE, record)
 
 
 def read_record(output_dir: str | Path) -> dict:

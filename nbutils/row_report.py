@@ -142,6 +142,13 @@ def is_blank(value) -> bool:
     return not str(value).strip()
 
 
+def token_lengths(tokenizer, texts, target: bool = False) -> np.ndarray:
+    """Tokens per text as the model sees it (special tokens such as T5's </s> included);
+    `target`: tokenized as labels (`text_target`), for a sequence-to-sequence model's answers."""
+    encoded = tokenizer(text_target=list(texts)) if target else tokenizer(list(texts))
+    return np.asarray([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
 def length_report(lengths, limit: int, prompt_lengths=None) -> dict:
     """How token lengths are distributed and how many examples `limit` truncates (the one
     length summary of the collection).

@@ -107,3 +107,13 @@ def test_format_value_is_the_tables_and_the_conclusions_one():
     assert record.format_value(np.float32(0.5), 2) == "0.50"
     assert record.format_value(128) == "128"
     assert record.format_value("bert") == "bert"
+
+
+def test_json_is_written_whole_and_only_by_the_main_process(tmp_path, monkeypatch):
+    from nbutils import runtime
+
+    path = record.write_json(tmp_path / "runs" / "full@0.5.json", {"loss": 0.25}, indent=1)
+    assert path.read_text() == '{\n "loss": 0.25\n}\n' and list(path.parent.iterdir()) == [path]
+    monkeypatch.setenv("RANK", "1")
+    assert not runtime.is_main_process()
+    assert not record.write_json(tmp_path / "other.json", {}).exists()

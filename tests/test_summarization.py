@@ -180,6 +180,16 @@ def test_lengths_are_picked_from_the_distribution_and_truncation_is_counted():
         summarization.choose_max_length(lengths, 0)
 
 
+def test_token_lengths_count_what_the_model_sees(t5):
+    _, tokenizer = t5
+    texts = ["Amanda: hi", "Jerry: I baked cookies. Do you want some?"]
+    lengths = row_report.token_lengths(tokenizer, texts)
+    assert lengths.tolist() == [len(tokenizer(t)["input_ids"]) for t in texts]
+    assert lengths[0] < lengths[1] and tokenizer(texts[0])["input_ids"][-1] == tokenizer.eos_token_id
+    targets = row_report.token_lengths(tokenizer, iter(texts), target=True)  # any iterable
+    assert targets.tolist() == [len(ids) for ids in tokenizer(text_target=texts)["input_ids"]]
+
+
 # --- generation ---------------------------------------------------------------------------------
 
 def test_generation_is_not_cut_at_20_tokens(t5):

@@ -37,11 +37,6 @@ def tokenize_function(tokenizer, template: str, dialogue_column: str, summary_co
     return tokenize
 
 
-def token_lengths(tokenizer, texts) -> np.ndarray:
-    """Tokens per text as the model sees it (special tokens such as T5's </s> included)."""
-    return np.asarray([len(ids) for ids in tokenizer(list(texts))["input_ids"]], dtype=np.int64)
-
-
 def choose_max_length(lengths, percentile: float, cap: int = 0, multiple_of: int = 8) -> int:
     """The `percentile`-th percentile of `lengths`, rounded up to a multiple of `multiple_of`
     (friendlier to GPU kernels), and at most `cap` when `cap` is positive."""

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nbutils.record import format_value
+from nbutils.record import format_value, write_json
 
 DESCRIPTIONS = {
     "full": "full fine-tuning",
@@ -260,15 +260,7 @@ def _result_path(folder, name: str) -> Path:
 
 def save_result(folder, name: str, result: dict) -> Path:
     """Write one finished run's results (atomically: a crash never leaves half a file)."""
-    from nbutils.runtime import is_main_process
-
-    path = _result_path(folder, name)
-    if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        tmp.replace(path)
-    return path
+    return write_json(_result_path(folder, name), result, indent=1, default=float)
 
 
 def saved_result(folder, name: str, settings: dict) -> dict | None:
