@@ -395,9 +395,9 @@ def eval_batch_size(requested: int, *datasets) -> int:
     test dialogues came back as 64 rows with batch 32 in 2 processes). A batch of at most
     ceil(rows / processes) avoids that; in one process the requested size stands.
     """
-    import os
+    from nbutils import runtime
 
-    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    processes = runtime.processes()
     if processes <= 1:
         return requested
     smallest = min((len(d) for d in datasets), default=requested * processes)

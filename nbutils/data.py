@@ -143,6 +143,28 @@ def require_columns(dataset, **columns: str) -> None:
                            f"columns present: {', '.join(present)}")
 
 
+def check_template(template: str, fields, param: str = "template") -> str:
+    """A prompt template for `str.format` must name each of `fields` exactly once and no other
+    field: a missing field drops that input from every prompt, and an unknown one (or a lone
+    "{" or "}") fails `str.format` mid-run. Returns the template."""
+    import string
+
+    wanted = list(fields)
+    if not isinstance(template, str):
+        raise ValueError(f"{param} must be a string template, got {template!r}")
+    try:
+        found = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as err:  # a lone "{" or "}"
+        raise ValueError(f"{param}={template!r} is not a valid template ({err}); "
+                         "write a literal brace as '{{' or '}}'") from err
+    if sorted(found) != sorted(wanted):
+        names = " and ".join("{" + f + "}" for f in wanted)
+        each = "exactly once" if len(wanted) == 1 else "each exactly once,"
+        raise ValueError(f"{param}={template!r} must contain {names} {each} and no other field; "
+                         f"found {found or 'no field'}")
+    return template
+
+
 def binary_labels(values, column: str = "label") -> np.ndarray:
     """Return labels as int64 class indices 0/1, checking they are exactly two classes.
 

@@ -17,59 +17,20 @@ gather it in one process's memory, and they resume with the same number of proce
 
 The launch environment (WORLD_SIZE, RANK, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_WORLD_SIZE), set
 by torchrun, `accelerate launch` or `accelerate.notebook_launcher`, is read in one place:
-`launch_environment`.
+`nbutils.runtime.topology`.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+from nbutils import runtime
 
 STRATEGIES = ("ddp", "fsdp")
 # The run record's `train.distributed` section (`summary`).
 RECORD_FIELDS = ("strategy", "processes", "machines", "model_state_bytes_per_process")
 PARAMETER = "distributed"  # the notebooks' parameter name, used in messages
-
-
-@dataclass(frozen=True)
-class LaunchEnvironment:
-    processes: int  # all training processes, on all machines (WORLD_SIZE)
-    rank: int  # this process among them (RANK); 0 writes the files
-    local_rank: int  # this process on its machine (LOCAL_RANK): its GPU
-    processes_per_machine: int  # LOCAL_WORLD_SIZE
-    machines: int  # number of machines (nodes) taking part; see `launch_environment`
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _int(environ, name: str, default: int) -> int:
-    value = environ.get(name)
-    try:
-        return int(value) if value not in (None, "") else default
-    except ValueError:
-        raise ValueError(f"the launch environment variable {name} must be a whole number, got {value!r}") from None
-
-
-def launch_environment(environ=None) -> LaunchEnvironment:
-    """Processes, ranks and machines of this run, from the variables the launcher sets.
-
-    Machines: GROUP_WORLD_SIZE where the launcher sets it. torchrun (and `accelerate launch`,
-    which runs torchrun's launcher) starts one agent per machine and sets GROUP_WORLD_SIZE to
-    the number of agents, which is the number of machines even when they run different numbers
-    of processes. Elsewhere (a launcher that sets only WORLD_SIZE and LOCAL_WORLD_SIZE, such as
-    an srun script) WORLD_SIZE / LOCAL_WORLD_SIZE, which assumes the same number of processes
-    on each machine. Without any of them: one process on one machine.
-    """
-    environ = os.environ if environ is None else environ
-    processes = _int(environ, "WORLD_SIZE", 1)
-    local = _int(environ, "LOCAL_WORLD_SIZE", processes)
-    machines = _int(environ, "GROUP_WORLD_SIZE", 0) or max(1, processes // max(local, 1))
-    return LaunchEnvironment(processes=processes, rank=_int(environ, "RANK", 0),
-                             local_rank=_int(environ, "LOCAL_RANK", 0),
-                             processes_per_machine=local, machines=machines)
 
 
 def check_strategy(distributed: str) -> str:
@@ -159,7 +120,7 @@ def training_arguments(distributed: str, model, activation_checkpointing: bool =
     Trainer refuses FSDP outside a distributed run): no keywords.
     """
     check_strategy(distributed)
-    processes = launch_environment().processes if processes is None else processes
+    processes = runtime.topology().processes if processes is None else processes
     if distributed == "ddp" or processes < 2:
         return {}
     config = {
@@ -237,7 +198,7 @@ def broadcast_from_main(model) -> int:
 def strategy_in_use(distributed: str, processes: int | None = None) -> str:
     """What actually ran: `distributed`, or "single" for a one-process run (neither applies)."""
     check_strategy(distributed)
-    processes = launch_environment().processes if processes is None else processes
+    processes = runtime.topology().processes if processes is None else processes
     return distributed if processes > 1 else "single"
 
 
@@ -316,7 +277,7 @@ def summary(model, distributed: str) -> dict:
     """The record's `train.distributed` section (every process must call it: it gathers what
     each holds): strategy, processes, machines, model-state bytes per process, and per process
     how many parameters are sharded and the smallest and largest share of one it holds."""
-    launch = launch_environment()
+    launch = runtime.topology()
     states = _gather(process_state(model))
     return {"strategy": strategy_in_use(distributed, launch.processes),
             "processes": launch.processes, "machines": launch.machines,
@@ -352,14 +313,14 @@ def save_pretrained(model, folder: str | Path, tokenizer=None, **kwargs) -> Path
     process must call it. Returns the folder in the main process, None elsewhere."""
     state_dict = full_state_dict(model) if is_sharded(model) else None
     folder = Path(folder)
-    if launch_environment().is_main:
+    if runtime.topology().is_main:
         if state_dict is not None:
             kwargs["state_dict"] = state_dict
         model.save_pretrained(folder, **kwargs)
         if tokenizer is not None:
             tokenizer.save_pretrained(folder)
     _barrier()  # no process reads the folder before it is whole
-    return folder if launch_environment().is_main else None
+    return folder if runtime.topology().is_main else None
 
 
 def _barrier() -> None:
@@ -376,14 +337,14 @@ def save_model(trainer, folder: str | Path) -> Path | None:
     if not is_sharded(trainer.model):
         trainer.save_model(str(folder))
         _barrier()
-        return Path(folder) if launch_environment().is_main else None
+        return Path(folder) if runtime.topology().is_main else None
     model = trainer.accelerator.unwrap_model(trainer.model)
     return save_pretrained(model, folder, tokenizer=trainer.processing_class)
 
 
 def describe(distributed: str, model=None) -> str:
     """One line for the notebook: the strategy, processes, machines (and FSDP's units)."""
-    launch = launch_environment()
+    launch = runtime.topology()
     used = strategy_in_use(distributed, launch.processes)
     text = f"{used}: {launch.processes} process(es) on {launch.machines} machine(s)"
     if used == "fsdp" and model is not None:

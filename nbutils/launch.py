@@ -29,12 +29,14 @@ import socket
 import sys
 from pathlib import Path
 
+from nbutils import runtime
+
 LAUNCHED = "NBUTILS_LAUNCHED"  # set in every launched process: it must not launch again
 
 
 def in_launched_process() -> bool:
     """True inside a process started by `run_in_processes`, `accelerate launch` or torchrun."""
-    return os.environ.get(LAUNCHED) == "1" or int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return os.environ.get(LAUNCHED) == "1" or runtime.processes() > 1
 
 
 def wanted(num_processes: int) -> bool:

@@ -5,8 +5,9 @@ instruction-tuning (causal LM) ones: `causal_lm_lora_config`, `bnb_4bit_config`,
 `keep_4bit_training_layout` and `trainable_to_float32` (QLoRA on a CPU and in fp16),
 `merge_adapter_and_save`.
 Generic ones, for every model: `check_target_modules` (names a module the model lacks and lists
-the ones it has), `add_lora` (QLoRA preparation + adapter), `trainable_parameters` (4-bit aware);
-and `seq2seq_lora_config` for encoder-decoder models (FLAN-T5, T5).
+the ones it has), `add_lora` (QLoRA preparation + adapter), and `seq2seq_lora_config` for
+encoder-decoder models (FLAN-T5, T5). A PEFT model's parameters are counted (4-bit aware) by
+`nbutils.record.count_parameters`, like every model's.
 """
 
 from __future__ import annotations
@@ -212,15 +213,3 @@ def add_lora(model, config, quantized: bool = False, gradient_checkpointing: boo
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
     return get_peft_model(model, config)
-
-
-def trainable_parameters(model) -> dict:
-    """Trainable and total parameter counts and their ratio. On a PEFT model PEFT counts them,
-    which also undoes bitsandbytes' packing of two 4-bit weights into one stored element."""
-    if hasattr(model, "get_nb_trainable_parameters"):
-        trainable, total = model.get_nb_trainable_parameters()
-    else:
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": int(trainable), "total": int(total),
-            "trainable_fraction": round(trainable / total, 6) if total else 0.0}

@@ -29,8 +29,9 @@ temporary buffers: leave some margin.
 
 from __future__ import annotations
 
-import os
 import warnings
+
+from nbutils import runtime
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BYTES = 0.5  # two 4-bit values per byte
@@ -60,7 +61,7 @@ def precision_of(flags: dict) -> str:
 
 def process_count(num_processes: int = 1) -> int:
     """Training processes: a notebook's `num_processes`, or those a launcher started (WORLD_SIZE)."""
-    return max(int(num_processes or 1), int(os.environ.get("WORLD_SIZE", "1")))
+    return max(int(num_processes or 1), runtime.processes())
 
 
 def _auto_class(task: str):

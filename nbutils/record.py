@@ -7,13 +7,14 @@ fixed here (`RECORD_FIELDS`), versioned, and checked by the tests.
 from __future__ import annotations
 
 import json
-import os
+import numbers
 import platform
 import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 
+from nbutils import runtime
 from nbutils.secrets import redact_config
 
 SCHEMA_VERSION = 1
@@ -71,10 +72,27 @@ def git_state(path: str | Path = ".") -> dict[str, object]:
     return {"commit": head.stdout.strip(), "dirty": dirty}
 
 
-def count_parameters(model) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": int(trainable), "total": int(total)}
+def count_parameters(model) -> dict:
+    """The record's `parameters`: trainable and total parameter counts and their ratio (the one
+    parameter count of the collection). On a PEFT model PEFT counts them, which also undoes
+    bitsandbytes' packing of two 4-bit weights into one stored element."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": int(trainable), "total": int(total),
+            "trainable_fraction": round(trainable / total, 6) if total else 0.0}
+
+
+def format_value(value, digits: int = 3) -> str:
+    """A value as the summary table and the written conclusions show it: a float with `digits`
+    decimals, None as "-", anything else as it prints."""
+    if value is None:
+        return "-"
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
 def train_summary(train_output) -> dict[str, float]:
@@ -84,12 +102,7 @@ def train_summary(train_output) -> dict[str, float]:
     return {"runtime_s": round(float(m["train_runtime"]), 3),
             "samples_per_s": round(float(m["train_samples_per_second"]), 3),
             "epochs": float(m.get("epoch", 0.0)),
-            "processes": int(os.environ.get("WORLD_SIZE", "1"))}
-
-
-def is_main_process() -> bool:
-    """False in the secondary processes of a multi-process run: only the main one writes files."""
-    return int(os.environ.get("RANK", "0")) == 0
+            "processes": runtime.processes()}
 
 
 # A record whose model ran on train/validation/test splits says which rows each held:
@@ -174,16 +187,22 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
     return record
 
 
-def write_record(record: dict, output_dir: str | Path) -> Path:
-    """Write `metrics.json` atomically (a crash mid-write never leaves half a record)."""
-    path = Path(output_dir) / RECORD_FILE
-    if not is_main_process():
+def write_json(path: str | Path, payload, indent: int = 2, default=str) -> Path:
+    """Write `payload` as JSON atomically (a crash mid-write never leaves half a file), from the
+    main process only (in a multi-process run the others return the path without writing)."""
+    path = Path(path)
+    if not runtime.is_main_process():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=indent, default=default) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_record(record: dict, output_dir: str | Path) -> Path:
+    """Write `metrics.json` atomically (a crash mid-write never leaves half a record)."""
+    return write_json(Path(output_dir) / RECORD_FILE, record)
 
 
 def read_record(output_dir: str | Path) -> dict:

@@ -142,18 +142,33 @@ def is_blank(value) -> bool:
     return not str(value).strip()
 
 
-def length_report(lengths, limit: int) -> dict:
+def token_lengths(tokenizer, texts, target: bool = False) -> np.ndarray:
+    """Tokens per text as the model sees it (special tokens such as T5's </s> included);
+    `target`: tokenized as labels (`text_target`), for a sequence-to-sequence model's answers."""
+    encoded = tokenizer(text_target=list(texts)) if target else tokenizer(list(texts))
+    return np.asarray([len(ids) for ids in encoded["input_ids"]], dtype=np.int64)
+
+
+def length_report(lengths, limit: int, prompt_lengths=None) -> dict:
     """How token lengths are distributed and how many examples `limit` truncates (the one
-    length summary of the collection; `summarization` and `causal_lm` build on it)."""
+    length summary of the collection).
+
+    `prompt_lengths` (prompt/completion examples, e.g. instruction tuning): also how many
+    examples have a prompt that alone fills `limit` (no answer token is left: TRL drops them),
+    and how many tokens the limit cuts in all (a cut example also loses its final EOS)."""
     lengths = np.asarray(lengths)
     if lengths.size == 0:
         raise ValueError("no examples to measure")
     pct = np.percentile(lengths, [10, 50, 90, 99])
     truncated = int((lengths > limit).sum())
-    return {"limit": int(limit), "examples": int(lengths.size), "min": int(lengths.min()),
-            "p10": float(pct[0]), "median": float(pct[1]), "p90": float(pct[2]), "p99": float(pct[3]),
-            "max": int(lengths.max()), "mean": round(float(lengths.mean()), 2),
-            "truncated": truncated, "truncated_fraction": round(truncated / lengths.size, 4)}
+    report = {"limit": int(limit), "examples": int(lengths.size), "min": int(lengths.min()),
+              "p10": float(pct[0]), "median": float(pct[1]), "p90": float(pct[2]), "p99": float(pct[3]),
+              "max": int(lengths.max()), "mean": round(float(lengths.mean()), 2),
+              "truncated": truncated, "truncated_fraction": round(truncated / lengths.size, 4)}
+    if prompt_lengths is not None:
+        report["prompt_fills_max_length"] = int((np.asarray(prompt_lengths) >= limit).sum())
+        report["tokens_cut"] = int(np.clip(lengths - limit, 0, None).sum())
+    return report
 
 
 def label_balance(labels, names: dict | None = None) -> dict:

@@ -1,6 +1,10 @@
-"""What hardware the notebook runs on, and the training precision that follows from it."""
+"""What the notebook runs on: the hardware, the training precision that follows from it, and
+the process topology of a multi-process run (which process this is, how many there are)."""
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -97,12 +101,78 @@ def device_map():
     copy on its own GPU, `{"": local_rank}`; a model spread with "auto" cannot be trained with
     DDP. On a CPU: None (the Trainer places the model).
     """
-    import os
-
     import torch
 
     if not torch.cuda.is_available():
         return None
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    if processes() > 1:
+        return {"": local_rank()}
     return "auto"
+
+
+# The process topology. `accelerate launch`, torchrun and `launch.run_in_processes` set these
+# variables in every process they start; a plain notebook or script has none of them.
+
+
+@dataclass(frozen=True)
+class Topology:
+    processes: int  # all training processes, on all machines (WORLD_SIZE)
+    rank: int  # this process among them (RANK); 0 writes the files
+    local_rank: int  # this process on its machine (LOCAL_RANK): its GPU
+    processes_per_machine: int  # LOCAL_WORLD_SIZE
+    machines: int  # number of machines (nodes) taking part; see `topology`
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _env_int(environ, name: str, default: int) -> int:
+    value = environ.get(name) or ""
+    if not value.strip():
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name}={value!r} must be a whole number "
+                         "(the launcher of a multi-process run sets it)") from None
+
+
+def topology(environ=None) -> Topology:
+    """Processes, ranks and machines of this run, from the variables the launcher sets.
+
+    Machines: GROUP_WORLD_SIZE where the launcher sets it. torchrun (and `accelerate launch`,
+    which runs torchrun's launcher) starts one agent per machine and sets GROUP_WORLD_SIZE to
+    the number of agents, which is the number of machines even when they run different numbers
+    of processes. Elsewhere (a launcher that sets only WORLD_SIZE and LOCAL_WORLD_SIZE, such as
+    an srun script) WORLD_SIZE / LOCAL_WORLD_SIZE, which assumes the same number of processes
+    on each machine. Without any of them: one process on one machine.
+    """
+    environ = os.environ if environ is None else environ
+    count = _env_int(environ, "WORLD_SIZE", 1)
+    local = _env_int(environ, "LOCAL_WORLD_SIZE", count)
+    machines = _env_int(environ, "GROUP_WORLD_SIZE", 0) or max(1, count // max(local, 1))
+    return Topology(processes=count, rank=_env_int(environ, "RANK", 0),
+                    local_rank=_env_int(environ, "LOCAL_RANK", 0),
+                    processes_per_machine=local, machines=machines)
+
+
+def processes() -> int:
+    """How many training processes this run has (WORLD_SIZE; 1 outside a launched run)."""
+    return topology().processes
+
+
+def rank() -> int:
+    """This process's number among all of them (RANK; 0 outside a launched run)."""
+    return topology().rank
+
+
+def local_rank() -> int:
+    """This process's number on its own machine, i.e. its GPU (LOCAL_RANK; 0 outside one)."""
+    return topology().local_rank
+
+
+def is_main_process() -> bool:
+    """False in the secondary processes of a multi-process run: only the main one writes files
+    and draws plots."""
+    return rank() == 0

@@ -36,7 +36,7 @@ from pathlib import Path
 import yaml
 
 from nbutils.params import ParameterError, check_parameters, declared_parameters
-from nbutils.record import RECORD_FILE, splits_digest
+from nbutils.record import RECORD_FILE, format_value, splits_digest
 
 KERNEL = "llm-notebooks"
 
@@ -337,14 +337,6 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
                       error=f"{type(err).__name__}: {summary}"[:500])
 
 
-def _fmt(value, digits=3) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "baseline", "train_s",
                    "samples_per_s", "tokens_per_s", "padding_eff", "trainable", "total", "splits",
                    "notebook")
@@ -375,7 +367,7 @@ def summary_rows(results: list[Result], root: Path) -> list[dict]:
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(row[c]) for c in SUMMARY_COLUMNS) + " |")
+        lines.append("| " + " | ".join(format_value(row[c]) for c in SUMMARY_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,8 +3,8 @@
 The original FLAN-T5 notebook built its training targets from the input dialogue (so the model
 learned to copy its prompt), let generation stop at transformers' default of 20 tokens, and never
 scored the test split. The pieces here make each of those explicit and testable:
-`tokenize_function` takes the targets from the summary column, `choose_max_length` and
-`length_report` pick the token limits from the data and say what they cut, `set_generation`
+`tokenize_function` takes the targets from the summary column, `choose_max_length` picks
+the token limits from the data (`nbutils.row_report.length_report` says what they cut), `set_generation`
 fixes the generation length on the model itself (so the Trainer's evaluation, `predict` and a
 later `generate` all use it), and `generation_stats` reports how long the summaries came out and
 how many ran into the limit.
@@ -12,24 +12,9 @@ how many ran into the limit.
 
 from __future__ import annotations
 
-import string
-
 import numpy as np
 
 DEFAULT_TEMPLATE = "Summarize the following conversation.\n\n{dialogue}\n\nSummary:"
-
-
-def check_template(template: str, param: str = "prompt_template") -> str:
-    """The prompt template must hold the field `{dialogue}` once, and no other field."""
-    try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
-    except ValueError as err:  # a lone "{" or "}"
-        raise ValueError(f"{param}={template!r} is not a valid template ({err}); "
-                         "write a literal brace as '{{' or '}}'") from err
-    if fields != ["dialogue"]:
-        raise ValueError(f"{param}={template!r} must contain the field {{dialogue}} exactly once "
-                         f"and no other field; found {fields or 'no field'}")
-    return template
 
 
 def build_prompts(dialogues, template: str = DEFAULT_TEMPLATE) -> list[str]:
@@ -52,11 +37,6 @@ def tokenize_function(tokenizer, template: str, dialogue_column: str, summary_co
     return tokenize
 
 
-def token_lengths(tokenizer, texts) -> np.ndarray:
-    """Tokens per text as the model sees it (special tokens such as T5's </s> included)."""
-    return np.asarray([len(ids) for ids in tokenizer(list(texts))["input_ids"]], dtype=np.int64)
-
-
 def choose_max_length(lengths, percentile: float, cap: int = 0, multiple_of: int = 8) -> int:
     """The `percentile`-th percentile of `lengths`, rounded up to a multiple of `multiple_of`
     (friendlier to GPU kernels), and at most `cap` when `cap` is positive."""
@@ -67,14 +47,6 @@ def choose_max_length(lengths, percentile: float, cap: int = 0, multiple_of: int
         raise ValueError("cannot choose a length from no examples")
     limit = int(np.ceil(np.percentile(lengths, percentile) / multiple_of) * multiple_of)
     return min(limit, cap) if cap > 0 else limit
-
-
-def length_report(lengths, limit: int) -> dict:
-    """How the token lengths are distributed and how many examples `limit` truncates
-    (`nbutils.row_report.length_report`, the collection's one length summary)."""
-    from nbutils.row_report import length_report as report
-
-    return report(lengths, limit)
 
 
 def set_generation(model, max_new_tokens: int, num_beams: int = 1):

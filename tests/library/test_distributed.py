@@ -5,7 +5,7 @@ test_distributed_runs.py.)"""
 import pytest
 import torch
 
-from nbutils import distributed
+from nbutils import distributed, runtime
 from nbutils.harness import runner
 
 
@@ -107,7 +107,7 @@ def test_fsdp_arguments_are_fsdp2_with_sharded_checkpoints_and_accepted_by_the_t
     ({"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, (2, 1, 1, 2, 1)),
 ])
 def test_launch_environment(environ, expected):
-    launch = distributed.launch_environment(environ)
+    launch = runtime.topology(environ)
     assert (launch.processes, launch.rank, launch.local_rank, launch.processes_per_machine,
             launch.machines) == expected
     assert launch.is_main == (expected[1] == 0)
@@ -115,7 +115,7 @@ def test_launch_environment(environ, expected):
 
 def test_a_malformed_launch_variable_is_named():
     with pytest.raises(ValueError, match="WORLD_SIZE.*'two'"):
-        distributed.launch_environment({"WORLD_SIZE": "two"})
+        runtime.topology({"WORLD_SIZE": "two"})
 
 
 def test_model_state_bytes_counts_parameters_and_buffers_once(tiny):

@@ -97,3 +97,23 @@ def test_the_commit_is_recorded_even_when_git_status_is_slow(monkeypatch, root):
     monkeypatch.setattr(subprocess, "run", slow_status)
     state = record.git_state(root)
     assert state["commit"] and len(state["commit"]) == 40 and state["dirty"] is None
+
+
+def test_format_value_is_the_tables_and_the_conclusions_one():
+    import numpy as np
+
+    assert record.format_value(None) == "-"
+    assert record.format_value(0.12345) == "0.123"
+    assert record.format_value(np.float32(0.5), 2) == "0.50"
+    assert record.format_value(128) == "128"
+    assert record.format_value("bert") == "bert"
+
+
+def test_json_is_written_whole_and_only_by_the_main_process(tmp_path, monkeypatch):
+    from nbutils import runtime
+
+    path = record.write_json(tmp_path / "runs" / "full@0.5.json", {"loss": 0.25}, indent=1)
+    assert path.read_text() == '{\n "loss": 0.25\n}\n' and list(path.parent.iterdir()) == [path]
+    monkeypatch.setenv("RANK", "1")
+    assert not runtime.is_main_process()
+    assert not record.write_json(tmp_path / "other.json", {}).exists()

@@ -74,13 +74,14 @@ def test_check_stops_above_the_share_naming_reasons_counts_and_parameter():
 
 
 def test_length_report_is_the_one_shared_by_the_notebooks():
-    from nbutils.tasks.instruction_tuning import causal_lm
-    from nbutils.tasks import summarization
-
     report = row_report.length_report([10, 20, 30, 40, 250], 30)
     assert report["truncated"] == 2 and report["truncated_fraction"] == 0.4 and report["median"] == 30
-    assert summarization.length_report([10, 20, 30, 40, 250], 30) == report
-    assert causal_lm.length_report([10, 20, 30, 40, 250], [5] * 5, 30)["p90"] == report["p90"]
+    assert report["mean"] == 70.0 and "tokens_cut" not in report
+    # Prompt/completion examples (instruction tuning): the same keys, and what the limit cuts.
+    with_prompts = row_report.length_report([10, 20, 30, 40, 250], 30, prompt_lengths=[5, 5, 5, 5, 200])
+    assert with_prompts == {**report, "prompt_fills_max_length": 1, "tokens_cut": 10 + 220}
+    with pytest.raises(ValueError, match="no examples"):
+        row_report.length_report([], 30)
 
 
 # --- detection: empty and missing texts, duplicates, other languages, very long essays --------
@@ -164,7 +165,7 @@ def test_instruction_sample_and_record_agree_on_malformed_turns(cache, smoke_run
     assert report["rows"] == {"read": len(rows), "kept": len(rows) - 1, "repaired": 3, "dropped": 1}
     assert report["repaired"]["empty trailing turn removed"]["count"] == empty_turn + empty_answer
     assert list(report["dropped"]) == ["empty answer in turn 1"]
-    assert report["lengths"]["train"]["max_length"] == 192
+    assert report["lengths"]["train"]["limit"] == 192
 
 
 def test_trailing_empty_turns_are_removed_and_a_first_turn_never():

@@ -53,3 +53,43 @@ def test_model_type_is_read_from_the_config(tmp_path):
                 num_attention_heads=1).save_pretrained(tmp_path)
     assert runtime.model_type_of(str(tmp_path)) == "llama"
     assert runtime.model_type_of(str(tmp_path / "missing")) is None
+
+
+TOPOLOGY = ("WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def test_process_topology_outside_and_inside_a_launched_run(monkeypatch):
+    for name in TOPOLOGY:
+        monkeypatch.delenv(name, raising=False)
+    assert (runtime.processes(), runtime.rank(), runtime.local_rank(), runtime.is_main_process()) == (1, 0, 0, True)
+    monkeypatch.setenv("WORLD_SIZE", "4")  # the second process on the second machine of 2 x 2
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert (runtime.processes(), runtime.rank(), runtime.local_rank(), runtime.is_main_process()) == (4, 3, 1, False)
+    monkeypatch.setenv("RANK", "0")
+    assert runtime.is_main_process()
+
+
+def test_a_malformed_topology_variable_is_named(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' must be a whole number"):
+        runtime.processes()
+
+
+def test_every_module_reads_the_topology_from_runtime(monkeypatch, tmp_path):
+    """The record, the launcher, the batching and the per-run results follow `runtime`, not
+    their own reading of the environment."""
+    from types import SimpleNamespace
+
+    from nbutils import batching, launch, record
+    from nbutils.tasks.strategies import study
+
+    monkeypatch.delenv(launch.LAUNCHED, raising=False)
+    monkeypatch.setattr(runtime, "processes", lambda: 2)
+    monkeypatch.setattr(runtime, "is_main_process", lambda: False)
+    output = SimpleNamespace(metrics={"train_runtime": 1.0, "train_samples_per_second": 2.0})
+    assert record.train_summary(output)["processes"] == 2
+    assert launch.in_launched_process()
+    assert batching.eval_batch_size(32, list(range(10))) == 5
+    assert not record.write_record({}, tmp_path).exists()  # only the main process writes
+    assert not study.save_result(tmp_path, "full", {}).exists()

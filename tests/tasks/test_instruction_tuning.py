@@ -17,7 +17,7 @@ import torch
 from conftest import ROOT
 from nbutils.tasks.instruction_tuning import causal_lm, instructions
 from nbutils.harness import fixtures, runner
-from nbutils import lora, record
+from nbutils import lora, record, row_report
 from nbutils.tasks.instruction_tuning.instructions import InstructionDataError
 from nbutils.harness.samples import instructions as sample
 
@@ -283,7 +283,7 @@ def test_training_examples_have_one_bos_masked_prompt_and_end_in_eos(cache, tmp_
     causal_lm.ensure_pad_token(tok, model)
     pairs = _pairs(path=source, fmt=fmt)
     lengths, prompt_lengths = causal_lm.sequence_lengths(tok, pairs)
-    report = causal_lm.length_report(lengths, prompt_lengths, MAX_LENGTH)
+    report = row_report.length_report(lengths, MAX_LENGTH, prompt_lengths)
     prepared = _trainer(tok, model, pairs, tmp_path).train_dataset
     # TRL drops the examples whose prompt alone fills max_length (no answer token left).
     kept = [i for i, n in enumerate(prompt_lengths) if n < MAX_LENGTH]
@@ -357,6 +357,11 @@ def test_packed_sequences_keep_each_examples_eos(cache, tmp_path):
             end += n
             ends_in_eos += row["labels"][end - 1] == tok.eos_token_id
     assert ends_in_eos == int((lengths <= MAX_LENGTH).sum())
+    # The notebook's and label_checks' reading of packed rows gives the same examples.
+    examples = list(causal_lm.training_examples(prepared))
+    assert len(examples) == sum(len(row["seq_lengths"]) for row in prepared)
+    assert sum(labels[-1] == tok.eos_token_id for _, labels in examples) == ends_in_eos
+    assert causal_lm.label_checks(prepared, tok)["examples"] == len(examples)
 
 
 # --- the model learns to stop --------------------------------------------------------------------
@@ -448,7 +453,7 @@ def test_token_loss_is_the_exact_mean_over_answer_tokens(cache, tmp_path):
 
 
 def test_length_report_counts_what_max_length_cuts():
-    report = causal_lm.length_report([10, 20, 30, 40, 250], [5, 5, 5, 5, 200], max_length=30)
+    report = row_report.length_report([10, 20, 30, 40, 250], 30, prompt_lengths=[5, 5, 5, 5, 200])
     assert report["truncated"] == 2 and report["truncated_fraction"] == pytest.approx(0.4)
     assert report["prompt_fills_max_length"] == 1 and report["tokens_cut"] == 10 + 220
     assert report["median"] == 30 and report["max"] == 250
@@ -561,7 +566,7 @@ def test_run_record_and_held_out_scores(runs, variant):
     # (the chat-messages sample has none).
     dropped = 1 if variant == "llama2_7b" else 0
     assert data["skipped_rows"] == data["report"]["rows"]["dropped"] == dropped
-    assert data["lengths"]["max_length"] == MAX_LENGTH and data["lengths"]["truncated"] > 0
+    assert data["lengths"]["limit"] == MAX_LENGTH and data["lengths"]["truncated"] > 0
     checks = data["label_checks"]
     assert checks["labels_with_stop_token"] == (data["lengths"]["examples"] - data["lengths"]["truncated"])
     assert 0.05 < checks["masked_label_fraction"] < 0.6, "the prompts are masked, the answers are not"

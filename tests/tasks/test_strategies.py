@@ -277,3 +277,29 @@ def test_differences_within_the_spread_over_seeds_are_ties():
     close = {n: study.aggregate([seeded(n, 42 + i, v, t) for i, (v, t) in enumerate(seeds[n])]) for n in ("full", "lora")}
     assert "Every strategy scored about the same validation ROC AUC (0.920 to 0.940, mean over 2 seeds" \
         in study.conclusion(close, {"loss": 2.0})
+
+
+def test_conclusion_text_is_unchanged_on_recorded_results():
+    """One finding per function: the same results give, word for word, the conclusion the single
+    function wrote (recorded from a smoke run and variants of it, tests/strategies_cases.py)."""
+    import json
+
+    from strategies_cases import DATA, cases
+
+    expected = json.loads((DATA / "strategies_conclusions.json").read_text())["conclusions"]
+    written = {name: study.conclusion(*args, **kwargs) for name, args, kwargs in cases()}
+    assert written.keys() == expected.keys()
+    for name in expected:
+        assert written[name] == expected[name], name
+
+
+def test_each_finding_is_a_sentence_or_nothing():
+    from strategies_cases import recorded_run
+
+    run = recorded_run()
+    facts = study.Facts.of(run["results"], run["before"], run["curve"], run["informative_head"])
+    written = [finding(facts) for finding in study.FINDINGS]
+    assert all(text is None or text.startswith("- **") for text in written)
+    assert sum(text is not None for text in written) == 7  # the caveat is left out: the head is informative
+    only_full = study.Facts.of({"full": run["results"]["full"]}, run["before"])
+    assert study.lora_finding(only_full) is None and study.freezing_finding(only_full) is None

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_smoke_project
-from nbutils import baselines, data, lora, metrics, record, runtime
+from nbutils import baselines, data, lora, metrics, record, row_report, runtime
 from nbutils.harness import fixtures, runner
 from nbutils.tasks import summarization
 from nbutils.harness.samples import dialogues
@@ -136,10 +136,10 @@ def test_label_padding_is_masked_so_the_loss_ignores_it(t5):
 
 
 def test_prompt_template_must_hold_the_dialogue_field():
-    assert summarization.check_template("Summarize: {dialogue}")
-    for bad in ("Summarize this chat.", "{dialogue} {speaker}", "{dialogue} {", "{text}"):
+    assert data.check_template("Summarize: {dialogue}", ["dialogue"], "prompt_template")
+    for bad in ("Summarize this chat.", "{dialogue} {speaker}", "{dialogue} {", "{text}", "{dialogue}{dialogue}"):
         with pytest.raises(ValueError, match="prompt_template"):
-            summarization.check_template(bad)
+            data.check_template(bad, ["dialogue"], "prompt_template")
     assert summarization.build_prompts(["A: hi"], "Summarize:\n{dialogue}") == ["Summarize:\nA: hi"]
 
 
@@ -174,10 +174,20 @@ def test_lengths_are_picked_from_the_distribution_and_truncation_is_counted():
     assert summarization.choose_max_length(lengths, 90) == 96  # 90.1 rounded up to a multiple of 8
     assert summarization.choose_max_length(lengths, 90, multiple_of=1) == 91
     assert summarization.choose_max_length(lengths, 99, cap=64) == 64
-    report = summarization.length_report(lengths, 64)
+    report = row_report.length_report(lengths, 64)
     assert report["truncated"] == 36 and report["truncated_fraction"] == 0.36 and report["max"] == 100
     with pytest.raises(ValueError, match="length_percentile"):
         summarization.choose_max_length(lengths, 0)
+
+
+def test_token_lengths_count_what_the_model_sees(t5):
+    _, tokenizer = t5
+    texts = ["Amanda: hi", "Jerry: I baked cookies. Do you want some?"]
+    lengths = row_report.token_lengths(tokenizer, texts)
+    assert lengths.tolist() == [len(tokenizer(t)["input_ids"]) for t in texts]
+    assert lengths[0] < lengths[1] and tokenizer(texts[0])["input_ids"][-1] == tokenizer.eos_token_id
+    targets = row_report.token_lengths(tokenizer, iter(texts), target=True)  # any iterable
+    assert targets.tolist() == [len(ids) for ids in tokenizer(text_target=texts)["input_ids"]]
 
 
 # --- generation ---------------------------------------------------------------------------------
@@ -304,7 +314,7 @@ def test_lora_trains_only_the_adapter_and_starts_as_the_base_model(t5):
     peft_model = lora.add_lora(copy.deepcopy(model), lora.seq2seq_lora_config(r, 8, 0.0, ["q", "v"])).eval()
     # q and v are 32x32: the adapter adds A (r x 32) and B (32 x r) to each. T5 with 2 encoder
     # layers (self-attention) and 2 decoder layers (self- and cross-attention): 12 such layers.
-    counts = lora.trainable_parameters(peft_model)
+    counts = record.count_parameters(peft_model)
     assert counts["trainable"] == 12 * 2 * 32 * r
     assert counts["total"] == sum(p.numel() for p in base.parameters()) + counts["trainable"]
     assert counts["trainable_fraction"] == pytest.approx(counts["trainable"] / counts["total"], abs=1e-6)
@@ -337,7 +347,7 @@ def test_4bit_nf4_double_quant_on_cpu(tmp_path, t5):
     assert type(model.encoder.block[0].layer[0].SelfAttention.q).__name__ == "Linear4bit"
     model = lora.add_lora(model, lora.seq2seq_lora_config(4, 8, 0.0, lora.check_target_modules(model, ["q", "v"])),
                           quantized=True)
-    counts = lora.trainable_parameters(model)
+    counts = record.count_parameters(model)
     assert counts["trainable"] == 6 * 2 * 64 * 4  # 6 q/v layers; 4-bit weights counted unpacked
     batch = tokenizer(["Amanda: hi"], return_tensors="pt")
     loss = model(**batch, labels=tokenizer(text_target=["Amanda says hi."], return_tensors="pt")["input_ids"]).loss

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT, run_smoke_project
 from nbutils.tasks.text_to_pandas import code_exec, table_context, text_to_code
-from nbutils import record
+from nbutils import data, record
 from nbutils.harness import runner
 from nbutils import tokenizer_coverage as coverage
 from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox, canonical, results_match
@@ -455,8 +455,12 @@ def test_text_metrics_and_template():
     assert text_to_code.exact_match([" a ", "b"], ["a", "c"]) == 0.5
     assert text_to_code.bleu(["df['a'].sum()"], ["df['a'].sum()"]) == pytest.approx(100.0)
     assert text_to_code.format_input("q?", " ctx ") == "<question> q? <context> ctx"
+    fields = ["question", "context"]
+    assert data.check_template(text_to_code.DEFAULT_INPUT_TEMPLATE, fields, "input_template")
     with pytest.raises(ValueError, match="input_template='{question}' must contain"):
-        text_to_code.check_template("{question}")
+        data.check_template("{question}", fields, "input_template")
+    with pytest.raises(ValueError, match="input_template=.*not a valid template"):  # a lone brace
+        data.check_template("{question} {context} }", fields, "input_template")
 
 
 def test_nearest_neighbour_baseline_returns_the_closest_training_answer():

@@ -3,8 +3,8 @@
 - `ensure_pad_token`: a pad token distinct from EOS. Setting pad = EOS (the original Llama-2
   notebooks' shortcut) lets padding logic treat every real EOS as padding, so the model is
   never trained to end an answer and generates until `max_new_tokens`.
-- `sequence_lengths` / `length_report`: how long the examples are in tokens, and how many
-  `max_length` cuts (a cut example also loses its EOS).
+- `sequence_lengths`: how long the examples are in tokens (with their prompts, for
+  `nbutils.row_report.length_report`: how many `max_length` cuts, which then lose their EOS).
 - `token_loss`: mean loss per completion token over a held-out split, and its perplexity,
   exp(mean token loss): the model scored on reference answers, never on its own output; only
   completion positions reach the vocabulary projection, in chunks of bounded size.
@@ -72,21 +72,6 @@ def sequence_lengths(tokenizer, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(full), np.asarray(prompt)
 
 
-def length_report(lengths, prompt_lengths, max_length: int) -> dict:
-    """Length distribution and what `max_length` does to it: examples cut short (they lose their
-    final EOS) and examples whose prompt alone fills `max_length` (no answer token is left:
-    TRL drops them)."""
-    from nbutils.row_report import length_report as report
-
-    lengths = np.asarray(lengths)
-    prompt_lengths = np.asarray(prompt_lengths)
-    stats = report(lengths, max_length)  # the collection's one length summary, plus what cuts answers
-    stats["max_length"] = stats.pop("limit")
-    return {**stats, "mean": float(lengths.mean()),
-            "prompt_fills_max_length": int((prompt_lengths >= max_length).sum()),
-            "tokens_cut": int(np.clip(lengths - max_length, 0, None).sum())}
-
-
 def _autocast(device, dtype):
     """Mixed precision as in training: on a GPU computing in 16 bits, layers of different dtypes
     (a 16-bit base, fp32 adapters) meet under autocast; on a CPU everything is fp32."""
@@ -94,6 +79,22 @@ def _autocast(device, dtype):
 
     enabled = device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
     return torch.autocast(device.type, dtype=dtype, enabled=enabled)
+
+
+def examples_in_row(row):
+    """(input ids, labels) of each training example in a prepared row: one, or several in a
+    packed row (TRL's `seq_lengths` gives their lengths)."""
+    ids, labels = row["input_ids"], row["labels"]
+    start = 0
+    for n in row.get("seq_lengths") or [len(ids)]:
+        yield ids[start:start + n], labels[start:start + n]
+        start += n
+
+
+def training_examples(rows):
+    """(input ids, labels) of every training example in prepared rows, packed or not."""
+    for row in rows:
+        yield from examples_in_row(row)
 
 
 def label_checks(dataset, tokenizer, stop_ids=None) -> dict:
@@ -104,16 +105,12 @@ def label_checks(dataset, tokenizer, stop_ids=None) -> dict:
     bos = tokenizer.bos_token_id
     pieces = one_bos = with_stop = masked = total = 0
     for row in dataset:
-        ids, labels = row["input_ids"], row["labels"]
-        start = 0
-        for n in row.get("seq_lengths") or [len(ids)]:
-            piece, piece_labels = ids[start:start + n], labels[start:start + n]
-            start += n
+        for piece, piece_labels in examples_in_row(row):
             pieces += 1
-            one_bos += bos is None or (piece[0] == bos and (n < 2 or piece[1] != bos))
+            one_bos += bos is None or (piece[0] == bos and (len(piece) < 2 or piece[1] != bos))
             with_stop += any(label in stops for label in piece_labels)
-        masked += sum(label == -100 for label in labels)
-        total += len(labels)
+        masked += sum(label == -100 for label in row["labels"])
+        total += len(row["labels"])
     return {"examples": pieces, "one_bos": int(one_bos), "labels_with_stop_token": int(with_stop),
             "masked_label_fraction": masked / total if total else 0.0}
 

@@ -29,6 +29,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nbutils.record import format_value, write_json
+
 DESCRIPTIONS = {
     "full": "full fine-tuning",
     "full_high_lr": "full fine-tuning, high learning rate",
@@ -258,15 +260,7 @@ def _result_path(folder, name: str) -> Path:
 
 def save_result(folder, name: str, result: dict) -> Path:
     """Write one finished run's results (atomically: a crash never leaves half a file)."""
-    from nbutils.record import is_main_process
-
-    path = _result_path(folder, name)
-    if is_main_process():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        tmp.replace(path)
-    return path
+    return write_json(_result_path(folder, name), result, indent=1, default=float)
 
 
 def saved_result(folder, name: str, settings: dict) -> dict | None:
@@ -379,10 +373,6 @@ def results_table(results: dict[str, dict], metric: str = "roc_auc", metric_name
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("strategy")
 
 
-def _fmt(value: float, digits: int = 3) -> str:
-    return f"{value:.{digits}f}"
-
-
 def _overfitting_sentence(fit: dict, whose: str) -> str:
     """One sentence on a run's `overfitting` summary."""
     rise, tolerance = fit.get("validation_rise") or 0.0, fit.get("tolerance", 0.05)
@@ -395,10 +385,187 @@ def _overfitting_sentence(fit: dict, whose: str) -> str:
     return f"{whose} validation loss ended within {tolerance:.0%} of its lowest point: no sign of overfitting."
 
 
+@dataclass
+class Facts:
+    """What every finding reads: the results and the figures several findings share."""
+
+    results: dict[str, dict]
+    before: dict
+    curve: dict[str, dict] | None
+    informative_head: bool
+    metric: str
+    metric_name: str
+    tie: float
+    label: dict[str, str]  # strategy -> its description in bold
+    scores: dict[str, float]  # strategy -> test metric
+    forgot: dict[str, float]  # strategy -> forgetting, for the strategies that measured it
+    seeds: int
+
+    @classmethod
+    def of(cls, results: dict[str, dict], before: dict, curve: dict[str, dict] | None = None,
+           informative_head: bool = True, metric: str = "roc_auc", metric_name: str = "ROC AUC",
+           tie: float = 0.005) -> Facts:
+        if not results:
+            raise ValueError("no results to conclude from")
+        label = {name: f"**{r.get('description', name)}**" for name, r in results.items()}
+        scores = {name: r["test"][metric] for name, r in results.items()}
+        missing = [n for n, r in results.items() if "validation" not in r]
+        if missing:
+            raise KeyError(f"no validation metrics for {', '.join(missing)}: strategies are ranked on validation")
+        return cls(results, before, curve, informative_head, metric, metric_name, tie, label, scores,
+                   forgot={n: r["forgetting"]["forgetting"] for n, r in results.items() if r.get("forgetting")},
+                   seeds=len(next(iter(results.values())).get("seeds") or [None]))
+
+
+def task_metric_finding(f: Facts) -> str:
+    """The strategies ranked on validation (ties within the spread over seeds said as such),
+    with their test scores only reported."""
+    on, metric, results = "validation", f.metric, f.results
+    chosen = {name: r[on][metric] for name, r in results.items()}
+    ranked = sorted(chosen, key=lambda n: (-chosen[n], list(results).index(n)))
+    best, worst = ranked[0], ranked[-1]
+
+    def shown(name, split):
+        std = _std(results[name], split, metric)
+        return format_value(results[name][split][metric]) + (f" ± {format_value(std)}" if f.seeds > 1 else "")
+
+    over = f"mean over {f.seeds} seeds, ± the standard deviation" if f.seeds > 1 else "one seed"
+    if len(ranked) > 1 and all(level(results[best], results[n], on, metric, f.tie) for n in ranked[1:]):
+        return (f"- **Task metric.** Every strategy scored about the same {on} {f.metric_name} "
+                f"({format_value(chosen[worst])} to {format_value(chosen[best])}, {over}): the differences lie within "
+                f"the spread over seeds, so they are ties. On the test split: "
+                + ", ".join(f"{f.label[n]} {shown(n, 'test')}" for n in ranked) + ".")
+    tied = [n for n in ranked[1:-1] if level(results[best], results[n], on, metric, f.tie)]
+    text = (f"- **Task metric.** Ranked on the {on} split ({over}), {f.label[best]} came first with "
+            f"{f.metric_name} {shown(best, on)}, and scored {shown(best, 'test')} on the test split")
+    if tied:
+        text += (f"; level with it (the difference lies within the spread over seeds): "
+                 f"{', '.join(f.label[n] for n in tied)}")
+    if len(ranked) > 1:
+        text += f"; {f.label[worst]} came last, {shown(worst, on)} ({shown(worst, 'test')} on test)"
+        if level(results[best], results[worst], on, metric, f.tie):
+            text += ", yet still within the spread over seeds of the first"
+    return text + "."
+
+
+def forgetting_finding(f: Facts) -> str | None:
+    """Which strategy raised the backbone's masked-LM loss most, and which least."""
+    forgot = f.forgot
+    if not forgot:
+        return None
+    order = sorted(forgot, key=lambda n: (-forgot[n], n))
+    most, least = order[0], order[-1]
+    after = {n: f.results[n]["forgetting"]["mlm_loss_after"] for n in forgot}
+    text = (f"- **Forgetting.** Before fine-tuning, the backbone's masked-LM loss on the held-out "
+            f"general text was {format_value(f.before['loss'])}. Fine-tuning raised it most with {f.label[most]} "
+            f"(to {format_value(after[most])}, {forgot[most]:+.3f})")
+    if len(order) > 1:
+        text += f" and least with {f.label[least]} (to {format_value(after[least])}, {forgot[least]:+.3f})"
+    return text + "."
+
+
+def freezing_finding(f: Facts) -> str | None:
+    """Whether freezing the lower layers cut forgetting, against full fine-tuning at the same rate."""
+    forgot = f.forgot
+    if "full" not in forgot or "frozen" not in forgot:
+        return None
+    noise = sum(float((f.results[n].get("spread") or {}).get("forgetting", 0.0)) for n in ("frozen", "full"))
+    if abs(forgot["frozen"] - forgot["full"]) <= noise:  # within the spread over seeds
+        verb = "made no difference beyond the spread over seeds to"
+    else:
+        verb = "cut" if forgot["frozen"] < forgot["full"] else "did not cut"
+    return (f"- **Freezing.** Freezing the lower layers {verb} forgetting: {forgot['frozen']:+.3f} "
+            f"against {forgot['full']:+.3f} for full fine-tuning at the same rate, with test "
+            f"{f.metric_name} {format_value(f.scores['frozen'])} against {format_value(f.scores['full'])}.")
+
+
+def caveat_finding(f: Facts) -> str | None:
+    """Forgetting measured through an MLM head that knows little means little."""
+    if not f.forgot or f.informative_head:
+        return None
+    return ("- **Caveat.** The masked-LM loss before fine-tuning is close to chance "
+            "(uniform guessing over the vocabulary): this backbone's MLM head knows little, "
+            "so the forgetting numbers mean little.")
+
+
+def high_learning_rate_finding(f: Facts) -> str | None:
+    """Full fine-tuning at the high rate against the normal one: score, forgetting, overfitting."""
+    if "full" not in f.results or "full_high_lr" not in f.results:
+        return None
+    normal, high, forgot = f.results["full"], f.results["full_high_lr"], f.forgot
+    fit_n, fit_h = normal.get("overfitting") or {}, high.get("overfitting") or {}
+    text = (f"- **High learning rate.** At {high.get('learning_rate', float('nan')):g} instead of "
+            f"{normal.get('learning_rate', float('nan')):g}, full fine-tuning scored "
+            f"{format_value(f.scores['full_high_lr'])} instead of {format_value(f.scores['full'])}")
+    if "full" in forgot and "full_high_lr" in forgot:
+        text += f", forgot {forgot['full_high_lr']:+.3f} instead of {forgot['full']:+.3f}"
+    if fit_h.get("final_gap") is not None and fit_n.get("final_gap") is not None:
+        text += (f", and ended with a train-vs-validation loss gap of {format_value(fit_h['final_gap'])} instead of "
+                 f"{format_value(fit_n['final_gap'])}. " + _overfitting_sentence(fit_h, "Its"))
+        text += " At the normal rate, " + _overfitting_sentence(fit_n, "the")
+    else:
+        text += "."
+    return text
+
+
+def gradual_finding(f: Facts) -> str | None:
+    """Gradual unfreezing's score and forgetting, beside full fine-tuning's."""
+    if "gradual" not in f.results:
+        return None
+    forgot = f.forgot
+    text = f"- **Gradual unfreezing.** With discriminative learning rates it scored {format_value(f.scores['gradual'])}"
+    if "gradual" in forgot:
+        text += f" and forgot {forgot['gradual']:+.3f}"
+        if "full" in forgot:
+            text += f" (full fine-tuning: {format_value(f.scores['full'])}, {forgot['full']:+.3f})"
+    return text + "."
+
+
+def lora_finding(f: Facts) -> str | None:
+    """LoRA's share of trained parameters, its score and its forgetting."""
+    if "lora" not in f.results:
+        return None
+    share = f.results["lora"]["parameters"]["trainable"] / f.results["lora"]["parameters"]["total"]
+    text = f"- **LoRA.** It trained {share:.2%} of the parameters and scored {format_value(f.scores['lora'])}"
+    if "lora" in f.forgot:
+        text += f", forgetting {f.forgot['lora']:+.3f}"
+    return text + "."
+
+
+def data_size_finding(f: Facts) -> str | None:
+    """The test metric from the fewest to the most training rows, and who led with the fewest."""
+    if not f.curve:
+        return None
+    parts, smallest = [], {}
+    for name, points in f.curve.items():
+        sizes = sorted(points, key=float)
+        if len(sizes) >= 2:
+            small, large = sizes[0], sizes[-1]
+            smallest[name] = (float(small), points[small])
+            parts.append(f"{f.label.get(name, name)} went from {format_value(points[small])} with {small} training "
+                         f"rows to {format_value(points[large])} with {large}")
+    if not parts:
+        return None
+    text = f"- **Data size.** Test {f.metric_name}: " + "; ".join(parts) + "."
+    if len(smallest) >= 2 and len({size for size, _ in smallest.values()}) == 1:
+        lead = sorted(smallest, key=lambda n: (-smallest[n][1], n))
+        gap = smallest[lead[0]][1] - smallest[lead[1]][1]
+        # One seed per point: a gap within the main runs' spread over seeds is a tie.
+        noise = max(f.tie, sum(_std(f.results[n], "test", f.metric) for n in lead[:2] if n in f.results))
+        text += (f" With the fewest rows, {f.label.get(lead[0], lead[0])} led by {gap:.3f}." if gap > noise else
+                 " With the fewest rows, they were level (within the spread over seeds).")
+    return text
+
+
+# The conclusion's findings, in the order it states them; each returns a markdown line or None.
+FINDINGS = (task_metric_finding, forgetting_finding, freezing_finding, caveat_finding,
+            high_learning_rate_finding, gradual_finding, lora_finding, data_size_finding)
+
+
 def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | None = None,
                informative_head: bool = True, metric: str = "roc_auc", metric_name: str = "ROC AUC",
                tie: float = 0.005) -> str:
-    """A markdown paragraph per finding, each computed from this run's numbers.
+    """A markdown line per finding (`FINDINGS`), each computed from this run's numbers.
 
     `results` maps strategy name -> its results (`test`, `forgetting`, `overfitting`,
     `parameters`, `learning_rate`, `description`, `validation`, and with several seeds their
@@ -407,119 +574,8 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
     fine-tuning; `curve` maps strategy -> {training rows: test metric}. Scores whose difference
     lies within the spread over seeds (or within `tie`) are called level rather than ranked.
     """
-    if not results:
-        raise ValueError("no results to conclude from")
-    lines = []
-    label = {name: f"**{r.get('description', name)}**" for name, r in results.items()}
-    scores = {name: r["test"][metric] for name, r in results.items()}
-    missing = [n for n, r in results.items() if "validation" not in r]
-    if missing:
-        raise KeyError(f"no validation metrics for {', '.join(missing)}: strategies are ranked on validation")
-    on = "validation"
-    seeds = len(next(iter(results.values())).get("seeds") or [None])
-    chosen = {name: r[on][metric] for name, r in results.items()}
-    ranked = sorted(chosen, key=lambda n: (-chosen[n], list(results).index(n)))
-    best, worst = ranked[0], ranked[-1]
-
-    def shown(name, split):
-        std = _std(results[name], split, metric)
-        return _fmt(results[name][split][metric]) + (f" ± {_fmt(std)}" if seeds > 1 else "")
-
-    over = f"mean over {seeds} seeds, ± the standard deviation" if seeds > 1 else "one seed"
-    if len(ranked) > 1 and all(level(results[best], results[n], on, metric, tie) for n in ranked[1:]):
-        lines.append(f"- **Task metric.** Every strategy scored about the same {on} {metric_name} "
-                     f"({_fmt(chosen[worst])} to {_fmt(chosen[best])}, {over}): the differences lie within "
-                     f"the spread over seeds, so they are ties. On the test split: "
-                     + ", ".join(f"{label[n]} {shown(n, 'test')}" for n in ranked) + ".")
-    else:
-        tied = [n for n in ranked[1:-1] if level(results[best], results[n], on, metric, tie)]
-        text = (f"- **Task metric.** Ranked on the {on} split ({over}), {label[best]} came first with "
-                f"{metric_name} {shown(best, on)}, and scored {shown(best, 'test')} on the test split")
-        if tied:
-            text += (f"; level with it (the difference lies within the spread over seeds): "
-                     f"{', '.join(label[n] for n in tied)}")
-        if len(ranked) > 1:
-            text += f"; {label[worst]} came last, {shown(worst, on)} ({shown(worst, 'test')} on test)"
-            if level(results[best], results[worst], on, metric, tie):
-                text += ", yet still within the spread over seeds of the first"
-        lines.append(text + ".")
-
-    forgot = {n: r["forgetting"]["forgetting"] for n, r in results.items() if r.get("forgetting")}
-    if forgot:
-        order = sorted(forgot, key=lambda n: (-forgot[n], n))
-        most, least = order[0], order[-1]
-        after = {n: results[n]["forgetting"]["mlm_loss_after"] for n in forgot}
-        text = (f"- **Forgetting.** Before fine-tuning, the backbone's masked-LM loss on the held-out "
-                f"general text was {_fmt(before['loss'])}. Fine-tuning raised it most with {label[most]} "
-                f"(to {_fmt(after[most])}, {forgot[most]:+.3f})")
-        if len(order) > 1:
-            text += f" and least with {label[least]} (to {_fmt(after[least])}, {forgot[least]:+.3f})"
-        lines.append(text + ".")
-        if "full" in forgot and "frozen" in forgot:
-            noise = sum(float((results[n].get("spread") or {}).get("forgetting", 0.0)) for n in ("frozen", "full"))
-            if abs(forgot["frozen"] - forgot["full"]) <= noise:  # within the spread over seeds
-                verb = "made no difference beyond the spread over seeds to"
-            else:
-                verb = "cut" if forgot["frozen"] < forgot["full"] else "did not cut"
-            lines.append(f"- **Freezing.** Freezing the lower layers {verb} forgetting: {forgot['frozen']:+.3f} "
-                         f"against {forgot['full']:+.3f} for full fine-tuning at the same rate, with test "
-                         f"{metric_name} {_fmt(scores['frozen'])} against {_fmt(scores['full'])}.")
-        if not informative_head:
-            lines.append(f"- **Caveat.** The masked-LM loss before fine-tuning is close to chance "
-                         f"(uniform guessing over the vocabulary): this backbone's MLM head knows little, "
-                         f"so the forgetting numbers mean little.")
-
-    if "full" in results and "full_high_lr" in results:
-        normal, high = results["full"], results["full_high_lr"]
-        fit_n, fit_h = normal.get("overfitting") or {}, high.get("overfitting") or {}
-        text = (f"- **High learning rate.** At {high.get('learning_rate', float('nan')):g} instead of "
-                f"{normal.get('learning_rate', float('nan')):g}, full fine-tuning scored "
-                f"{_fmt(scores['full_high_lr'])} instead of {_fmt(scores['full'])}")
-        if "full" in forgot and "full_high_lr" in forgot:
-            text += f", forgot {forgot['full_high_lr']:+.3f} instead of {forgot['full']:+.3f}"
-        if fit_h.get("final_gap") is not None and fit_n.get("final_gap") is not None:
-            text += (f", and ended with a train-vs-validation loss gap of {_fmt(fit_h['final_gap'])} instead of "
-                     f"{_fmt(fit_n['final_gap'])}. " + _overfitting_sentence(fit_h, "Its"))
-            text += " At the normal rate, " + _overfitting_sentence(fit_n, "the")
-        else:
-            text += "."
-        lines.append(text)
-
-    if "gradual" in results:
-        text = f"- **Gradual unfreezing.** With discriminative learning rates it scored {_fmt(scores['gradual'])}"
-        if "gradual" in forgot:
-            text += f" and forgot {forgot['gradual']:+.3f}"
-            if "full" in forgot:
-                text += f" (full fine-tuning: {_fmt(scores['full'])}, {forgot['full']:+.3f})"
-        lines.append(text + ".")
-
-    if "lora" in results:
-        share = results["lora"]["parameters"]["trainable"] / results["lora"]["parameters"]["total"]
-        text = (f"- **LoRA.** It trained {share:.2%} of the parameters and scored {_fmt(scores['lora'])}")
-        if "lora" in forgot:
-            text += f", forgetting {forgot['lora']:+.3f}"
-        lines.append(text + ".")
-
-    if curve:
-        parts, smallest = [], {}
-        for name, points in curve.items():
-            sizes = sorted(points, key=float)
-            if len(sizes) >= 2:
-                small, large = sizes[0], sizes[-1]
-                smallest[name] = (float(small), points[small])
-                parts.append(f"{label.get(name, name)} went from {_fmt(points[small])} with {small} training "
-                             f"rows to {_fmt(points[large])} with {large}")
-        if parts:
-            text = f"- **Data size.** Test {metric_name}: " + "; ".join(parts) + "."
-            if len(smallest) >= 2 and len({size for size, _ in smallest.values()}) == 1:
-                lead = sorted(smallest, key=lambda n: (-smallest[n][1], n))
-                gap = smallest[lead[0]][1] - smallest[lead[1]][1]
-                # One seed per point: a gap within the main runs' spread over seeds is a tie.
-                noise = max(tie, sum(_std(results[n], "test", metric) for n in lead[:2] if n in results))
-                text += (f" With the fewest rows, {label.get(lead[0], lead[0])} led by {gap:.3f}." if gap > noise else
-                         " With the fewest rows, they were level (within the spread over seeds).")
-            lines.append(text)
-    return "\n".join(lines)
+    facts = Facts.of(results, before, curve, informative_head, metric, metric_name, tie)
+    return "\n".join(line for line in (finding(facts) for finding in FINDINGS) if line is not None)
 
 
 @contextmanager

@@ -21,16 +21,6 @@ def format_input(question: str, context: str, template: str = DEFAULT_INPUT_TEMP
     return template.format(question=(question or "").strip(), context=(context or "").strip())
 
 
-def check_template(template: str, param: str = "input_template") -> None:
-    """A template must name both fields and nothing else (str.format would fail mid-run)."""
-    import string
-
-    fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
-    if fields != {"question", "context"}:
-        raise ValueError(f"{param}={template!r} must contain {{question}} and {{context}} and no other "
-                         f"field; found {sorted(fields) or 'none'}")
-
-
 def normalize_question(text: str) -> str:
     """Lower case, single spaces, no trailing punctuation: `What is X?` == `what is  x`."""
     return re.sub(r"\s+", " ", (text or "").lower()).strip().rstrip("?.! ")
