@@ -125,9 +125,9 @@ def test_setup_checks_inputs_before_making_the_run_folder_and_quiets_output_firs
     the noise filters are in place before transformers is imported."""
     nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    setup = next(i for i, s in enumerate(code) if "run_dir.mkdir(" in s)
-    assert "environment.require_inputs(project, " in code[setup]
-    assert code[setup].index("environment.require_inputs(") < code[setup].index("run_dir = environment.run_folder(")
+    # nb.setup.start checks the inputs before it makes the run folder (tests/test_setup.py).
+    setup = next(i for i, s in enumerate(code) if "nb.setup.start(project, output_dir" in s)
+    assert "inputs=dict(data_source=data_source, " in code[setup] and "model_name=model_name" in code[setup]
     quiet = code.index("from nbutils import quiet\n\nquiet.install()")
     first_transformers = next(i for i, s in enumerate(code) if "from transformers import" in s)
     assert quiet < first_transformers

@@ -1,0 +1,155 @@
+"""nbutils.setup: a notebook's set-up in one call, and the TrainingArguments keywords shared by
+every notebook (the notebooks used to write both out by hand; these pin what they did)."""
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from transformers import Seq2SeqTrainingArguments, TrainingArguments
+
+from nbutils import batching, checkpoints, environment, setup
+
+FAKE_TOKEN = "hf_surfaceTestTokenNeverPrinted"
+
+
+@pytest.fixture
+def local(tmp_path, monkeypatch):
+    """A local run in an empty folder: no token, no Kaggle."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setenv(environment.KAGGLE_ROOT_VARIABLE, str(tmp_path / "no-kaggle"))
+    return tmp_path
+
+
+def test_start_makes_the_run_folder_and_says_where_and_on_what(local, capsys):
+    run = setup.start("demo/x", "outputs/smoke/demo/x", seed=1, precision="auto")
+    assert run.dir == local / "outputs/smoke/demo/x" and run.dir.is_dir()
+    assert run.env.name == "local" and run.project == "demo/x" and run.seed == 1
+    assert run.precision == {"bf16": False, "fp16": False}  # a CPU: fp32
+    assert run.compute_dtype == torch.float32
+    line = capsys.readouterr().out
+    assert line.startswith("environment: local (writing under ")
+    for part in ("device: CPU", "precision: {'bf16': False, 'fp16': False}", "hub token: not set",
+                 f"run folder: {run.dir}"):
+        assert part in line
+
+
+def test_a_missing_local_input_stops_before_any_folder_is_made(local):
+    with pytest.raises(FileNotFoundError, match=r"(?s)data_source = 'missing.csv'.*make lab RUN=demo/x"):
+        setup.start("demo/x", "outputs/run", inputs={"data_source": "missing.csv", "model_name": "owner/name"})
+    assert not (local / "outputs").exists()
+
+
+def test_on_kaggle_the_run_folder_is_under_its_working_folder(tmp_path, monkeypatch):
+    kaggle = tmp_path / "kaggle"
+    (kaggle / "working").mkdir(parents=True)
+    monkeypatch.setenv(environment.KAGGLE_ROOT_VARIABLE, str(kaggle))
+    run = setup.start("demo", "outputs/full/demo", show=False)
+    assert run.env.name == "kaggle" and run.dir == kaggle / "working" / "outputs/full/demo"
+
+
+def test_the_token_is_passed_on_and_never_shown(local, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    run = setup.start("demo", "out", notes={"activation checkpointing": False})
+    assert run.token == FAKE_TOKEN
+    shown = capsys.readouterr().out + repr(run) + str(run) + run.describe()
+    assert FAKE_TOKEN not in shown
+    assert "hub token: set" in shown and "activation checkpointing: False" in shown
+
+
+def test_a_notebook_that_reads_no_token_and_trains_nothing_says_only_where(local, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    run = setup.start("ensemble", "out", token_name=None)
+    assert run.token is None and run.precision == {}
+    line = capsys.readouterr().out
+    assert "hub token" not in line and "precision" not in line and "device" not in line
+    assert line.startswith("environment: local") and f"run folder: {run.dir}" in line
+
+
+def test_the_seed_seeds_python_numpy_and_torch(local):
+    setup.start("demo", "out", seed=7, show=False)
+    drawn = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+    random.seed(7), np.random.seed(7), torch.manual_seed(7)
+    assert drawn == (random.random(), float(np.random.rand()), float(torch.rand(1)))
+
+
+def test_precision_refuses_fp16_for_a_model_that_overflows_in_it(local):
+    with pytest.raises(ValueError, match="fp16"):
+        setup.start("demo", "out", precision="fp16", fp16_safe=False, show=False)
+    t5 = local / "t5"
+    t5.mkdir()
+    (t5 / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ValueError, match=r"this model \(t5\) overflows in fp16"):
+        setup.start("demo", "out", precision="fp16", precision_model=str(t5), show=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        setup.start("demo", "out", precision="half", show=False)
+
+
+def test_cpu_threads_apply_without_a_gpu(local):
+    before = torch.get_num_threads()
+    try:
+        setup.start("demo", "out", cpu_threads=1, show=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(tmp_path, precision=None, seed=42):
+    return setup.Run(project="demo", dir=tmp_path / "run", env=environment.Environment("local", tmp_path),
+                     precision=precision or {"bf16": False, "fp16": False}, seed=seed)
+
+
+def test_training_arguments_equal_what_the_detection_notebook_wrote_by_hand(tmp_path):
+    """The keywords the detection notebook passed before nbutils.setup existed."""
+    run = _run(tmp_path)
+    recipe = dict(num_train_epochs=2, learning_rate=3e-5, per_device_train_batch_size=8, logging_steps=20)
+    by_hand = dict(output_dir=str(run.dir / "checkpoints"), **recipe, **checkpoints.schedule(0),
+                   **batching.length_grouping(), save_total_limit=2, load_best_model_at_end=True,
+                   metric_for_best_model="roc_auc", logging_nan_inf_filter=False, seed=42, report_to="none",
+                   dataloader_pin_memory=torch.cuda.is_available(), bf16=False, fp16=False)
+    assert setup.training_arguments(run, best_metric="roc_auc", **recipe) == by_hand
+
+
+def test_training_arguments_without_a_best_metric_keep_only_the_last_checkpoint(tmp_path):
+    """What the instruction-tuning and strategies notebooks wrote: no checkpoint chosen by a score."""
+    run = _run(tmp_path, seed=3)
+    args = setup.training_arguments(run, save_every_steps=5, evaluate=False, length_grouping=False,
+                                    folder=tmp_path / "elsewhere", report_to="tensorboard")
+    assert args == {"output_dir": str(tmp_path / "elsewhere"), "save_strategy": "steps", "save_steps": 5,
+                    "logging_nan_inf_filter": False, "report_to": "tensorboard",
+                    "dataloader_pin_memory": torch.cuda.is_available(), "bf16": False, "fp16": False,
+                    "seed": 3, "save_total_limit": 1}
+
+
+def test_the_recipe_and_extra_keywords_win_and_reach_the_trainer(tmp_path):
+    """The seam for other strategies (several processes, a sharded model): their keywords merge
+    in, and any shared setting can be overridden (a cross-validation fold saves nothing)."""
+    run = _run(tmp_path)
+    extra = {"ddp_find_unused_parameters": False, "save_strategy": "no", "eval_strategy": "no",
+             "load_best_model_at_end": False}
+    kwargs = setup.training_arguments(run, save_every_steps=10, best_metric="eval_loss", seed=9,
+                                      greater_is_better=False, use_cpu=True, **extra)
+    assert kwargs["seed"] == 9 and all(kwargs[k] == v for k, v in extra.items())
+    args = TrainingArguments(**kwargs)
+    assert not args.logging_nan_inf_filter and args.save_total_limit == 2 and args.seed == 9
+    assert args.train_sampling_strategy == "group_by_length" and args.ddp_find_unused_parameters is False
+    seq2seq = Seq2SeqTrainingArguments(**setup.training_arguments(run, best_metric="rougeLsum", use_cpu=True,
+                                                                  predict_with_generate=True))
+    assert seq2seq.load_best_model_at_end and seq2seq.metric_for_best_model == "rougeLsum"
+    assert seq2seq.eval_strategy == "epoch" and seq2seq.save_strategy == "epoch"
+
+
+def test_resume_from_finds_the_last_complete_checkpoint(tmp_path, capsys):
+    run = _run(tmp_path)
+    for step, complete in ((2, True), (4, True), (6, False)):
+        folder = run.dir / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / checkpoints.STATE_FILE).write_text(json.dumps({"global_step": step, "max_steps": 10}))
+    assert run.resume_from(True) == str(run.dir / "checkpoints" / "checkpoint-4")
+    assert run.resume_from(False) is None
+    assert run.resume_from(True, "elsewhere") is None
+    assert "resuming from" in capsys.readouterr().out
