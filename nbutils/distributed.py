@@ -162,7 +162,87 @@ def apply(trainer):
     if not getattr(trainer, "is_fsdp_enabled", False):
         raise RuntimeError(f"{PARAMETER}='fsdp' was asked for, but the Trainer's accelerator runs "
                            f"{state.distributed_type}: the model would not be sharded")
+    keep_tied_weights_whole(trainer)
     broadcast_from_main(trainer.model)
+    return trainer
+
+
+def tied_modules(model) -> dict[str, list[str]]:
+    """{parameter name: the modules holding it} for each parameter held by several modules
+    other than the one pair accelerate shards together (the input embeddings and a tied output
+    layer). T5's `shared` embedding is also its encoder's and decoder's `embed_tokens` (and its
+    output layer's weight where tied): three or four modules, one tensor."""
+    inner = _unwrap(model)
+    get_in = getattr(inner, "get_input_embeddings", None)
+    get_out = getattr(inner, "get_output_embeddings", None)
+    pair = {id(m) for m in (get_in() if callable(get_in) else None, get_out() if callable(get_out) else None)
+            if m is not None}
+    owners: dict[int, list[tuple[str, object]]] = {}
+    names: dict[int, str] = {}
+    for module_name, module in model.named_modules(remove_duplicate=False):
+        for name, param in module.named_parameters(recurse=False):
+            if param is None:
+                continue
+            names.setdefault(id(param), f"{module_name}.{name}" if module_name else name)
+            if all(m is not module for _, m in owners.get(id(param), [])):
+                owners.setdefault(id(param), []).append((module_name, module))
+    tied = {}
+    for key, held_by in owners.items():
+        if len(held_by) > 1 and {id(m) for _, m in held_by} != pair:
+            tied[names[key]] = [n for n, _ in held_by]
+    return tied
+
+
+def keep_tied_weights_whole(trainer) -> list[str]:
+    """Leave a weight tied across several modules out of FSDP's sharding: every process keeps
+    it whole (as it keeps buffers); returns the modules left out.
+
+    FSDP2 shards a tensor in one unit only and refuses one that several units reach
+    ("shared with a parameter already managed by another FSDP group"); accelerate groups the
+    input embeddings with a tied output layer, but not T5's embedding, which its encoder and
+    decoder hold as modules of their own. A frozen weight (LoRA's base weights) needs no
+    gradient exchange, so keeping it whole costs only its memory (FLAN-T5-large: the 33M
+    parameters of its embedding, 4% of the model). A tied weight that trains is an error:
+    each process would update its own copy."""
+    model = trainer.model
+    tied = tied_modules(model)
+    if not tied:
+        return []
+    module_names = sorted({n for held_by in tied.values() for n in held_by})
+    modules = dict(model.named_modules(remove_duplicate=False))
+    trainable = sorted({f"{n}.{p}" for n in module_names for p, t in modules[n].named_parameters() if t.requires_grad})
+    if trainable:
+        raise ValueError(f"{PARAMETER}='fsdp' cannot shard a weight that several modules share and that "
+                         f"trains ({', '.join(trainable)}); use {PARAMETER}='ddp'")
+    for name in module_names:  # FSDP leaves them where they are: put them beside the shards
+        modules[name].to(trainer.args.device)
+    plugin = trainer.accelerator.state.fsdp_plugin
+    plugin.ignored_modules = [*(plugin.ignored_modules or []), *(modules[n] for n in module_names)]
+    return module_names
+
+
+def prepare_for_evaluation(trainer):
+    """Shard the model now, so the Trainer can evaluate or predict before it trains; returns it.
+
+    FSDP2 shards a model and switches its optimizer over to the shards in one step, so
+    accelerate (1.15) prepares a model only together with its optimizer; the Trainer's
+    `evaluate()` / `predict()` before `train()` asks for the model alone and stops ("a model and
+    optimizer must be passed together"). Here the Trainer's own optimizer is created first
+    (`create_optimizer`, as `train()` would) and both are prepared; the model stays sharded
+    (never gathered whole in one process), `train()` then finds both prepared (accelerate leaves
+    an FSDP module and a prepared optimizer as they are), and evaluation uses the Trainer's own
+    path (its generation too: `generate` gathers the blocks as `forward` does). Under ddp, in one
+    process or once prepared, nothing. Every process must call it, after `apply`.
+    """
+    if not getattr(trainer, "is_fsdp_enabled", False) or is_sharded(trainer.model):
+        return trainer
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    trainer.create_optimizer()
+    model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    trainer.model = trainer.model_wrapped = model  # as train() does under FSDP
+    if hasattr(model, "generate"):  # as train() does: generate() gathers the blocks like forward()
+        register_fsdp_forward_method(model, "generate")
     return trainer
 
 

@@ -77,6 +77,21 @@ def bnb_4bit_config(quant_type: str = "nf4", double_quant: bool = True, compute_
                               bnb_4bit_compute_dtype=compute_dtype or torch.float32, **storage)
 
 
+FINETUNING = ("lora", "full")
+
+
+def check_finetuning(finetuning: str, load_in_4bit: bool) -> str:
+    """`finetuning` itself if it names a mode this notebook can run; else an error naming the
+    parameter. full trains every weight, which 4-bit (frozen, quantized) weights cannot."""
+    if finetuning not in FINETUNING:
+        raise ValueError(f"finetuning must be 'lora' (an adapter on frozen weights) or 'full' "
+                         f"(every weight trains), got {finetuning!r}")
+    if finetuning == "full" and load_in_4bit:
+        raise ValueError("finetuning='full' trains every weight, and 4-bit weights cannot be trained: "
+                         "set load_in_4bit: false (or finetuning: lora for QLoRA)")
+    return finetuning
+
+
 def keep_4bit_training_layout(model) -> int:
     """On a CPU, stop bitsandbytes from repacking 4-bit weights for inference; returns how many
     layers were told.

@@ -265,3 +265,50 @@ def test_apply_switches_fsdp_on_over_gloo_and_refuses_a_silent_ddp_run(tiny, tmp
     assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
     with pytest.raises(RuntimeError, match="distributed='fsdp' was asked for.*not be sharded"):
         distributed.apply(_fake_trainer(DistributedType.NO, tmp_path, model))
+
+
+def _trainer_with_plugin(tmp_path, model):
+    from types import SimpleNamespace
+
+    trainer = _fake_trainer(None, tmp_path, model)
+    trainer.accelerator.state.fsdp_plugin = SimpleNamespace(ignored_modules=None)
+    return trainer
+
+
+def test_a_frozen_weight_several_modules_hold_is_left_out_of_the_sharding(tiny, tmp_path):
+    """T5's embedding is also its encoder's and decoder's `embed_tokens` (and the tiny model's
+    output layer): FSDP2 refuses a tensor that two units reach, so it stays whole in every
+    process. The input embeddings tied to the output layer alone are accelerate's own case."""
+    from nbutils import lora
+
+    model = lora.add_lora(tiny("t5"), lora.seq2seq_lora_config(4, 8, 0.0, ["q", "v"]))
+    trainer = _trainer_with_plugin(tmp_path, model)
+    left_out = distributed.keep_tied_weights_whole(trainer)
+    assert {name.rsplit(".", 1)[-1] for name in left_out} >= {"shared", "embed_tokens"}
+    ignored = trainer.accelerator.state.fsdp_plugin.ignored_modules
+    assert any(m is model.get_base_model().shared for m in ignored)
+    assert distributed.tied_modules(tiny("llama")) == {}
+    assert distributed.tied_modules(tiny("bert")) == {}
+
+
+def test_a_tied_weight_that_trains_cannot_be_sharded(tiny, tmp_path):
+    trainer = _trainer_with_plugin(tmp_path, tiny("t5"))  # full fine-tuning: the embedding trains
+    with pytest.raises(ValueError, match="distributed='fsdp' cannot shard a weight.*shared.weight.*'ddp'"):
+        distributed.keep_tied_weights_whole(trainer)
+
+
+def test_prepare_for_evaluation_does_nothing_without_fsdp(tiny, tmp_path):
+    trainer = _fake_trainer(None, tmp_path, tiny("llama"))  # is_fsdp_enabled: False
+    assert distributed.prepare_for_evaluation(trainer) is trainer and not distributed.is_sharded(trainer.model)
+
+
+@pytest.mark.parametrize("finetuning, load_in_4bit, message", [
+    ("qlora", False, "finetuning must be 'lora'.*or 'full'.*got 'qlora'"),
+    ("full", True, "finetuning='full' trains every weight.*load_in_4bit: false"),
+])
+def test_a_finetuning_mode_the_notebook_cannot_run_is_named(finetuning, load_in_4bit, message):
+    from nbutils import lora
+
+    with pytest.raises(ValueError, match=message):
+        lora.check_finetuning(finetuning, load_in_4bit)
+    assert lora.check_finetuning("full", False) == "full" and lora.check_finetuning("lora", True) == "lora"

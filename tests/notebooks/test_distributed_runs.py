@@ -1,5 +1,7 @@
 """Sharded training (FSDP2) end to end, over gloo on the CPU: two processes, two "machines" on
-loopback, a killed and resumed run. Four launches in all; each asserts several things.
+loopback, a killed and resumed run, summarization (its untuned baseline predicted before training)
+and full fine-tuning. Six launches in all (and the session's smoke runs); each asserts several
+things.
 
 The one-process side of every comparison is the session's smoke run of the same project
 (`smoke_run`); the two-process runs take half its batch per process, so the same examples per
@@ -18,7 +20,10 @@ optimizer step. Tolerances, and why:
 Open: on the QLoRA recipe FSDP and DDP at the same two processes differ more than the other
 comparisons (held-out loss 5.20 against 4.74; FSDP's gradient norm jumps to 21 and 40 at steps
 10 and 20, DDP's stays near 1); on the plain-LoRA and detection recipes they agree within about
-1%. Not explained yet; the bound above still fails a run that does not learn.
+1%. Not explained yet; the bound above still fails a run that does not learn. Ruled out: the
+4-bit storage dtype (uint8 for DDP, fp32 for FSDP: the same logits, bit for bit), the sharded
+checkpoints (no saves: the same 5.20), gloo's averaging reduce-scatter (averages), the 4-bit
+weights alone (plain LoRA under FSDP also spikes, 6.9 at step 15; held-out 4.92).
 """
 
 import json
@@ -27,6 +32,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import ROOT, kill_run
 from nbutils import checkpoints, record
@@ -178,3 +184,82 @@ def test_fsdp_qlora_instruction_tuning_from_inside_the_notebook(smoke_run):
     # and it learned most of what the one-process run learned
     gained = untrained - rec["metrics"]["eval_loss"]
     assert gained >= 0.75 * (untrained - single["metrics"]["eval_loss"])
+
+
+SUMMARIZE = "summarize_dialogues/flan_t5_large"
+
+
+def test_fsdp_summarization_scores_the_untuned_model_before_training(smoke_run, tmp_path):
+    """The summarization notebook scores the untuned model with `trainer.predict()` before it
+    trains; FSDP2 prepares the model only with its optimizer, so the notebook shards both first
+    (`distributed.prepare_for_evaluation`). T5's embedding, held by the encoder, the decoder and
+    the tiny model's tied output layer, stays whole in both processes (FSDP2 shards a tensor
+    in one unit only); every other parameter is split in halves. Compared with the session's
+    one-process run of the same project (the same examples per optimizer step)."""
+    run = runner.run_project(_project(SUMMARIZE), "smoke", ROOT, tmp_path, FSDP, nproc=2)
+    assert run.status == "ok", run.error
+    rec = run.record
+    single_dir = smoke_run("summarize_dialogues")[1] / SUMMARIZE
+    single = record.read_record(single_dir)
+    section = rec["train"]["distributed"]
+    assert section["strategy"] == "fsdp" and section["processes"] == 2
+    for state in section["per_process"]:
+        assert state["parameters"] - state["sharded_parameters"] == 1  # the shared embedding
+        assert 0.45 <= state["shard_fraction_min"] <= state["shard_fraction_max"] <= 0.55
+    last = checkpoints.complete_checkpoints(tmp_path / "smoke" / SUMMARIZE / "checkpoints")[-1]
+    assert (last / "pytorch_model_fsdp_0").is_dir()
+    # The untuned model: scored on the same test rows, the same model (a fresh adapter changes
+    # nothing), by two processes instead of one.
+    assert rec["data"]["split_hashes"] == single["data"]["split_hashes"]
+    assert rec["data"]["test"] == single["data"]["test"]
+    # The same summaries (generation is exact); the loss is a mean of batch means, and the
+    # batches differ (measured: 20.953 against 20.934).
+    untuned, single_untuned = rec["baselines"]["untuned"], single["baselines"]["untuned"]
+    for key in ("rougeLsum", "rouge1", "gen_len_mean", "cut_at_limit"):
+        assert untuned[key] == pytest.approx(single_untuned[key], abs=1e-9), key
+    assert untuned["loss"] == pytest.approx(single_untuned["loss"], rel=0.01)
+    # Training: the validation loss at every checkpoint within SFT_TOLERANCE of the one-process
+    # run's (measured: 6.40, 4.69, 4.36 against 6.46, 4.79, 4.38). Not the test ROUGE: the tiny
+    # random model's ROUGE is noise (the one-process run's validation ROUGE-Lsum goes 0.05,
+    # 0.002, 0.095), so the checkpoint chosen by it, and the test scores, differ between runs.
+    curves = [_validation_losses(folder) for folder in (tmp_path / "smoke" / SUMMARIZE, single_dir)]
+    assert len(curves[0]) == len(curves[1]) == 3
+    for fsdp_loss, single_loss in zip(*curves):
+        assert fsdp_loss == pytest.approx(single_loss, rel=SFT_TOLERANCE)
+    assert rec["metrics"]["loss"] < 0.5 * untuned["loss"]  # the test loss too, from the chosen checkpoint
+
+
+def _validation_losses(run_dir):
+    """The validation loss at each evaluation, from the last checkpoint's trainer state."""
+    last = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    history = json.loads((last / "trainer_state.json").read_text())["log_history"]
+    return [h["eval_loss"] for h in history if "eval_loss" in h]
+
+
+FULL = "instruction_tune/qwen2_5_0_5b_instruct"  # plain weights (no 4-bit): full fine-tuning can train them
+
+
+def test_full_fine_tuning_under_fsdp_saves_a_consolidated_model(tmp_path):
+    """`finetuning: full` with FSDP over two processes: no adapter, every weight trains and
+    is split in halves; the final save is one whole safetensors model that loads without FSDP."""
+    from transformers import AutoModelForCausalLM
+
+    run = runner.run_project(_project(FULL), "smoke", ROOT, tmp_path, {**FSDP, "finetuning": "full"}, nproc=2)
+    assert run.status == "ok", run.error
+    rec, run_dir = run.record, tmp_path / "smoke" / FULL
+    assert rec["config"]["finetuning"] == "full"
+    assert rec["parameters"]["trainable"] == rec["parameters"]["total"]  # no frozen base
+    assert not (run_dir / "adapter").exists() and not (run_dir / "merged").exists()
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "model")  # consolidated: no FSDP needed
+    assert sum(p.numel() for p in model.parameters()) == rec["parameters"]["total"]
+    _assert_sharded_in_halves(rec["train"]["distributed"], model)
+    last = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    assert (last / "pytorch_model_fsdp_0").is_dir() and (last / "optimizer_0").is_dir()
+    # it learned: the held-out loss well below the untrained model's (measured: 7.13 -> 5.21)
+    assert rec["metrics"]["eval_loss"] < rec["baselines"]["before_training"]["eval_loss"] - 1.0
+    # what was saved is the trained model, every block of it, not the base model
+    base = AutoModelForCausalLM.from_pretrained(ROOT / ".cache" / "tiny-models" / "llama")
+    trained = dict(model.named_parameters())
+    for name, weight in base.named_parameters():
+        if "layers." in name and weight.dim() == 2:
+            assert trained[name].shape == weight.shape and not torch.equal(trained[name], weight), name
