@@ -15,6 +15,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+# In pytest-xdist workers: each worker (and the kernels and processes its tests start) gets its
+# share of the cores; see runner.share_cores. Set before any test module imports torch.
+from nbutils.harness.runner import share_cores  # noqa: E402
+
+share_cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Every session smoke run sees this fake hub token in its environment, as a user's real one

@@ -251,3 +251,15 @@ def test_jobs_must_be_a_positive_count(toy_root, jobs, capsys):
     with pytest.raises(SystemExit):
         runner.parse_arguments(["run-all", "--root", str(toy_root), "--jobs", jobs])
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_side_by_side_jobs_share_the_cores():
+    environ = {}
+    assert runner.share_cores(2, environ) == environ == {"OMP_NUM_THREADS": str(runner.threads_per_job(2)),
+                                                         "MKL_NUM_THREADS": str(runner.threads_per_job(2))}
+    assert runner.threads_per_job(2, cores=2) == 1 and runner.threads_per_job(3, cores=8) == 2
+    assert runner.threads_per_job(4, cores=2) == 1  # never none
+    kept = {"OMP_NUM_THREADS": "4"}
+    runner.share_cores(2, kept)
+    assert kept["OMP_NUM_THREADS"] == "4"  # the user's choice stands
+    assert runner.share_cores(1, {}) == {}  # one job: torch's own default
