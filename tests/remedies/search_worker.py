@@ -1,8 +1,8 @@
-"""One search process for the shared and resumed search tests (tests/test_search_storage.py):
+"""One search process for the shared and resumed search tests (tests/remedies/test_search_storage.py):
 `search.run_search` on the tiny BERT through `Trainer.hyperparameter_search`, as the notebook
 runs it, with a study in the database given. Prints the search's summary as one JSON line.
 
-    python tests/search_worker.py CACHE STORAGE STUDY TRIALS [--kill-at-trial K] [--barrier DIR N]
+    python tests/remedies/search_worker.py CACHE STORAGE STUDY TRIALS [--kill-at-trial K] [--barrier DIR N]
 
 --kill-at-trial K: the process SIGKILLs itself as its (K+1)-th trial starts training (that trial is
 RUNNING in the database, as when a machine disappears). --barrier DIR N: the first trial waits
@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # training_helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: training_helpers
 
 from transformers import TrainerCallback  # noqa: E402
 

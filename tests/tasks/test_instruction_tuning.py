@@ -571,8 +571,12 @@ def test_run_record_and_held_out_scores(runs, variant):
     assert checks["labels_with_stop_token"] == (data["lengths"]["examples"] - data["lengths"]["truncated"])
     assert 0.05 < checks["masked_label_fraction"] < 0.6, "the prompts are masked, the answers are not"
     assert 0 < rec["parameters"]["trainable"] < rec["parameters"]["total"]
-    # The memory estimate printed before loading counted, from the config alone, the adapter trained.
-    assert rec["train"]["memory_estimate"]["parameters"]["trainable"] == rec["parameters"]["trainable"]
+    # The memory estimate printed before loading counted, from the config alone, the adapter
+    # trained: exactly, up to the rows of a pad token added after loading (the config knows the
+    # vocabulary before it grows; the chat variant trains its output layer, lora_modules_to_save:
+    # 48,928 against 48,896 estimated, one row of hidden size 32).
+    estimated = rec["train"]["memory_estimate"]["parameters"]["trainable"]
+    assert 0 <= rec["parameters"]["trainable"] - estimated <= 0.001 * rec["parameters"]["trainable"]
 
 
 def test_qlora_and_lora_variants_load_as_asked(runs):
