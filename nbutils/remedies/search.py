@@ -59,6 +59,7 @@ Optuna's `RDBStorage` takes (`postgresql://user@host/db`, `mysql+pymysql://...`)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -239,6 +240,7 @@ HEARTBEAT_SECONDS = 60  # a running trial writes a heartbeat this often ...
 GRACE_SECONDS = 180  # ... and is taken for dead (its process killed) after this long without one
 POLL_SECONDS = 10.0  # a trial waiting for running ones looks again this often
 SQLITE_LOCK_WAIT_SECONDS = 60  # a SQLite writer waits this long for the file's lock
+LOCK_WAIT_SECONDS = 300  # a process waits this long for another to finish creating a new SQLite file
 
 
 def storage_url(hpo_storage: str, run_dir) -> str:
@@ -280,6 +282,7 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
     hpo_storage, the URL's password masked."""
     import optuna
     import sqlalchemy
+    from filelock import FileLock
     from sqlalchemy.engine import make_url
 
     shown = redact_url(url)
@@ -298,18 +301,31 @@ def open_storage(url: str, heartbeat_seconds: int | None = None, grace_seconds: 
         if not folder.is_dir():
             raise ValueError(f"hpo_storage={shown!r}: the folder {str(folder)!r} of the SQLite file does not exist")
         engine_kwargs["connect_args"] = {"timeout": SQLITE_LOCK_WAIT_SECONDS}
+    # Processes that open one new database at once race to create its tables and to stamp its
+    # schema version (seen in CI: "UNIQUE constraint failed: alembic_version.version_num"). For a
+    # SQLite file they take turns under a lock file beside it; for a server database the loser of
+    # the race tries again, and finds the tables made.
+    lock = contextlib.nullcontext()
+    if parsed.get_backend_name() == "sqlite":
+        lock_file = Path(str(Path(parsed.database).expanduser()) + ".lock")
+        try:
+            lock_file.touch()  # FileLock would wait forever on a folder it cannot write
+        except OSError as error:
+            raise ValueError(f"hpo_storage={shown!r}: cannot write {str(lock_file)!r} beside the SQLite file "
+                             f"({type(error).__name__}: {error.strerror}); {expected}") from None
+        lock = FileLock(str(lock_file), timeout=LOCK_WAIT_SECONDS)
+    collided = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError)
     for attempt in range(3):
         try:
-            with warnings.catch_warnings():
+            with lock, warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats
                 return optuna.storages.RDBStorage(
                     url, engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_seconds or HEARTBEAT_SECONDS,
                     grace_period=grace_seconds or GRACE_SECONDS)
         except Exception as error:
-            # Processes creating one new database at once can collide on its tables: try again.
-            if isinstance(error, sqlalchemy.exc.OperationalError) and attempt < 2 and (
-                    "already exists" in str(error) or "locked" in str(error)):
+            if isinstance(error, collided) and attempt < 2 and any(
+                    sign in str(error).lower() for sign in ("already exists", "locked", "unique", "duplicate")):
                 time.sleep(1 + attempt)
                 continue
             failure = error

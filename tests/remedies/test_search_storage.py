@@ -226,11 +226,45 @@ def test_a_stored_study_of_another_search_is_an_error_naming_hpo_study(tmp_path)
         search.open_study(storage, "s", "maximize", 1, search.search_settings(SPACE, "loss", "maximize", 1))
 
 
+def test_processes_opening_one_new_sqlite_file_take_turns_under_a_lock_beside_it(tmp_path):
+    # CI once failed with "UNIQUE constraint failed: alembic_version.version_num": two processes
+    # created the same new database at once (4 processes at once failed 2 runs in 5 before the lock).
+    import threading
+
+    from filelock import FileLock
+
+    database = tmp_path / "hpo.sqlite3"
+    opened = threading.Event()
+    with FileLock(str(database) + ".lock"):  # another process is creating the tables
+        opener = threading.Thread(target=lambda: (search.open_storage(f"sqlite:///{database}"), opened.set()))
+        opener.start()
+        assert not opened.wait(2.0), "the database was opened while another process held its lock"
+    assert opened.wait(60), "the database was not opened once the lock was free"
+    opener.join()
+
+
+def test_a_collision_creating_a_server_database_is_tried_again(monkeypatch):
+    import sqlalchemy
+
+    calls = []
+
+    def storage(url, **options):
+        calls.append(url)
+        if len(calls) == 1:  # another process stamped the schema version first
+            raise sqlalchemy.exc.IntegrityError("INSERT INTO alembic_version", {}, Exception(
+                "duplicate key value violates unique constraint"))
+        return "opened"
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", storage)
+    monkeypatch.setattr(search.time, "sleep", lambda seconds: None)
+    assert search.open_storage("postgresql://alice@db.example/hpo") == "opened" and len(calls) == 2
+
+
 BAD_STORAGE = [
     ("not a url", "is not a database URL"),
     ("nosuchdb://host/db", "cannot open the database"),
     ("sqlite:///" + "/no/such/folder/hpo.sqlite3", "the folder '/no/such/folder' of the SQLite file does not exist"),
-    ("sqlite:///" + "/proc/hpo.sqlite3", "cannot open the database"),
+    ("sqlite:///" + "/proc/hpo.sqlite3", "cannot write '/proc/hpo.sqlite3.lock' beside the SQLite file"),
     ("sqlite://", "in-memory SQLite database"),
     ("postgresql://alice:s3cr3t-pw@127.0.0.1:9/db", "cannot open the database"),  # no driver here; a server that is not there elsewhere
 ]
