@@ -142,7 +142,9 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
             (image / entry.name).symlink_to(entry)
     (site / "image.pth").write_text(f"{image}\n")
     python = venv / "bin" / "python"
-    probe = subprocess.run([str(python), "-c", "import nbutils"], cwd=tmp_path, capture_output=True)
+    # Nor through PYTHONPATH, if the developer's shell sets it to the checkout.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run([str(python), "-c", "import nbutils"], cwd=tmp_path, capture_output=True, env=clean)
     assert probe.returncode != 0, "nbutils must be missing before the install cell runs"
     kernels = tmp_path / "jupyter"
     spec = kernels / "kernels" / "kaggle-sim"
@@ -161,8 +163,9 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
            # visible, as on Kaggle; the kernel spec comes first.
            "JUPYTER_PATH": os.pathsep.join([str(kernels), str(Path(sys.prefix) / "share" / "jupyter")]),
            "PIP_NO_INDEX": "1"}
-    old = {k: os.environ.get(k) for k in env}
+    old = {k: os.environ.get(k) for k in [*env, "PYTHONPATH"]}
     os.environ.update(env)
+    os.environ.pop("PYTHONPATH", None)
     try:
         papermill.execute_notebook(str(folder / "detect_ai_text.ipynb"), str(tmp_path / "executed.ipynb"),
                                    kernel_name="kaggle-sim", cwd=str(kaggle_root / "working"),
