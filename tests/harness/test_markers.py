@@ -201,3 +201,30 @@ def test_a_smoke_run_runs_once_for_all_workers_and_beside_the_runs_it_needs(tmp_
     assert calls == [("detect_ai_text", detection), ("detect_ensemble", detection)]
     assert answers == [(0, tmp_path / "outputs-detect_ai_text" / "smoke")] * 2
     assert conftest.shared_smoke_run("detect_ai_text", tmp_path) == answers[0] and len(calls) == 2
+
+
+@pytest.mark.slow
+def test_a_group_runs_on_one_worker_under_make_tests_options(tmp_path):
+    """The groups above only help if pytest-xdist honours them. It did not with pytest 9.2.0 and
+    pytest-xdist 3.8.0 (xdist writes the group into `item._nodeid`, which pytest 9.2 no longer
+    reads): `make test` then ran like `--dist load`, readers of one notebook's smoke run on both
+    workers, one of them waiting on the other's run. Here a session of our own, with make test's
+    options, runs six tests of one group, and they must all land on one worker."""
+    import subprocess
+    import sys
+
+    (tmp_path / "test_grouped.py").write_text(
+        "import pytest\n"
+        "@pytest.mark.xdist_group('together')\n"
+        "@pytest.mark.parametrize('n', range(6))\n"
+        "def test_one(n):\n"
+        "    pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup", "-p", "no:cacheprovider",
+                           "-v", "-c", "/dev/null", "--rootdir", str(tmp_path), str(tmp_path / "test_grouped.py")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    # pytest-xdist's verbose lines: "[gw0] [ 16%] PASSED test_grouped.py::test_one[0]@together"
+    ran = [line.split()[0] for line in done.stdout.splitlines() if "PASSED" in line and line.startswith("[gw")]
+    assert len(ran) == 6, done.stdout[-2000:]
+    workers = set(ran)
+    assert len(workers) == 1, f"one group's tests ran on {sorted(workers)}"
