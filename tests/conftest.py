@@ -58,11 +58,12 @@ def kill_run(process) -> None:
 
 
 def interrupt_smoke_run(name: str, outputs: Path, until=None, waiting_for: str = "its first checkpoint",
-                        poll: float = 0.1) -> Path:
-    """Start project `name`'s smoke run through the runner's command line (into `outputs`), wait
-    until `until()` holds (by default: a complete checkpoint in the run's `checkpoints` folder),
-    then kill it at once with `kill_run`: a real interrupt, as when a Kaggle or Colab session
-    disappears. Returns the run folder."""
+                        poll: float = 0.1, overrides: dict | None = None) -> Path:
+    """Start project `name`'s smoke run through the runner's command line (into `outputs`, with
+    `overrides` of its parameters), wait until `until()` holds (by default: a complete checkpoint
+    in the run's `checkpoints` folder), then kill it at once with `kill_run`: a real interrupt, as
+    when a Kaggle or Colab session disappears. Returns the run folder."""
+    import json
     import subprocess
     import sys
     import time
@@ -74,7 +75,8 @@ def interrupt_smoke_run(name: str, outputs: Path, until=None, waiting_for: str =
         def until():
             return bool(checkpoints.complete_checkpoints(run_dir / "checkpoints"))
     command = [sys.executable, "-m", "nbutils.harness.runner", "run", name, "--profile", "smoke",
-               "--root", str(ROOT), "--outputs", str(outputs)]
+               "--root", str(ROOT), "--outputs", str(outputs),
+               *[f"-p{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]]  # JSON is YAML
     process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -112,7 +112,7 @@ def test_kaggle_is_recognised_by_its_folders_alone(tmp_path):
 
 
 @pytest.mark.slow
-def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
+def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles, smoke_run):
     """Kaggle with internet off: inputs under <root>/input, writes under <root>/working, and a
     kernel whose Python lacks nbutils until the notebook's first cell installs it from the
     bundle's wheel dataset with --no-index. It trains in two processes launched from inside the
@@ -172,15 +172,30 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles):
                                    progress_bar=False)
     finally:
         for k, v in old.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     run_dir = kaggle_root / "working" / "outputs" / "smoke" / "detect_ai_text" / "bert"
     assert (run_dir / "metrics.json").is_file(), "outputs belong under /kaggle/working"
     assert list(site.glob("nbutils-*.dist-info")), "the first cell installed the wheel into the venv"
     executed = (tmp_path / "executed.ipynb").read_text()
     assert "trained in 2 processes" in executed
     assert "input/nbutils-wheels/notebooks/detect_ai_text.ipynb" in executed
-    assert json.loads((run_dir / "metrics.json").read_text())["train"]["processes"] == 2
+    rec = json.loads((run_dir / "metrics.json").read_text())
+    assert rec["train"]["processes"] == 2
     assert "environment: kaggle" in (run_dir / "launch.log").read_text()
+    # `num_processes: 2` inside the notebook (how Kaggle's two T4s are used): the kernel started
+    # two processes with accelerate.notebook_launcher, they trained one DDP run, and the kernel
+    # showed the result and skipped the cells those processes had already run.
+    cells = nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells
+    launch_at = next(i for i, c in enumerate(cells) if "launch.run_in_processes" in c.source)
+    assert "trained in 2 processes" in "".join(o.get("text", "") for o in cells[launch_at].outputs)
+    later = [c for c in cells[launch_at + 1:] if c.cell_type == "code"]
+    assert later and not any(c.outputs for c in later), "the kernel ran cells the processes had run"
+    # In line with the session's one-process run of the same recipe on the same rows.
+    single = json.loads((smoke_run("detect_ai_text")[1] / "detect_ai_text" / "bert" / "metrics.json").read_text())
+    assert single["train"]["processes"] == 1
+    assert rec["data"]["fingerprint"] == single["data"]["fingerprint"]
+    assert rec["data"]["split_hashes"] == single["data"]["split_hashes"]
+    assert abs(rec["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
 
 
 def test_the_ensemble_kernel_attaches_the_detection_kernels_outputs(bundles):

@@ -1,6 +1,7 @@
-"""Instruction tuning end to end: the batching it decided and what training processed, the same
-numbers from the same parameters, a killed QLoRA run that resumes to the uninterrupted numbers,
-and a hub token that never reaches any output.
+"""Instruction tuning end to end: the batching it decided and what training processed, and a
+killed QLoRA run that resumes to the uninterrupted numbers (which is also the determinism check:
+the resumed process re-reads, re-packs and trains on, and must land on the session run's
+numbers). The hub token is checked in every session run's outputs (test_secrets.py).
 
 The session smoke run (`smoke_run("instruction_tune")`) is the reference for every comparison.
 """
@@ -14,8 +15,6 @@ from nbutils import checkpoints, record
 
 VARIANTS = ("llama2_7b", "qwen2_5_0_5b_instruct")
 QLORA = "instruction_tune/llama2_7b"  # its smoke params save a checkpoint every 5 optimizer steps
-LORA = "instruction_tune/qwen2_5_0_5b_instruct"
-FAKE_TOKEN = "hf_FAKEsft2token0987654321notreal"
 
 
 @pytest.fixture(scope="module")
@@ -58,37 +57,6 @@ def test_record_holds_the_batching_decision_and_the_tokens_processed(reference, 
     assert rec["data"]["fingerprint"].startswith("sha256:")
 
 
-# --- determinism, and no token in any output -----------------------------------------------------
-
-@pytest.fixture(scope="module")
-def fresh_lora_run(tmp_path_factory):
-    """The LoRA variant run afresh, with a (fake) hub token in the environment."""
-    outputs = tmp_path_factory.mktemp("fresh-instruction-tune")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HF_TOKEN", FAKE_TOKEN)
-        result = run_smoke_project(LORA, outputs)
-    assert result.status == "ok", result.error
-    return outputs, result.record
-
-
-def test_same_parameters_and_seed_give_identical_metrics(reference, fresh_lora_run):
-    first = record.read_record(reference / LORA)
-    second = fresh_lora_run[1]
-    assert second["metrics"] == first["metrics"]  # to the last digit
-    assert second["baselines"] == first["baselines"]
-    assert second["data"]["fingerprint"] == first["data"]["fingerprint"]
-    assert second["data"]["batching"] == first["data"]["batching"]
-
-
-@pytest.mark.slow
-def test_the_hub_token_never_reaches_any_output(fresh_lora_run):
-    outputs = fresh_lora_run[0]
-    executed = (outputs / "smoke" / LORA / "instruction_tune.ipynb").read_text()
-    assert "hub token: set" in executed  # the notebook did read it
-    leaks = [str(p) for p in outputs.rglob("*") if p.is_file() and FAKE_TOKEN.encode() in p.read_bytes()]
-    assert not leaks, f"the token leaked into {leaks}"
-
-
 # --- a killed QLoRA run resumes and finishes with the uninterrupted numbers ----------------------
 
 def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_path):
@@ -114,6 +82,8 @@ def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_pa
     assert resumed.record["metrics"] == pytest.approx(expected["metrics"], abs=1e-6)
     assert resumed.record["baselines"]["before_training"] == pytest.approx(
         expected["baselines"]["before_training"], abs=1e-6)
+    assert resumed.record["data"]["fingerprint"] == expected["data"]["fingerprint"]
+    assert resumed.record["data"]["batching"] == expected["data"]["batching"]
 
     def losses(rd):
         return {e["step"]: e["loss"] for e in _final_state(rd)["log_history"] if "loss" in e}

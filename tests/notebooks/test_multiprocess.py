@@ -1,10 +1,10 @@
-"""Scaling out: the detection notebook trains in two processes (DDP over gloo on a CPU)."""
+"""Scaling out: the detection notebook trains in two processes (DDP over gloo on a CPU), started
+by the runner. Started from inside the notebook (`num_processes: 2`, as on Kaggle's two T4s):
+tests/harness/test_kaggle.py::test_prepared_notebook_runs_in_a_simulated_kaggle."""
 
 import json
 
-import nbformat
-
-from conftest import ROOT, run_smoke_project
+from conftest import ROOT
 from nbutils.harness import runner
 
 
@@ -22,21 +22,3 @@ def test_two_process_run_trains_and_records_two_processes(cache, tmp_path, smoke
     assert record["data"] == single["data"]
     assert record["metrics"]["accuracy"] >= 0.75 and record["metrics"]["roc_auc"] >= 0.85
     assert abs(record["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
-
-
-def test_notebook_launches_its_own_processes_from_inside(cache, tmp_path, smoke_run):
-    """`num_processes: 2` inside the notebook (how Kaggle's two T4s are used): the kernel forks
-    two processes with accelerate.notebook_launcher, they train one DDP run, and the kernel
-    shows the result and skips the cells those processes already ran."""
-    result = run_smoke_project("detect_ai_text/bert", tmp_path, num_processes=2)
-    assert result.status == "ok", result.error
-    assert result.record["train"]["processes"] == 2
-    single = json.loads((smoke_run("detect_ai_text")[1] / "detect_ai_text" / "bert" / "metrics.json").read_text())
-    assert result.record["data"] == single["data"]
-    assert abs(result.record["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
-    cells = nbformat.read(result.notebook, as_version=4).cells
-    launch_at = next(i for i, c in enumerate(cells) if "launch.run_in_processes" in c.source)
-    shown = "".join(o.get("text", "") for o in cells[launch_at].outputs)
-    assert "trained in 2 processes" in shown
-    later = [c for c in cells[launch_at + 1:] if c.cell_type == "code"]
-    assert later and not any(c.outputs for c in later), "the kernel ran cells the processes had run"

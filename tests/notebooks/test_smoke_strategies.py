@@ -148,18 +148,20 @@ def test_conclusion_is_written_from_the_runs_numbers(run, rec):
                                     rec["metrics"]["mlm_head_informative"])
 
 
-def test_same_parameters_and_seed_give_identical_metrics(rec, tmp_path):
-    second = run_smoke_project(PROJECT, tmp_path)
-    assert second.status == "ok", second.error
-    assert second.record["metrics"] == rec["metrics"]
-    assert second.record["data"]["fingerprint"] == rec["data"]["fingerprint"]
+# The killed-and-resumed study trains two strategies, one seed, no extra data-size runs: a quarter
+# of the smoke study's trainings. Each strategy's run starts from the same seed whatever ran
+# before it, so its results are the session run's results for that strategy and seed.
+RESUMED_STUDY = {"strategies": ["full", "full_high_lr"], "seeds": 1,
+                 "data_size_strategies": ["full"], "data_sizes": [1.0]}
 
 
-def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(rec, tmp_path):
-    """SIGKILL the run in the middle of its second strategy (step 40, mid-way through its second
+def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(run, rec, tmp_path):
+    """SIGKILL the study in the middle of its second strategy (step 40, mid-way through its second
     epoch: the smoke profile saves every 20 steps), then run it again: the first strategy's
     results are read back, the second continues from its checkpoint (weights, optimizer,
-    scheduler, RNG, the epoch's batch order), and the numbers match the uninterrupted run's."""
+    scheduler, RNG, the epoch's batch order), and both strategies' numbers match the
+    uninterrupted session run's. A fresh process landing on the session run's numbers is also
+    the study's determinism check."""
     run_dir = tmp_path / "smoke" / PROJECT
     second = run_dir / "checkpoints" / "full_high_lr"
 
@@ -168,21 +170,29 @@ def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(rec, t
                 and any(c.name == "checkpoint-40" for c in checkpoints.complete_checkpoints(second)))
 
     interrupt_smoke_run(PROJECT, tmp_path, mid_second_strategy, "the second strategy's checkpoint-40",
-                        poll=0.05)
+                        poll=0.05, overrides=RESUMED_STUDY)
     assert not (run_dir / "runs" / "full_high_lr.json").exists(), "killed too late"
     interrupted_at = checkpoints.complete_checkpoints(second)[-1]
     state = json.loads((interrupted_at / "trainer_state.json").read_text())
     assert state["global_step"] < state["max_steps"] and state["epoch"] % 1 != 0  # mid-epoch
 
-    resumed = run_smoke_project(PROJECT, tmp_path)
+    resumed = run_smoke_project(PROJECT, tmp_path, **RESUMED_STUDY)
     assert resumed.status == "ok", resumed.error
     executed = (run_dir / f"{PROJECT}.ipynb").read_text()
     assert "full: finished in an earlier session" in executed
     assert "resuming from" in executed and f"full_high_lr/{interrupted_at.name}" in executed
-    got, expected = flat(resumed.record["metrics"]), flat(rec["metrics"])
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), key
+    assert list(resumed.record["metrics"]["strategies"]) == RESUMED_STUDY["strategies"]
+    for name in RESUMED_STUDY["strategies"]:
+        # Everything a strategy's run measured; not its settings (the study's list of strategies
+        # is in them) nor its timings.
+        got, expected = (flat({k: v for k, v in json.loads((folder / "runs" / f"{name}.json").read_text()).items()
+                               if k not in ("settings", "train")}) for folder in (run_dir, run))
+        assert got.keys() == expected.keys(), name
+        for key, value in expected.items():
+            assert got[key] == (pytest.approx(value, abs=1e-6) if isinstance(value, float) else value), f"{name}{key}"
+    before, expected_before = flat(resumed.record["metrics"]["forgetting_before"]), flat(rec["metrics"]["forgetting_before"])
+    assert before == pytest.approx(expected_before, abs=1e-6)
+    assert resumed.record["data"]["fingerprint"] == rec["data"]["fingerprint"]
 
 
 def flat(value, prefix=""):
