@@ -11,6 +11,10 @@ from conftest import ROOT
 from nbutils import environment
 from nbutils.harness import kaggle, runner
 
+# One group for the module: its simulated-Kaggle test compares with the detection smoke run, and
+# every user of the `bundles` module fixture must run on that test's worker (built once).
+pytestmark = pytest.mark.xdist_group("smoke-detect_ai_text")
+
 REQUIRED = {"id", "title", "code_file", "language", "kernel_type", "is_private", "enable_gpu",
             "enable_internet", "dataset_sources", "competition_sources", "kernel_sources",
             "model_sources"}

@@ -122,6 +122,19 @@ def test_readers_of_a_session_smoke_run_are_slow_and_grouped_by_notebook(request
         assert item.get_closest_marker("xdist_group").args[0] == (f"smoke-{notebook}" if notebook else "smoke")
 
 
+def test_the_users_of_a_module_fixture_share_one_group(request):
+    """A module-scoped fixture is built once per worker that runs a test using it: its users must
+    share a group, or the fixture (a two-process launch, four full-recipe runs) is built twice."""
+    groups: dict[tuple[str, str], set[str]] = {}
+    for item in request.session.items:
+        for name, definitions in item._fixtureinfo.name2fixturedefs.items():
+            if definitions[-1].scope == "module":
+                marker = item.get_closest_marker("xdist_group")
+                groups.setdefault((item.module.__name__, name), set()).add(marker.args[0] if marker else "")
+    split = {f"{module}.{name}": sorted(found) for (module, name), found in groups.items() if len(found) > 1}
+    assert not split, f"module fixtures whose users are in several groups: {split}"
+
+
 class _Item:
     """What `smoke_notebook` reads of a collected test."""
 

@@ -119,6 +119,9 @@ def test_two_machines_shard_the_detector_and_match_the_one_process_run(two_machi
     assert rec["metrics"]["roc_auc"] >= 0.85
 
 
+# In the group of the two-machine test (a reader of the detection smoke run), so that one worker
+# runs both and builds their module fixture once; in a group of its own it was built twice.
+@pytest.mark.xdist_group("smoke-detect_ai_text")
 def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint_to_the_same_metrics(
         two_machine_detection, tmp_path):
     """Two processes on one machine (`--nproc 2`), killed once a sharded checkpoint is complete,
