@@ -246,6 +246,13 @@ def prepare_for_evaluation(trainer):
     return trainer
 
 
+def _group_size() -> int:
+    """Processes in this process's torch.distributed group (1 where none is initialised)."""
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def broadcast_from_main(model) -> int:
     """Give every process the main process's parameters and buffers (in place); returns how
     many tensors were sent.
@@ -257,7 +264,7 @@ def broadcast_from_main(model) -> int:
     import torch
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if _group_size() < 2:
         return 0
     tensors = [t for t in model.state_dict(keep_vars=True).values() if isinstance(t, torch.Tensor)]
     seen, sent = set(), 0
@@ -320,13 +327,8 @@ def reshard(model) -> None:
 
     A unit that does not reshard after its forward (the root, whose weights the backward needs
     first) keeps its weights gathered after an evaluation; counted then, it would look whole."""
-    try:
-        from torch.distributed.fsdp import FSDPModule
-    except ImportError:
-        return
-    for module in model.modules():
-        if isinstance(module, FSDPModule):
-            module.reshard()
+    for module in _fsdp_units(model):
+        module.reshard()
 
 
 def process_state(model) -> dict:
@@ -346,7 +348,7 @@ def _gather(value) -> list:
     """`value` from every process, in rank order (a collective: every process must call it)."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+    if _group_size() < 2:
         return [value]
     values = [None] * dist.get_world_size()
     dist.all_gather_object(values, value)
@@ -369,13 +371,18 @@ def summary(model, distributed: str) -> dict:
 # Saving
 
 
-def is_sharded(model) -> bool:
-    """Whether FSDP2 has sharded `model` (a module of it is an `FSDPModule`)."""
+def _fsdp_units(model) -> list:
+    """The modules of `model` that FSDP2 has made units of its own (`FSDPModule`s)."""
     try:
         from torch.distributed.fsdp import FSDPModule
     except ImportError:
-        return False
-    return any(isinstance(m, FSDPModule) for m in model.modules())
+        return []
+    return [m for m in model.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(model) -> bool:
+    """Whether FSDP2 has sharded `model` (a module of it is an `FSDPModule`)."""
+    return bool(_fsdp_units(model))
 
 
 def full_state_dict(model) -> dict:
@@ -406,7 +413,7 @@ def save_pretrained(model, folder: str | Path, tokenizer=None, **kwargs) -> Path
 def _barrier() -> None:
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    if _group_size() > 1:
         dist.barrier()
 
 
