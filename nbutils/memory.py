@@ -32,6 +32,7 @@ from __future__ import annotations
 import warnings
 
 from nbutils import runtime
+from nbutils.distributed import check_strategy
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 NF4_BYTES = 0.5  # two 4-bit values per byte
@@ -39,7 +40,6 @@ QUANT_BLOCK = 64  # bitsandbytes' 4-bit block size
 SCALE_BYTES = 4 / QUANT_BLOCK  # an fp32 absmax per block
 DOUBLE_QUANT_SCALE_BYTES = 1 / QUANT_BLOCK + 4 / (QUANT_BLOCK * 256)  # 8-bit absmax, fp32 per 256 blocks
 ADAMW_STATES = 2  # first and second moment
-STRATEGIES = ("ddp", "fsdp")
 TASKS = ("causal_lm", "seq2seq_lm", "sequence_classification")
 GIB = 2 ** 30
 
@@ -152,8 +152,7 @@ def estimate(layout: dict, precision: str = "fp32", weight_dtype="fp32", distrib
     fine-tuning, the trained weights). `quantized_4bit`: the layout's quantized weights are 4-bit.
     """
     precision, weight_dtype = dtype_name(precision), dtype_name(weight_dtype)
-    if distributed not in STRATEGIES:
-        raise ValueError(f"distributed must be one of {', '.join(STRATEGIES)}, got {distributed!r}")
+    check_strategy(distributed)
     if not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes must be a whole number >= 1, got {processes!r}")
     total, trainable = layout["total"], layout["trainable"]
