@@ -8,7 +8,7 @@ import nbformat
 import pytest
 
 from conftest import ROOT
-from nbutils import environment
+from nbutils import environment, record
 from nbutils.harness import kaggle, runner
 
 # One group for the module: its simulated-Kaggle test compares with the detection smoke run, and
@@ -183,7 +183,7 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles, 
     executed = (tmp_path / "executed.ipynb").read_text()
     assert "trained in 2 processes" in executed
     assert "input/nbutils-wheels/notebooks/detect_ai_text.ipynb" in executed
-    rec = json.loads((run_dir / "metrics.json").read_text())
+    rec = record.read_record(run_dir)
     assert rec["train"]["processes"] == 2
     assert "environment: kaggle" in (run_dir / "launch.log").read_text()
     # `num_processes: 2` inside the notebook (how Kaggle's two T4s are used): the kernel started
@@ -195,7 +195,7 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles, 
     later = [c for c in cells[launch_at + 1:] if c.cell_type == "code"]
     assert later and not any(c.outputs for c in later), "the kernel ran cells the processes had run"
     # In line with the session's one-process run of the same recipe on the same rows.
-    single = json.loads((smoke_run("detect_ai_text")[1] / "detect_ai_text" / "bert" / "metrics.json").read_text())
+    single = record.read_record(smoke_run("detect_ai_text")[1] / "detect_ai_text" / "bert")
     assert single["train"]["processes"] == 1
     assert rec["data"]["fingerprint"] == single["data"]["fingerprint"]
     assert rec["data"]["split_hashes"] == single["data"]["split_hashes"]

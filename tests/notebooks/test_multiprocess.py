@@ -2,9 +2,8 @@
 by the runner. Started from inside the notebook (`num_processes: 2`, as on Kaggle's two T4s):
 tests/harness/test_kaggle.py::test_prepared_notebook_runs_in_a_simulated_kaggle."""
 
-import json
-
 from conftest import ROOT
+from nbutils import record
 from nbutils.harness import runner
 
 
@@ -12,13 +11,13 @@ def test_two_process_run_trains_and_records_two_processes(cache, tmp_path, smoke
     project = runner.select(runner.discover(ROOT, "smoke"), ["detect_ai_text/bert"])[0]
     result = runner.run_project(project, "smoke", ROOT, tmp_path, nproc=2)
     assert result.status == "ok", result.error
-    record = result.record
-    assert record["train"]["processes"] == 2
+    rec = result.record
+    assert rec["train"]["processes"] == 2
     log = (tmp_path / "smoke" / "detect_ai_text" / "bert" / "launch.log").read_text()
     assert "process group is initialized, but parallel_mode" not in log, "processes must join DDP"
-    single = json.loads((smoke_run("detect_ai_text")[1] / "detect_ai_text" / "bert" / "metrics.json").read_text())
+    single = record.read_record(smoke_run("detect_ai_text")[1] / "detect_ai_text" / "bert")
     assert single["train"]["processes"] == 1
     # In line with the single-process run of the same recipe on the same split.
-    assert record["data"] == single["data"]
-    assert record["metrics"]["accuracy"] >= 0.75 and record["metrics"]["roc_auc"] >= 0.85
-    assert abs(record["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
+    assert rec["data"] == single["data"]
+    assert rec["metrics"]["accuracy"] >= 0.75 and rec["metrics"]["roc_auc"] >= 0.85
+    assert abs(rec["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
