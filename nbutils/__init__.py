@@ -66,6 +66,7 @@ leaves it out (`nbutils.harness.<module>`, not in `__all__`)
     harness.runner                 `make run`, `make run-all`: papermill runs and the summary table
     harness.tiny_models            tiny random models with locally trained tokenizers
     harness.tiny_pretraining       a tiny BERT briefly pre-trained, for the forgetting smoke run
+    harness.warm_kernels           headless kernels forked from a server that imported torch already
     harness.samples.detection      sample essays in the DAIGT v2 schema
     harness.samples.dialogues      sample dialogues in the SAMSum schema
     harness.samples.general_text   sample general text in wikitext's schema

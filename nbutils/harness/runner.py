@@ -37,6 +37,7 @@ import yaml
 
 from nbutils.params import ParameterError, check_parameters, declared_parameters
 from nbutils.record import RECORD_FILE, format_value, splits_digest
+from nbutils.harness import warm_kernels
 
 KERNEL = "llm-notebooks"
 
@@ -244,11 +245,12 @@ def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path
     return log
 
 
-def headless_kernel_manager():
+def headless_kernel_manager(warm: bool = True):
     """The kernel manager of headless runs: IPC transport (unix sockets in Jupyter's runtime
     folder) instead of TCP on localhost. Over TCP every kernel logs `Kernel is running over TCP
     without encryption ...` once per project; IPC is the transport that warning recommends,
-    and a headless kernel needs no network port."""
+    and a headless kernel needs no network port. With `warm`, kernels are forked from a server
+    that has imported the heavy libraries already (`warm_kernels`)."""
     import uuid
 
     from jupyter_client import AsyncKernelManager
@@ -269,6 +271,17 @@ def headless_kernel_manager():
             runtime = Path(jupyter_runtime_dir())
             runtime.mkdir(parents=True, exist_ok=True)
             return str(runtime / f"kernel-{uuid.uuid4().hex[:12]}-ipc")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            # A kernel forked from a server that has imported torch and transformers already
+            # (warm_kernels); jupyter_client's own launch when that does not apply.
+            kernel = warm_kernels.launch(kernel_cmd, kw.get("env"), kw.get("cwd")) if warm else None
+            if kernel is None:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            provisioner = self.provisioner
+            provisioner.process, provisioner.pid, provisioner.pgid = kernel, kernel.pid, kernel.pid
+            provisioner.cwd = kw.get("cwd") or os.getcwd()
+            self._reconcile_connection_info(provisioner.connection_info)
 
     return IPCKernelManager
 
@@ -300,6 +313,14 @@ def headless_environment():
 KERNEL_SHUTDOWN = "immediate"
 
 
+def launches_processes(parameters: dict) -> bool:
+    """Does the notebook start its training processes itself (`num_processes` > 1, Kaggle's
+    two T4s)? Its kernel must then start fresh: accelerate's notebook_launcher refuses to fork a
+    kernel that has imported bitsandbytes (which may have touched CUDA), and a warm kernel has."""
+    value = parameters.get("num_processes", 1)
+    return isinstance(value, int) and value > 1
+
+
 def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False,
                 nproc: int = 1, machines: Machines = Machines()) -> Result:
@@ -325,7 +346,8 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
                                            kernel_name=kernel, cwd=str(root), progress_bar=False,
                                            log_output=log_output,
-                                           kernel_manager_class=headless_kernel_manager(),
+                                           kernel_manager_class=headless_kernel_manager(
+                                               warm=not launches_processes(parameters)),
                                            shutdown_kernel=KERNEL_SHUTDOWN)
         record_path = run_dir / RECORD_FILE
         if not record_path.is_file():
