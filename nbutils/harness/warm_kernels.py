@@ -42,14 +42,17 @@ import time
 from pathlib import Path
 
 SWITCH = "NBUTILS_WARM_KERNELS"  # "0": start every kernel fresh
+PRELOAD_VARIABLE = "NBUTILS_WARM_PRELOAD"  # modules to import instead of PRELOAD, comma-separated
 # What the notebooks import that costs seconds: torch, transformers and what it pulls in with
 # the Trainer (peft, bitsandbytes, torch's compiler), datasets (pyarrow), trl, scikit-learn,
 # pandas. Not the kernel (ipykernel reads JPY_PARENT_PID when imported; 0.14 s) nor matplotlib
 # (it picks its backend from MPLBACKEND when imported, which the kernel sets once it starts).
 PRELOAD = ("torch", "transformers", "transformers.trainer", "transformers.trainer_seq2seq", "peft",
            "accelerate", "datasets", "trl", "sklearn.metrics", "pandas")
-# Set by jupyter_client for each kernel; read by the kernel once it runs, not at any import.
-PER_KERNEL = ("JPY_PARENT_PID", "JPY_SESSION_NAME")
+# Variables that may differ between the kernels of one server: set by jupyter_client for each
+# kernel, by pytest for each test, and the hub token, which huggingface_hub reads at each call
+# (utils/_auth.get_token), never when imported. The kernel gets them all, from its own request.
+PER_KERNEL = ("JPY_PARENT_PID", "JPY_SESSION_NAME", "PYTEST_CURRENT_TEST", "HF_TOKEN")
 MAX_SERVERS = 3  # per process: one per distinct environment, each holding ~1 GB of imports
 START_TIMEOUT = 300.0
 _PR_SET_PDEATHSIG = 1
@@ -211,7 +214,8 @@ def launch(command: list[str], env: dict[str, str] | None, cwd: str | None) -> F
                 if idle is None:
                     return None
                 _servers.pop(idle).stop()
-            server = _servers[key] = _Server(python, env, PRELOAD)
+            preload = env.get(PRELOAD_VARIABLE)
+            server = _servers[key] = _Server(python, env, tuple(preload.split(",")) if preload else PRELOAD)
     return server.launch(arguments, env, str(cwd or os.getcwd()))
 
 

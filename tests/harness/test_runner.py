@@ -5,7 +5,7 @@ import json
 import nbformat
 import pytest
 
-from nbutils.harness import runner
+from nbutils.harness import runner, warm_kernels
 
 PARAMETERS = '''project: str = "toy"  # run name
 profile: str = "smoke"  # profile
@@ -21,6 +21,13 @@ rec = record.make_record(project=project, profile=profile, task="toy", model="no
     primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
     parameters={"trainable": 0, "total": 0}, seed=0, config={"score": score})
 record.write_record(rec, output_dir)'''
+
+
+@pytest.fixture(autouse=True)
+def light_warm_kernels(monkeypatch):
+    """The toy notebooks import nothing heavy: their warm-kernel servers (one per runner worker)
+    preload a small module instead of torch and transformers (8 s of imports each)."""
+    monkeypatch.setenv(warm_kernels.PRELOAD_VARIABLE, "wave")
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 libraries, each still a kernel of its own, with its caller's environment and working folder,
 reached by interrupts, reporting its exit code, and gone when its runner is gone.
 
-The server here preloads `wave` (a small standard module no kernel imports by itself) instead of
+The servers here preload `wave` (a small standard module no kernel imports by itself) instead of
 torch and transformers, so that each server starts in a second. That the smoke projects give the
 same records in warm and fresh kernels is checked by tests/notebooks/test_resume.py (its session
 run is warm, its resumed run fresh) and by run-all's records (see the README)."""
@@ -29,13 +29,14 @@ import json, os, sys
 from ipykernel.kernelapp import IPKernelApp
 json.dump({"pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
            "preloaded": "wave" in sys.modules, "marker": os.environ.get("WARM_TEST_MARKER"),
+           "token": os.environ.get("HF_TOKEN"),
            "parent_handle": IPKernelApp.instance().parent_handle}, open(OUT, "w"))
 """
 
 
 @pytest.fixture
 def light_servers(monkeypatch):
-    monkeypatch.setattr(warm_kernels, "PRELOAD", ("wave",))
+    monkeypatch.setenv(warm_kernels.PRELOAD_VARIABLE, "wave")
     monkeypatch.delenv(warm_kernels.SWITCH, raising=False)
     warm_kernels.stop_servers()
     yield
@@ -61,8 +62,11 @@ def _is_server(pid: int) -> bool:
 def test_a_warm_kernel_is_forked_with_its_callers_environment_and_folder(light_servers, tmp_path,
                                                                          monkeypatch):
     monkeypatch.setenv("WARM_TEST_MARKER", "first")
-    first, again = _probe(tmp_path, "first"), _probe(tmp_path, "again")
+    first = _probe(tmp_path, "first")
+    monkeypatch.setenv("HF_TOKEN", "hf_perKernelToken")  # read at each call, never at an import
+    again = _probe(tmp_path, "again")
     assert _is_server(first["ppid"]) and again["ppid"] == first["ppid"], "not forked from one server"
+    assert again["token"] == "hf_perKernelToken"
     assert first["preloaded"] and first["pid"] != again["pid"]
     assert first["cwd"] == str(tmp_path) and first["marker"] == "first"
     # The kernel watches this process, as a kernel jupyter_client starts itself does.
@@ -109,8 +113,7 @@ def test_a_warm_kernel_is_interrupted_and_reports_its_exit_code(light_servers, t
 
 RUNNER = """
 import asyncio, time
-from nbutils.harness import runner, warm_kernels
-warm_kernels.PRELOAD = ("wave",)
+from nbutils.harness import runner
 async def main():
     manager = runner.headless_kernel_manager()(kernel_name=runner.KERNEL)
     await manager.start_kernel()
@@ -123,8 +126,7 @@ asyncio.run(main())
 def test_a_warm_kernel_ends_when_its_runner_is_killed(light_servers, tmp_path):
     script = tmp_path / "runner.py"
     script.write_text(RUNNER)
-    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
-                               env={**os.environ, warm_kernels.SWITCH: "1"})
+    process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     kernel = psutil.Process(int(process.stdout.readline()))
     server = psutil.Process(kernel.ppid())
     assert _is_server(server.pid)
