@@ -102,7 +102,10 @@ def main() -> None:
     output = options.output or f"/tmp/search-worker-{os.getpid()}"
     best, objective, table, info = run(options.cache, options.storage, options.study, options.trials,
                                        output, callbacks, grace_seconds=options.grace)
-    print(json.dumps({"best": best, "objective": objective, "info": info}))
+    # One write of the whole line: the processes of a DDP run share one stdout pipe, and print's
+    # separate writes of the text and its newline interleaved once ('{"best"...}{"best"...}').
+    sys.stdout.flush()
+    os.write(sys.stdout.fileno(), (json.dumps({"best": best, "objective": objective, "info": info}) + "\n").encode())
 
 
 if __name__ == "__main__":
