@@ -323,7 +323,7 @@ def launches_processes(parameters: dict) -> bool:
 
 def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False,
-                nproc: int = 1, machines: Machines = Machines()) -> Result:
+                nproc: int = 1, machines: Machines = Machines(), warm: bool = True) -> Result:
     import papermill
 
     run_dir = outputs / profile / project.name
@@ -347,7 +347,7 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
                                            kernel_name=kernel, cwd=str(root), progress_bar=False,
                                            log_output=log_output,
                                            kernel_manager_class=headless_kernel_manager(
-                                               warm=not launches_processes(parameters)),
+                                               warm=warm and not launches_processes(parameters)),
                                            shutdown_kernel=KERNEL_SHUTDOWN)
         record_path = run_dir / RECORD_FILE
         if not record_path.is_file():
@@ -483,10 +483,11 @@ class Invocation:
     log_output: bool = False
     nproc: int = 1
     machines: Machines = field(default_factory=Machines)
+    warm: bool = True  # kernels forked from a warm-kernel server (see `warm_kernels_pay`)
 
     def run(self, project: Project) -> Result:
         return run_project(project, self.profile, self.root, self.outputs, self.overrides, self.kernel,
-                           self.log_output, self.nproc, self.machines)
+                           self.log_output, self.nproc, self.machines, self.warm)
 
     def skip(self, project: Project, blocked: list[str]) -> Result:
         """A project whose inputs did not come out of this invocation would read stale or missing
@@ -606,11 +607,20 @@ def report(results: list[Result], command: str, profile: str, root: Path, output
     return 1 if failed else 0
 
 
+def warm_kernels_pay(projects: int, jobs: int) -> bool:
+    """Is a warm-kernel server worth starting? It imports what one fresh kernel would, so it
+    pays from the second kernel of a process on: when some worker runs two projects or more, or
+    when this process already has a server (a test worker's earlier runs). `make run` of one
+    project starts its kernel fresh."""
+    return projects > max(jobs, 1) or warm_kernels.serving()
+
+
 def run_command(args: argparse.Namespace, projects: list[Project], known: list[Project], root: Path,
                 outputs: Path) -> int:
     """`run` and `run-all`: run `projects` (in run order), then report."""
     invocation = Invocation(args.profile, root, outputs, dict(args.param), args.kernel,
-                            args.log_output, args.nproc, args.machines)
+                            args.log_output, args.nproc, args.machines,
+                            warm=warm_kernels_pay(len(projects), args.jobs))
     # Set before the worker processes start, so that they and their kernels inherit it.
     share_cores(args.jobs)
     with headless_environment():

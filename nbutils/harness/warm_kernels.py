@@ -179,6 +179,11 @@ def _signature(python: list[str], env: dict[str, str]) -> tuple:
     return tuple(python), tuple(sorted((k, v) for k, v in env.items() if k not in PER_KERNEL))
 
 
+def serving() -> bool:
+    """Has this process started a server (that its next kernels can be forked from)?"""
+    return bool(_servers)
+
+
 def enabled() -> bool:
     return sys.platform.startswith("linux") and os.environ.get(SWITCH, "1") != "0"
 

@@ -270,3 +270,13 @@ def test_side_by_side_jobs_share_the_cores():
     runner.share_cores(2, kept)
     assert kept["OMP_NUM_THREADS"] == "4"  # the user's choice stands
     assert runner.share_cores(1, {}) == {}  # one job: torch's own default
+
+
+def test_a_warm_kernel_server_starts_only_where_it_pays(monkeypatch):
+    """A server imports what one fresh kernel would: it pays from a process's second kernel on."""
+    monkeypatch.setattr(warm_kernels, "serving", lambda: False)
+    assert not runner.warm_kernels_pay(projects=1, jobs=1)  # `make run` of one project
+    assert runner.warm_kernels_pay(projects=7, jobs=1) and runner.warm_kernels_pay(projects=15, jobs=2)
+    assert not runner.warm_kernels_pay(projects=3, jobs=3)  # one project per worker
+    monkeypatch.setattr(warm_kernels, "serving", lambda: True)  # a test worker's earlier runs
+    assert runner.warm_kernels_pay(projects=1, jobs=1)
