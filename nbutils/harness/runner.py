@@ -35,9 +35,9 @@ from pathlib import Path
 
 import yaml
 
+from nbutils.harness import warm_kernels
 from nbutils.params import ParameterError, check_parameters, declared_parameters
 from nbutils.record import RECORD_FILE, format_value, splits_digest
-from nbutils.harness import warm_kernels
 
 KERNEL = "llm-notebooks"
 
