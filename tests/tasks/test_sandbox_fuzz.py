@@ -92,7 +92,10 @@ def _mutate(code: str, rng: random.Random) -> str:
 
 @pytest.fixture(scope="module")
 def box():
-    with Sandbox(timeout=0.5, memory_mb=256, workers=2) as sandbox:
+    # 5 s per snippet, not 0.5: with another test worker training beside it on 2 cores, one of the
+    # 432 honest references once took longer than 0.5 s and scored as a timeout (make test-fast).
+    # No snippet here loops; timeouts are tested in tests/tasks/test_text_to_pandas.py.
+    with Sandbox(timeout=5.0, memory_mb=256, workers=2) as sandbox:
         yield sandbox
 
 
