@@ -22,6 +22,8 @@ The rules that keep a forked kernel equal to a fresh one:
   HF_HUB_OFFLINE, torch OMP_NUM_THREADS). So a server serves only kernels whose environment is
   its own, apart from the variables Jupyter sets for each kernel; another environment gets a
   server of its own.
+- No CUDA in the server: a CUDA context does not survive a fork. A server whose imports
+  initialised CUDA stops at once, as does one whose imports fail.
 - Linux only (fork, and prctl so that a kernel dies with its server, as a fresh kernel dies with
   its runner). Elsewhere, with NBUTILS_WARM_KERNELS=0, or when a server cannot start, kernels
   start as jupyter_client starts them.
@@ -170,6 +172,7 @@ class _Server:
 
 
 _servers: dict[tuple, _Server] = {}
+_failed: set[tuple] = set()  # environments whose server could not start: their kernels start fresh
 _lock = threading.Lock()
 
 
@@ -210,6 +213,8 @@ def launch(command: list[str], env: dict[str, str] | None, cwd: str | None) -> F
     env["JPY_PARENT_PID"] = str(os.getpid())  # as jupyter_client's launcher sets it
     key = _signature(python, env)
     with _lock:
+        if key in _failed:
+            return None
         server = _servers.get(key)
         if server is None:
             if len(_servers) >= MAX_SERVERS:
@@ -219,7 +224,17 @@ def launch(command: list[str], env: dict[str, str] | None, cwd: str | None) -> F
                 _servers.pop(idle).stop()
             preload = env.get(PRELOAD_VARIABLE)
             server = _servers[key] = _Server(python, env, tuple(preload.split(",")) if preload else PRELOAD)
-    return server.launch(arguments, env, str(cwd or os.getcwd()))
+    try:
+        return server.launch(arguments, env, str(cwd or os.getcwd()))
+    except (OSError, RuntimeError) as err:
+        # A server that could not start (an import failed, or touched CUDA: see `serve`) or
+        # answer: this kernel and the later ones of this environment start as usual.
+        print(f"warm kernels: {err}; kernels start fresh", file=sys.stderr, flush=True)
+        with _lock:
+            _failed.add(key)
+            if _servers.get(key) is server:
+                _servers.pop(key).stop()
+        return None
 
 
 @atexit.register
@@ -290,6 +305,12 @@ def serve(path: str, preload: tuple[str, ...]) -> None:
 
     for name in preload:
         importlib.import_module(name)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        # A CUDA context does not survive a fork: a kernel forked from here could not use the
+        # GPU. (bitsandbytes queries the GPUs when imported; torch.cuda.is_available alone does
+        # not initialise CUDA.) The runner then starts its kernels fresh.
+        sys.exit("importing the libraries initialised CUDA")
     # Python would otherwise find the server's own folder first on sys.path; a kernel starts
     # with the folder it runs in (ipykernel_launcher puts the working folder back).
     if sys.path and sys.path[0] in ("", os.getcwd()):

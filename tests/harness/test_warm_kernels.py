@@ -39,8 +39,10 @@ def light_servers(monkeypatch):
     monkeypatch.setenv(warm_kernels.PRELOAD_VARIABLE, "wave")
     monkeypatch.delenv(warm_kernels.SWITCH, raising=False)
     warm_kernels.stop_servers()
+    warm_kernels._failed.clear()
     yield
     warm_kernels.stop_servers()
+    warm_kernels._failed.clear()
 
 
 def _probe(folder, name, warm=True) -> dict:
@@ -84,6 +86,17 @@ def test_a_warm_kernel_is_forked_with_its_callers_environment_and_folder(light_s
     assert _probe(tmp_path, "switched_off")["ppid"] == os.getpid()
 
 
+def test_a_server_that_cannot_start_leaves_its_kernels_to_start_fresh(light_servers, tmp_path,
+                                                                     monkeypatch, capfd):
+    """As when the preload fails, or touches CUDA (which no fork survives): the run goes on."""
+    monkeypatch.setenv(warm_kernels.PRELOAD_VARIABLE, "no_such_module_here")
+    first = _probe(tmp_path, "first")
+    assert first["ppid"] == os.getpid() and not first["preloaded"]
+    assert "warm kernels: the kernel server exited with 1; kernels start fresh" in capfd.readouterr().err
+    assert _probe(tmp_path, "again")["ppid"] == os.getpid()  # no second try for this environment
+    assert "warm kernels:" not in capfd.readouterr().err
+
+
 def test_a_warm_kernel_is_interrupted_and_reports_its_exit_code(light_servers, tmp_path):
     async def scenario():
         manager = runner.headless_kernel_manager()(kernel_name=runner.KERNEL)
@@ -93,13 +106,18 @@ def test_a_warm_kernel_is_interrupted_and_reports_its_exit_code(light_servers, t
         try:
             await client.wait_for_ready(timeout=60)
             assert _is_server(psutil.Process(manager.provisioner.pid).ppid())
-            client.execute("import time; time.sleep(60)")
-            await asyncio.sleep(1)
+            running = client.execute("import time; time.sleep(60)")
+            while True:  # interrupt once the cell runs, not before (a loaded machine is slow)
+                message = await client.get_iopub_msg(timeout=60)
+                if (message["msg_type"] == "execute_input"
+                        and message["parent_header"].get("msg_id") == running):
+                    break
+            await asyncio.sleep(0.5)
             await manager.interrupt_kernel()
             reply = await client.get_shell_msg(timeout=20)
             assert reply["content"]["ename"] == "KeyboardInterrupt"
             client.execute("import os; os._exit(3)")
-            deadline = time.time() + 20
+            deadline = time.time() + 60
             while await manager.is_alive():
                 assert time.time() < deadline, "the kernel did not exit"
                 await asyncio.sleep(0.1)
