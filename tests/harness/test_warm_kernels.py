@@ -97,15 +97,20 @@ def test_a_server_that_cannot_start_leaves_its_kernels_to_start_fresh(light_serv
     assert "warm kernels:" not in capfd.readouterr().err
 
 
-def test_a_warm_kernel_is_interrupted_and_reports_its_exit_code(light_servers, tmp_path):
+async def _started_kernel(folder):
+    manager = runner.headless_kernel_manager()(kernel_name=runner.KERNEL)
+    await manager.start_kernel(cwd=str(folder))
+    client = manager.client()
+    client.start_channels()
+    await client.wait_for_ready(timeout=60)
+    assert _is_server(psutil.Process(manager.provisioner.pid).ppid())
+    return manager, client
+
+
+def test_an_interrupt_reaches_a_warm_kernels_running_cell(light_servers, tmp_path):
     async def scenario():
-        manager = runner.headless_kernel_manager()(kernel_name=runner.KERNEL)
-        await manager.start_kernel(cwd=str(tmp_path))
-        client = manager.client()
-        client.start_channels()
+        manager, client = await _started_kernel(tmp_path)
         try:
-            await client.wait_for_ready(timeout=60)
-            assert _is_server(psutil.Process(manager.provisioner.pid).ppid())
             running = client.execute("import time; time.sleep(60)")
             while True:  # interrupt once the cell runs, not before (a loaded machine is slow)
                 message = await client.get_iopub_msg(timeout=60)
@@ -116,6 +121,17 @@ def test_a_warm_kernel_is_interrupted_and_reports_its_exit_code(light_servers, t
             await manager.interrupt_kernel()
             reply = await client.get_shell_msg(timeout=20)
             assert reply["content"]["ename"] == "KeyboardInterrupt"
+        finally:
+            client.stop_channels()
+            await manager.shutdown_kernel(now=True)
+
+    asyncio.run(scenario())
+
+
+def test_a_warm_kernels_exit_code_reaches_its_manager(light_servers, tmp_path):
+    async def scenario():
+        manager, client = await _started_kernel(tmp_path)
+        try:
             client.execute("import os; os._exit(3)")
             deadline = time.time() + 60
             while await manager.is_alive():
