@@ -2,7 +2,11 @@
 
 Kaggle sessions end and Colab disconnects; a notebook rerun with the same output folder picks
 up where training stopped. The Trainer writes `trainer_state.json` last when it saves a
-checkpoint, so a folder without it was cut off mid-save and must not be resumed from.
+checkpoint, so a folder without it was cut off mid-save and must not be resumed from. Only the
+main process writes it, though: in a run of several processes the others save their RNG state
+(`rng_state_<rank>.pth`) without waiting for it, so such a checkpoint is complete only once every
+process's RNG file is there too. (A killed two-process FSDP run once resumed from a checkpoint
+without `rng_state_1.pth`, and ended on other numbers than the uninterrupted run.)
 """
 
 from __future__ import annotations
@@ -14,13 +18,23 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
 
-def complete_checkpoints(folder: str | Path) -> list[Path]:
-    """Checkpoint folders with a trainer state, oldest (lowest step) first."""
+def complete_checkpoints(folder: str | Path, processes: int | None = None) -> list[Path]:
+    """Checkpoint folders with a trainer state, oldest (lowest step) first; with several
+    `processes` (default: this run's, `runtime.processes()`), also with each one's RNG state."""
+    if processes is None:
+        from nbutils import runtime
+
+        processes = runtime.processes()
     folder = Path(folder)
     if not folder.is_dir():
         return []
+
+    def complete(path: Path) -> bool:
+        return (path / STATE_FILE).is_file() and (
+            processes <= 1 or all((path / f"rng_state_{rank}.pth").is_file() for rank in range(processes)))
+
     found = [(int(m[1]), p) for p in folder.iterdir()
-             if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and (p / STATE_FILE).is_file()]
+             if p.is_dir() and (m := _CHECKPOINT.match(p.name)) and complete(p)]
     return [p for _, p in sorted(found)]
 
 

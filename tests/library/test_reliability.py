@@ -34,6 +34,22 @@ def test_resume_picks_the_last_complete_checkpoint(tmp_path, capsys):
     assert checkpoints.resume_checkpoint(tmp_path / "missing") is None
 
 
+def test_a_checkpoint_of_several_processes_is_complete_once_each_saved_its_rng_state(tmp_path, monkeypatch):
+    """The main process writes trainer_state.json without waiting for the others' RNG files."""
+    older, newer = _checkpoint(tmp_path, 10), _checkpoint(tmp_path, 20)
+    for rank in (0, 1):
+        (older / f"rng_state_{rank}.pth").write_bytes(b"")
+    (newer / "rng_state_0.pth").write_bytes(b"")  # process 1 was killed before it saved its own
+    assert checkpoints.complete_checkpoints(tmp_path, processes=2) == [older]
+    assert checkpoints.complete_checkpoints(tmp_path, processes=1) == [older, newer]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # in a launched process: this run's processes by default
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert checkpoints.resume_checkpoint(tmp_path) == str(older)
+    (newer / "rng_state_1.pth").write_bytes(b"")
+    assert checkpoints.resume_checkpoint(tmp_path) == str(newer)
+
+
 class _PoisonAtStep(TrainerCallback):
     """Make the weights NaN after `step`, as a diverging run would."""
 

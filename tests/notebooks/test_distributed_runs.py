@@ -132,13 +132,15 @@ def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint_to_the_same_metrics
     process = subprocess.Popen(_runner_command(DETECT, tmp_path, "--nproc", "2"), cwd=ROOT,
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not checkpoints.complete_checkpoints(run_dir / "checkpoints"):
+    while not checkpoints.complete_checkpoints(run_dir / "checkpoints", processes=2):
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "5 minutes without a checkpoint"
         time.sleep(0.1)
     kill_run(process)  # the runner, accelerate's launcher and both training processes
     assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
-    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    # Complete for both processes: the main one writes trainer_state.json without waiting for the
+    # other's RNG state; what the resumed run will take (checkpoints.complete_checkpoints).
+    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints", processes=2)[-1]
     assert (interrupted_at / "pytorch_model_fsdp_0").is_dir()
     state = json.loads((interrupted_at / "trainer_state.json").read_text())
     assert state["global_step"] < state["max_steps"]
