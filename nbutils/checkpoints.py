@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from nbutils import runtime
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 STATE_FILE = "trainer_state.json"
 
@@ -22,8 +24,6 @@ def complete_checkpoints(folder: str | Path, processes: int | None = None) -> li
     """Checkpoint folders with a trainer state, oldest (lowest step) first; with several
     `processes` (default: this run's, `runtime.processes()`), also with each one's RNG state."""
     if processes is None:
-        from nbutils import runtime
-
         processes = runtime.processes()
     folder = Path(folder)
     if not folder.is_dir():

@@ -159,7 +159,9 @@ class _Server:
         return kernel
 
     def busy(self) -> bool:
-        return any(k.poll() is None for k in self.kernels)
+        """Does a kernel of this server still run? (Forgets those that have ended.)"""
+        self.kernels = [k for k in self.kernels if k.poll() is None]
+        return bool(self.kernels)
 
     def stop(self) -> None:
         if self.process.poll() is None:
