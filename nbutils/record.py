@@ -6,6 +6,7 @@ fixed here (`RECORD_FIELDS`), versioned, and checked by the tests.
 
 from __future__ import annotations
 
+import functools
 import json
 import numbers
 import platform
@@ -154,10 +155,58 @@ def splits_digest(record: dict) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+# Training figures that describe the steps a run took: a run that took none keeps those of the
+# run that trained its checkpoints.
+TRAINING_FIGURES = ("runtime_s", "samples_per_s", "tokens_per_s")
+
+
+def relative_path(value):
+    """A path inside the repository (or the current folder) as a relative one, so records of
+    the same run agree whether it ran headless or from a Lab copy; anything else as it is."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        return value
+    for base in (_repository_root(), Path.cwd()):
+        try:
+            return str(Path(value).resolve().relative_to(base))
+        except (ValueError, TypeError):
+            continue
+    return value
+
+
+@functools.lru_cache(maxsize=1)
+def _repository_root() -> Path | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return Path(out.stdout.strip()).resolve() if out.returncode == 0 and out.stdout.strip() else None
+
+
+def trained_train_block(train: dict, run) -> dict:
+    """`train` as the record says it: where `run` trained nothing (it continued a finished
+    checkpoint), marked `resumed_finished`, with the training figures of the run that trained
+    it (None where that run's record is gone), never this call's zeros."""
+    if run is None or not run.trained_nothing:
+        return train
+    previous = run.state.get("previous_train") or {}
+    kept = {k: previous.get(k) for k in TRAINING_FIGURES if k in train}
+    if "by_run" in train and "by_run" in previous:  # a study of several runs (finetuning_strategies)
+        kept["by_run"] = previous["by_run"]
+    return {**train, **kept, "resumed_finished": True}
+
+
 def make_record(*, project: str, profile: str, task: str, model: str, data: dict, metrics: dict,
                 primary_metric: str, train: dict, parameters: dict, seed: int, config: dict,
-                baselines: dict | None = None) -> dict:
-    """Assemble a record and check it against the schema (a wrong key fails here, not later)."""
+                baselines: dict | None = None, run=None) -> dict:
+    """Assemble a record and check it against the schema (a wrong key fails here, not later).
+
+    `run` (`setup.Run`): a run that trained nothing says so (`trained_train_block`). Paths in
+    the repository are written relative to it.
+    """
+    train = trained_train_block(train, run)
+    data = {**data, "source": relative_path(data.get("source"))} if "source" in data else data
+    model = relative_path(model)
+    config = {name: relative_path(value) for name, value in config.items()}
     if primary_metric not in metrics:
         raise KeyError(f"primary_metric {primary_metric!r} is not among the metrics {sorted(metrics)}")
     for name, value, fields in (("data", data, DATA_FIELDS), ("train", train, TRAIN_FIELDS),

@@ -6,10 +6,12 @@ profile's parameters, opened in Lab.
     python -m nbutils.harness.lab detect_ai_text/bert --prepare-only   # just write the copy
     make lab RUN=detect_ai_text/bert [PROFILE=smoke]
 
-The copy is the notebook with papermill's injected-parameters cell (the profile's merged YAML
-files, checked like a headless run's), written to `outputs/<profile>/<project>/<notebook>.lab.ipynb`
-beside the headless run's executed notebook, with the same run folder: exploring after
-`make run` finds that run (and says so), and a headless run after exploring resumes from it.
+The copy is the notebook with the profile's merged YAML values (checked like a headless run's)
+written into its parameters cell itself, so the cell a learner edits is the one that counts
+(papermill would inject a second cell below it, which silently overrides every edit). It is
+written to `outputs/<profile>-lab/<project>.ipynb` with its own run folder beside it,
+`outputs/<profile>-lab/<project>/`: exploring never touches the headless run's folder, and an
+edited training parameter trains afresh (see `nbutils.setup`).
 
 JupyterLab starts a notebook's kernel in the notebook's own folder, while the parameter files
 give paths relative to the repository root. The paths are made absolute when the copy is
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from nbutils.harness.runner import KERNEL, _override, discover, project_parameters, select
 
-LAB_SUFFIX = ".lab.ipynb"
+LAB_SUFFIX = "-lab"  # outputs/<profile>-lab/: Lab's copies and their run folders
 KERNEL_DISPLAY_NAME = f"Python ({KERNEL})"
 # Parameters that name a folder to create or read, whatever exists yet: always made absolute.
 _FOLDER_PARAMETERS = ("output_dir", "runs_dir")
@@ -63,11 +65,31 @@ def absolute_paths(parameters: dict, root: Path) -> dict:
     return result
 
 
+def write_values(source: str, values: dict) -> str:
+    """A parameters cell's source with each assigned name in `values` set to that value; its
+    annotation and comment kept (`epochs: float = 2  # passes` -> `epochs: float = 4  # passes`)."""
+    import ast
+
+    lines = source.splitlines(keepends=True)
+    statements = [s for s in ast.parse(source).body if isinstance(s, (ast.Assign, ast.AnnAssign))]
+    for statement in reversed(statements):  # from the bottom, so earlier offsets stay valid
+        target = statement.target if isinstance(statement, ast.AnnAssign) else statement.targets[0]
+        if not isinstance(target, ast.Name) or target.id not in values or statement.value is None:
+            continue
+        node = statement.value
+        first, last = node.lineno - 1, node.end_lineno - 1
+        start = len("".join(lines[:first]).encode()) + node.col_offset
+        end = len("".join(lines[:last]).encode()) + node.end_col_offset
+        encoded = "".join(lines).encode()
+        text = (encoded[:start] + repr(values[target.id]).encode() + encoded[end:]).decode()
+        lines = text.splitlines(keepends=True)
+    return "".join(lines)
+
+
 def prepare(project_name: str, profile: str, root: Path, outputs: Path | None = None,
             overrides: dict | None = None, kernel: str = KERNEL) -> Path:
     """Write the prepared copy of a project's notebook; returns its path."""
     import nbformat
-    import papermill
 
     root = root.resolve()
     outputs = (outputs or root / "outputs").resolve()
@@ -76,16 +98,20 @@ def prepare(project_name: str, profile: str, root: Path, outputs: Path | None = 
         raise SystemExit(f"{project_name!r} names {len(project)} projects "
                          f"({', '.join(p.name for p in project)}); name one")
     project = project[0]
-    run_dir = outputs / profile / project.name
+    lab_outputs = outputs / (profile + LAB_SUFFIX)
+    run_dir = lab_outputs / project.name
     parameters = project_parameters(project, profile, str(run_dir), overrides)
+    if parameters.get("runs_dir") == "":  # the ensemble: the headless detection runs of the profile
+        parameters["runs_dir"] = str(outputs / profile / "detect_ai_text")
     parameters = absolute_paths(parameters, root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    copy = run_dir / (project.notebook.stem + LAB_SUFFIX)
-    papermill.execute_notebook(str(project.notebook), str(copy), parameters=parameters,
-                               prepare_only=True, kernel_name=kernel, progress_bar=False)
-    nb = nbformat.read(copy, as_version=4)
+    nb = nbformat.read(project.notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = (f"# The {profile} profile's values (params/{project.notebook.stem}/), written in by "
+                   f"`make lab`: edit them here.\n" + write_values(cell.source, parameters))
     # The project's kernel, under the name JupyterLab shows for it.
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": KERNEL_DISPLAY_NAME, "language": "python"}
+    copy = lab_outputs / (project.name + ".ipynb")
+    copy.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, copy)
     return copy
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -321,40 +322,79 @@ def launches_processes(parameters: dict) -> bool:
     return isinstance(value, int) and value > 1
 
 
+def run_folder(project: Project, profile: str, root: Path, outputs: Path, overrides: dict | None = None) -> Path:
+    """Where a project's run lands: `<outputs>/<profile>/<project>`, or the `output_dir` given on
+    the command line (relative to the repository root)."""
+    given = (overrides or {}).get("output_dir")
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise ParameterError(f"output_dir must be a folder path, got {given!r}")
+        return (root / given).resolve()
+    return outputs / profile / project.name
+
+
+def _move_into(folder: Path, files: list[Path]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in files:
+        if path.exists():
+            path.replace(folder / path.name)
+
+
 def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 overrides: dict | None = None, kernel: str = KERNEL, log_output: bool = False,
                 nproc: int = 1, machines: Machines = Machines(), warm: bool = True) -> Result:
+    """Run one project. The notebook works in `<run folder>.incomplete` and, once finished,
+    publishes it as the run folder (`nbutils.setup.Run.finish`); the executed notebook and the
+    launch logs are written beside it meanwhile, then moved into the published folder, or, on
+    failure, into the incomplete one, beside whatever that run left: the earlier complete run
+    stays whole."""
     import papermill
 
+    from nbutils.setup import attempt_folder
+
+    start = time.time()
     run_dir = outputs / profile / project.name
     executed = run_dir / project.notebook.name
-    start = time.time()
     try:
+        run_dir = run_folder(project, profile, root, outputs, overrides)
+        executed = run_dir / project.notebook.name
         output_dir = os.path.relpath(run_dir, root)
-        parameters = project_parameters(project, profile, output_dir, overrides)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        parameters = project_parameters(project, profile, output_dir, {
+            k: v for k, v in (overrides or {}).items() if k != "output_dir"})
+    except Exception as err:
+        return Result(project.name, "failed", executed, time.time() - start, error=f"{type(err).__name__}: {err}"[:500])
+    # The runner's own files while the notebook runs: beside the run folders, never in them.
+    scratch = run_dir.with_name(f".{run_dir.name}.running")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
         if machines.node_rank:  # another machine's part of a run: the main machine writes the record
             with headless_environment():
-                launch_processes(project.notebook, parameters, run_dir, root, nproc, machines)
+                launch_processes(project.notebook, parameters, scratch, root, nproc, machines)
+            _move_into(run_dir, list(scratch.iterdir()))
             return Result(project.name, "ok", executed, time.time() - start, {}, parameters=parameters)
-        # A record left by an earlier run must not pass for this one's.
-        (run_dir / RECORD_FILE).unlink(missing_ok=True)
         with headless_environment():
             if nproc > 1 or machines.nnodes > 1:
-                launch_processes(project.notebook, parameters, run_dir, root, nproc, machines)
+                launch_processes(project.notebook, parameters, scratch, root, nproc, machines)
             else:
-                papermill.execute_notebook(str(project.notebook), str(executed), parameters=parameters,
+                papermill.execute_notebook(str(project.notebook), str(scratch / project.notebook.name),
+                                           parameters=parameters,
                                            kernel_name=kernel, cwd=str(root), progress_bar=False,
                                            log_output=log_output,
                                            kernel_manager_class=headless_kernel_manager(
                                                warm=warm and not launches_processes(parameters)),
                                            shutdown_kernel=KERNEL_SHUTDOWN)
         record_path = run_dir / RECORD_FILE
-        if not record_path.is_file():
-            raise RuntimeError(f"the notebook finished but wrote no {RECORD_FILE} in {run_dir}")
+        if not record_path.is_file() or record_path.stat().st_mtime < start:
+            raise RuntimeError(f"the notebook finished but published no new {RECORD_FILE} in {run_dir} "
+                               f"(its last cell, run.finish(), publishes the run)")
+        _move_into(run_dir, list(scratch.iterdir()))
         record = json.loads(record_path.read_text())
         return Result(project.name, "ok", executed, time.time() - start, record, parameters=parameters)
     except Exception as err:  # one failed project must not stop the others
+        failed_dir = attempt_folder(run_dir)
+        _move_into(failed_dir, list(scratch.iterdir()))  # the failed attempt, clearly named
+        executed = failed_dir / project.notebook.name
         lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
         if isinstance(err, ParameterError):
             summary = " ".join(lines)  # the bad name and the valid ones, all of it
@@ -368,6 +408,8 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
                 traceback.print_exc()
         return Result(project.name, "failed", executed, time.time() - start,
                       error=f"{type(err).__name__}: {summary}"[:500])
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "baseline", "train_s",
@@ -561,7 +603,10 @@ def run_projects(projects: list[Project], after: dict[str, list[str]], invocatio
     waiting, running = list(projects), {}
 
     def finish(project: Project, result: Result) -> None:
+        nothing = (result.record or {}).get("train", {}).get("resumed_finished")
         print(f"[{invocation.profile}] {project.name}: {result.status} in {result.seconds:.1f}s"
+              + (" - nothing trained: it continued a finished run with the same parameters "
+                 "(the record keeps that run's training figures)" if nothing else "")
               + (f" - {result.error}" if result.error else ""), flush=True)
         results[project.name] = result
 
@@ -589,13 +634,30 @@ def run_projects(projects: list[Project], after: dict[str, list[str]], invocatio
     return [results[p.name] for p in projects]
 
 
-def report(results: list[Result], command: str, profile: str, root: Path, outputs: Path) -> int:
-    """Print the summary table (and, for run-all, write the summary files); name what failed."""
-    if command == "run-all":  # the summary files describe a whole profile, not a subset
-        print("\n" + write_summary(results, profile, root, outputs))
+def on_disk(projects: list[Project], results: list[Result], profile: str, outputs: Path) -> list[Result]:
+    """The results of this invocation, and for every other project of the profile the run its
+    folder holds (its record), in run order: the summary describes what is on disk."""
+    ran = {r.project: r for r in results}
+    rows = []
+    for project in projects:
+        if project.name in ran:
+            rows.append(ran[project.name])
+            continue
+        folder = outputs / profile / project.name
+        if (folder / RECORD_FILE).is_file():
+            rows.append(Result(project.name, "ok", folder / project.notebook.name, 0.0,
+                               json.loads((folder / RECORD_FILE).read_text())))
+    return rows + [r for r in results if r.project not in {p.name for p in projects}]
+
+
+def report(results: list[Result], command: str, profile: str, root: Path, outputs: Path,
+           known: list[Project] | None = None) -> int:
+    """Print the summary table of this invocation, rebuild the summary files from the records on
+    disk (every project of the profile), and name what failed."""
+    print("\n" + markdown_table(summary_rows(results, root)))
+    if all(r.notebook.is_relative_to(outputs / profile) for r in results):  # not an output_dir elsewhere
+        write_summary(on_disk(known or [], results, profile, outputs), profile, root, outputs)
         print(f"summary: {os.path.relpath(outputs / profile / 'summary.md')} (and summary.json)")
-    else:
-        print("\n" + markdown_table(summary_rows(results, root)))
     failed = [r for r in results if r.status != "ok"]
     for r in failed:
         if r.status == "skipped":
@@ -625,7 +687,7 @@ def run_command(args: argparse.Namespace, projects: list[Project], known: list[P
     share_cores(args.jobs)
     with headless_environment():
         results = run_projects(projects, dependencies(projects, known), invocation, args.jobs)
-    return report(results, args.command, args.profile, root, outputs)
+    return report(results, args.command, args.profile, root, outputs, order(known))
 
 
 def main(argv: list[str] | None = None) -> int:

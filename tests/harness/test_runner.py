@@ -70,10 +70,12 @@ def test_failed_project_does_not_stop_the_others(toy_root, capsys):
     assert "'scroe' (did you mean 'score'?)" in rows["toy/typo"]["error"]
     assert "valid parameters: fail, output_dir, profile, project, score" in rows["toy/typo"]["error"]
     err = capsys.readouterr().err
-    assert "FAILED toy/broken" in err and "outputs/smoke/toy/broken/toy.ipynb" in err
+    assert "FAILED toy/broken" in err and "outputs/smoke/toy/broken.incomplete/toy.ipynb" in err
     assert "FAILED toy/typo" in err and "stopped before the notebook ran" in err
-    # The failed run still leaves its executed notebook, with the error in it.
-    assert (toy_root / "outputs" / "smoke" / "toy" / "broken" / "toy.ipynb").is_file()
+    # The failed run still leaves its executed notebook, with the error in it, in a clearly
+    # named folder of its own: never in the run folder, beside another run's record.
+    assert (toy_root / "outputs" / "smoke" / "toy" / "broken.incomplete" / "toy.ipynb").is_file()
+    assert not (toy_root / "outputs" / "smoke" / "toy" / "broken").exists()
     markdown = (toy_root / "outputs" / "smoke" / "summary.md").read_text()
     assert "| toy/good | ok |" in markdown and "| toy/broken | failed |" in markdown
 
@@ -94,11 +96,40 @@ def test_command_line_overrides_are_checked_and_win(toy_root):
 
 
 @pytest.mark.slow
-def test_stale_record_is_not_reported_as_this_run(toy_root):
+def test_a_failed_run_after_a_good_one_leaves_the_good_one_whole(toy_root, capsys):
+    """The failure is reported as this run's; the earlier run's record and notebook stay as they
+    were, and the failed attempt's notebook lands in `<run>.incomplete`."""
+    folder = toy_root / "outputs/smoke/toy/good"
     assert runner.main(["run", "toy/good", "--root", str(toy_root)]) == 0
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     (toy_root / "params/toy/smoke/good.yaml").write_text("score: 0.75\nfail: true\n")
     assert runner.main(["run", "toy/good", "--root", str(toy_root)]) == 1
-    assert not (toy_root / "outputs/smoke/toy/good/metrics.json").exists()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert (toy_root / "outputs/smoke/toy/good.incomplete/toy.ipynb").is_file()
+    summary = json.loads((toy_root / "outputs/smoke/summary.json").read_text())
+    assert [(r["project"], r["status"]) for r in summary["runs"]] == [("toy/good", "failed")]
+    assert "FAILED toy/good" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_make_run_rebuilds_the_summary_from_the_records_on_disk(toy_root):
+    """After `run` of one project the summary lists every project's run on disk, as after run-all."""
+    assert runner.main(["run-all", "--root", str(toy_root)]) == 1
+    assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "score=0.5"]) == 0
+    summary = json.loads((toy_root / "outputs/smoke/summary.json").read_text())
+    rows = {r["project"]: r for r in summary["runs"]}
+    assert rows["toy/good"]["value"] == 0.5 == json.loads(
+        (toy_root / "outputs/smoke/toy/good/metrics.json").read_text())["metrics"]["score"]
+    assert set(rows) == {"toy/good"}  # broken and typo left no finished run on disk
+    assert "| toy/good | ok | none | score | 0.500 |" in (toy_root / "outputs/smoke/summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_output_dir_on_the_command_line_is_honoured(toy_root):
+    assert runner.main(["run", "toy/good", "--root", str(toy_root), "-p", "output_dir=elsewhere/good"]) == 0
+    assert json.loads((toy_root / "elsewhere/good/metrics.json").read_text())["metrics"]["score"] == 0.75
+    assert (toy_root / "elsewhere/good/toy.ipynb").is_file()
+    assert not (toy_root / "outputs/smoke/toy/good").exists()
 
 
 @pytest.mark.slow

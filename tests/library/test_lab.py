@@ -40,14 +40,14 @@ def test_resuming_a_finished_run_says_nothing_is_trained_and_how_to_start_afresh
     finished = _state(tmp_path / "checkpoint-40", 40, 40)
     assert checkpoints.resume_checkpoint(tmp_path) == str(finished)
     out = capsys.readouterr().out
-    assert "ALREADY FINISHED" in out and "step 40 of 40" in out and "resume = False" in out
+    assert "NOTHING IS TRAINED" in out and "step 40 of 40" in out and "resume = False" in out
 
 
 def test_resuming_an_interrupted_run_does_not_claim_it_finished(tmp_path, capsys):
     _state(tmp_path / "checkpoint-20", 20, 40)
     checkpoints.resume_checkpoint(tmp_path)
     out = capsys.readouterr().out
-    assert "resuming from" in out and "FINISHED" not in out
+    assert "resuming from" in out and "NOTHING IS TRAINED" not in out
     assert checkpoints.finished_steps(tmp_path / "checkpoint-20") == 0
     assert checkpoints.finished_steps(tmp_path / "nowhere") == 0
 

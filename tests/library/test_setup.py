@@ -26,14 +26,16 @@ def local(tmp_path, monkeypatch):
 
 def test_start_makes_the_run_folder_and_says_where_and_on_what(local, capsys):
     run = setup.start("demo/x", "outputs/smoke/demo/x", seed=1, precision="auto")
-    assert run.dir == local / "outputs/smoke/demo/x" and run.dir.is_dir()
+    # The run works in its own folder until `finish` publishes it as output_dir.
+    assert run.final == local / "outputs/smoke/demo/x" and not run.final.exists()
+    assert run.dir == local / "outputs/smoke/demo/x.incomplete" and run.dir.is_dir()
     assert run.env.name == "local" and run.project == "demo/x" and run.seed == 1
     assert run.precision == {"bf16": False, "fp16": False}  # a CPU: fp32
     assert run.compute_dtype == torch.float32
     line = capsys.readouterr().out
     assert line.startswith("environment: local (writing under ")
     for part in ("device: CPU", "precision: {'bf16': False, 'fp16': False}", "hub token: not set",
-                 f"run folder: {run.dir}"):
+                 f"run folder: {run.final}"):
         assert part in line
 
 
@@ -48,7 +50,8 @@ def test_on_kaggle_the_run_folder_is_under_its_working_folder(tmp_path, monkeypa
     (kaggle / "working").mkdir(parents=True)
     monkeypatch.setenv(environment.KAGGLE_ROOT_VARIABLE, str(kaggle))
     run = setup.start("demo", "outputs/full/demo", show=False)
-    assert run.env.name == "kaggle" and run.dir == kaggle / "working" / "outputs/full/demo"
+    assert run.env.name == "kaggle" and run.final == kaggle / "working" / "outputs/full/demo"
+    assert run.dir.parent == run.final.parent
 
 
 def test_the_token_is_passed_on_and_never_shown(local, monkeypatch, capsys):
@@ -66,7 +69,7 @@ def test_a_notebook_that_reads_no_token_and_trains_nothing_says_only_where(local
     assert run.token is None and run.precision == {}
     line = capsys.readouterr().out
     assert "hub token" not in line and "precision" not in line and "device" not in line
-    assert line.startswith("environment: local") and f"run folder: {run.dir}" in line
+    assert line.startswith("environment: local") and f"run folder: {run.final}" in line
 
 
 def test_the_seed_seeds_python_numpy_and_torch(local):

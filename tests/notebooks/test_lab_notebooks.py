@@ -29,19 +29,34 @@ def _output_texts(nb) -> list[str]:
     return texts
 
 
-def test_prepare_writes_a_copy_with_absolute_paths_and_the_project_kernel(cache, tmp_path):
+def test_prepare_writes_the_values_into_the_parameters_cell_with_absolute_paths(cache, tmp_path):
+    """The profile's values are written into the parameters cell itself: no injected cell below it
+    silently overrides what a learner edits there. The copy and its run folder are Lab's own."""
     from nbutils.harness import lab
 
     copy = lab.prepare("detect_ai_text/bert", "smoke", ROOT, tmp_path, {"epochs": 1})
-    assert copy == tmp_path / "smoke" / "detect_ai_text" / "bert" / "detect_ai_text.lab.ipynb"
+    assert copy == tmp_path / "smoke-lab" / "detect_ai_text" / "bert.ipynb"
     nb = nbformat.read(copy, as_version=4)
     assert nb.metadata.kernelspec.name == "llm-notebooks"
     assert nb.metadata.kernelspec.display_name == "Python (llm-notebooks)"
-    injected = next(c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", []))
-    assert f"output_dir = \"{copy.parent}\"" in injected.source
-    assert f"data_source = \"{ROOT / '.cache/sample-data/daigt_v2_train.csv'}\"" in injected.source
-    assert f"model_name = \"{ROOT / '.cache/tiny-models/bert'}\"" in injected.source
-    assert "epochs = 1" in injected.source and "text_column = " not in injected.source
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert f"output_dir: str = '{tmp_path / 'smoke-lab' / 'detect_ai_text' / 'bert'}'  # model" in cell.source
+    assert f"data_source: str = '{ROOT / '.cache/sample-data/daigt_v2_train.csv'}'  #" in cell.source
+    assert f"model_name: str = '{ROOT / '.cache/tiny-models/bert'}'  #" in cell.source
+    assert "epochs: float = 1  # passes over the training set" in cell.source
+    assert 'text_column: str = "text"  #' in cell.source  # not in the profile: the default, untouched
+    namespace = {}
+    exec(cell.source, namespace)  # still a cell of plain annotated assignments
+    assert namespace["epochs"] == 1 and namespace["__annotations__"]["epochs"] is float
+
+
+def test_write_values_keeps_annotations_comments_and_multiline_values():
+    from nbutils.harness import lab
+
+    source = ('a: int = 1  # one\nb: dict = {\n    "x": 1,\n}  # a mapping\nc = "keep"\n')
+    written = lab.write_values(source, {"a": 5, "b": {"y": [1, 2]}})
+    assert written == 'a: int = 5  # one\nb: dict = {\'y\': [1, 2]}  # a mapping\nc = "keep"\n'
 
 
 def test_absolute_paths_leave_names_and_hub_ids_alone(tmp_path):
@@ -67,30 +82,46 @@ def test_lab_runs_smoke_offline_and_live():
 
 
 @pytest.mark.slow
-def test_a_prepared_notebook_runs_twice_in_one_kernel_started_in_its_folder(cache, tmp_path):
+def test_a_prepared_notebook_runs_twice_then_edited_in_one_kernel_started_in_its_folder(cache, tmp_path):
     """As in JupyterLab: the kernel starts in the notebook's folder; Run All, then Run All again
-    in the same kernel. Both succeed; the second says the run already finished and trains
-    nothing. Also: TensorBoard event files in the run folder, a model card, no nested folders."""
+    in the same kernel: both succeed, and the second says it trains nothing. Then the learner
+    edits the learning rate in the parameters cell and runs all again: it trains afresh with
+    that value, and the record and the checkpoints' identity both say so. Also: TensorBoard event
+    files in the run folder, a model card, no nested folders, the headless run folder untouched."""
     from nbclient import NotebookClient
 
+    from nbutils import checkpoints, record
     from nbutils.harness import lab
 
     copy = lab.prepare("detect_ai_text/bert", "smoke", ROOT, tmp_path,
                        {"epochs": 1, "max_samples": 300, "report_to": "tensorboard"})
-    folder = copy.parent
+    folder = copy.with_suffix("")  # the run folder beside the copy
     nb = nbformat.read(copy, as_version=4)
     client = NotebookClient(nb, kernel_name="llm-notebooks", timeout=600,
-                            resources={"metadata": {"path": str(folder)}})
+                            resources={"metadata": {"path": str(copy.parent)}})
     runs = []
     with client.setup_kernel():
-        for _ in range(2):
+        for attempt in range(3):
+            if attempt == 2:  # the learner's edit, in the visible parameters cell
+                cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+                cell.source = lab.write_values(cell.source, {"learning_rate": 1.0e-3})
             for index, cell in enumerate(nb.cells):
                 client.execute_cell(cell, index)  # raises on the first cell that fails
             runs.append("\n".join(_output_texts(nb)))
-    first, second = runs
-    assert "training from the start" in first and "ALREADY FINISHED" not in first
-    assert "THIS RUN ALREADY FINISHED TRAINING" in second and "resume = False" in second
-    assert not (folder / "outputs").exists() and not (folder / "notebooks").exists()
+            if attempt == 0:
+                first_record = record.read_record(folder)
+    first, second, edited = runs
+    assert "training from the start" in first and "NOTHING IS TRAINED" not in first
+    assert "NOTHING IS TRAINED" in second and "resume = False" in second
+    assert "learning_rate 0.002 -> 0.001" in edited and "NOTHING IS TRAINED" not in edited
+    final = record.read_record(folder)
+    identity = checkpoints.read_identity(folder)
+    assert final["config"]["learning_rate"] == identity["parameters"]["learning_rate"] == 1.0e-3
+    assert final["train"]["runtime_s"] > 0 and "resumed_finished" not in final["train"]
+    assert first_record["config"]["learning_rate"] != 1.0e-3
+    assert not folder.with_name(folder.name + ".incomplete").exists()
+    assert not (tmp_path / "smoke").exists()  # the headless runs' folder: Lab never writes there
+    assert not (copy.parent / "outputs").exists() and not (copy.parent / "notebooks").exists()
     assert list((folder / "checkpoints").rglob("events.out.tfevents.*")), "no TensorBoard event files"
     from huggingface_hub import ModelCard
 
