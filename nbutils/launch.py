@@ -27,6 +27,7 @@ import glob
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 
 from nbutils import runtime
@@ -120,12 +121,15 @@ def run_in_processes(name: str, parameters: dict, num_processes: int) -> dict:
     from nbutils import environment, record
 
     run_dir = environment.run_folder(parameters["output_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # The launch's own files wait beside the run folder: the processes publish the run folder
+    # whole (nbutils.setup), and an earlier run stays in it until they do.
+    scratch = run_dir.with_name(f".{run_dir.name}.launch")
+    scratch.mkdir(parents=True, exist_ok=True)
     notebook = notebook_file(name)
-    script = notebook_script(notebook, parameters, run_dir / "launch")
-    log = run_dir / "launch.log"
+    script = notebook_script(notebook, parameters, scratch / "launch")
+    log = scratch / "launch.log"
     log.write_text("")
-    (run_dir / record.RECORD_FILE).unlink(missing_ok=True)  # an old record must not pass for this run's
+    started = time.time()
     print(f"training in {num_processes} processes: each runs {notebook} with this notebook's "
           f"parameters (log: {log})")
     if not torch.cuda.is_available():  # no CUDA context is created by this check
@@ -133,10 +137,11 @@ def run_in_processes(name: str, parameters: dict, num_processes: int) -> dict:
     notebook_launcher(_run_script, args=(str(script), str(log)), num_processes=num_processes,
                       use_port=_free_port())
     record_path = run_dir / record.RECORD_FILE
-    if not record_path.is_file():
+    if not record_path.is_file() or record_path.stat().st_mtime < started:  # an earlier run's
         tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise RuntimeError(f"the {num_processes} processes finished without a run record in {run_dir}; "
-                           f"the end of {log}:\n{tail}")
+        raise RuntimeError(f"the {num_processes} processes finished without publishing a run record in "
+                           f"{run_dir}; the end of {log}:\n{tail}")
+    log = log.replace(run_dir / log.name)
     run_record = record.read_record(run_dir)
     _show(run_record, run_dir)
     skip_remaining_cells(f"run in {num_processes} processes; results in {run_dir}")

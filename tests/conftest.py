@@ -62,15 +62,18 @@ def interrupt_smoke_run(name: str, outputs: Path, until=None, waiting_for: str =
     """Start project `name`'s smoke run through the runner's command line (into `outputs`, with
     `overrides` of its parameters), wait until `until()` holds (by default: a complete checkpoint
     in the run's `checkpoints` folder), then kill it at once with `kill_run`: a real interrupt, as
-    when a Kaggle or Colab session disappears. Returns the run folder."""
+    when a Kaggle or Colab session disappears. Returns the folder the killed run worked in
+    (`<run folder>.incomplete`, see nbutils.setup), where its checkpoints are; a rerun that
+    finishes publishes it as `outputs/smoke/<name>`."""
     import json
     import subprocess
     import sys
     import time
 
     from nbutils import checkpoints
+    from nbutils.setup import attempt_folder
 
-    run_dir = outputs / "smoke" / name
+    run_dir = attempt_folder(outputs / "smoke" / name)
     if until is None:
         def until():
             return bool(checkpoints.complete_checkpoints(run_dir / "checkpoints"))

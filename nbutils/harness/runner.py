@@ -368,10 +368,10 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        if machines.node_rank:  # another machine's part of a run: the main machine writes the record
+        if machines.node_rank:  # another machine's part of a run: the main machine publishes it
             with headless_environment():
-                launch_processes(project.notebook, parameters, scratch, root, nproc, machines)
-            _move_into(run_dir, list(scratch.iterdir()))
+                log = launch_processes(project.notebook, parameters, scratch, root, nproc, machines)
+            log.replace(run_dir.with_name(f"{run_dir.name}.{log.name}"))  # beside it: it may share a disk
             return Result(project.name, "ok", executed, time.time() - start, {}, parameters=parameters)
         with headless_environment():
             if nproc > 1 or machines.nnodes > 1:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from nbutils.metrics import choose_threshold  # noqa: F401  (one helper for every notebook's threshold)
 from nbutils.record import RECORD_FILE
+from nbutils.setup import INCOMPLETE
 
 SPLITS = ("validation", "test")
 COLUMNS = ("row_id", "label", "prob_generated")
@@ -100,15 +101,16 @@ def read_probabilities(path: Path) -> pd.DataFrame:
 
 def find_runs(runs_dir: str | Path, names: list[str] | tuple = ()) -> tuple[list[Run], dict[str, str]]:
     """The finished runs in `runs_dir` (those named, or every subfolder), and why the others
-    were left out. A run counts once it has its record and both probability files: the runner
-    deletes a run's record when it starts it again, so a rerun that failed is not read."""
+    were left out. A run counts once it has its record and both probability files; a run folder
+    only ever holds a finished run (an unfinished one works in `<name>.incomplete`, never read
+    here; see nbutils.setup)."""
     import json
 
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise EnsembleError(f"runs_dir {runs_dir} does not exist: run the detection notebook first "
                             "(make run RUN=detect_ai_text) or point runs_dir at its runs")
-    names = list(names) or sorted(p.name for p in runs_dir.iterdir() if p.is_dir())
+    names = list(names) or sorted(p.name for p in runs_dir.iterdir() if p.is_dir() and INCOMPLETE not in p.name)
     if len(set(names)) != len(names):
         raise EnsembleError(f"runs names a run more than once: {names}")
     clash = sorted(set(names) & set(METHODS))

@@ -251,6 +251,7 @@ MEET_BODY = '''import pathlib, time
 from nbutils import record
 # Two projects that each wait for the other to have started: they finish only side by side.
 here = pathlib.Path(output_dir)
+here.mkdir(parents=True, exist_ok=True)  # a notebook makes its own run folder
 (here / "started").touch()
 other = here.parent / {"left": "right", "right": "left"}[here.name] / "started"
 deadline = time.time() + 120

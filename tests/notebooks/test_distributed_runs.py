@@ -103,7 +103,8 @@ def test_two_machines_shard_the_detector_and_match_the_one_process_run(two_machi
     single = record.read_record(smoke_run("detect_ai_text")[1] / DETECT)
     section = rec["train"]["distributed"]
     assert section["machines"] == 2 and rec["train"]["processes"] == 2
-    assert (run_dir / "launch.log").is_file() and (run_dir / "launch-node1.log").is_file()  # no clash
+    # The main machine's log in the run folder it published; the other's beside it (no clash).
+    assert (run_dir / "launch.log").is_file() and run_dir.with_name("bert.launch-node1.log").is_file()
     # The record counts the unsharded model's parameters: together the two halves hold them.
     from transformers import AutoModelForSequenceClassification
 
@@ -128,19 +129,20 @@ def test_killed_fsdp_run_resumes_from_its_sharded_checkpoint_to_the_same_metrics
     rerun: the same final numbers as the uninterrupted two-process run (the two-machine one:
     the same ranks, the same split of every batch)."""
     reference = record.read_record(two_machine_detection)
-    run_dir = tmp_path / "smoke" / DETECT
+    run_dir = tmp_path / "smoke" / DETECT  # where a finished run is published
+    work = run_dir.with_name(run_dir.name + ".incomplete")  # where the run works until then
     process = subprocess.Popen(_runner_command(DETECT, tmp_path, "--nproc", "2"), cwd=ROOT,
                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while not checkpoints.complete_checkpoints(run_dir / "checkpoints", processes=2):
+    while not checkpoints.complete_checkpoints(work / "checkpoints", processes=2):
         assert process.poll() is None, "the run ended before its first checkpoint"
         assert time.time() < deadline, "5 minutes without a checkpoint"
         time.sleep(0.1)
     kill_run(process)  # the runner, accelerate's launcher and both training processes
-    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
+    assert not (work / record.RECORD_FILE).exists() and not run_dir.exists(), "killed too late: the run had finished"
     # Complete for both processes: the main one writes trainer_state.json without waiting for the
     # other's RNG state; what the resumed run will take (checkpoints.complete_checkpoints).
-    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints", processes=2)[-1]
+    interrupted_at = checkpoints.complete_checkpoints(work / "checkpoints", processes=2)[-1]
     assert (interrupted_at / "pytorch_model_fsdp_0").is_dir()
     state = json.loads((interrupted_at / "trainer_state.json").read_text())
     assert state["global_step"] < state["max_steps"]

@@ -62,9 +62,10 @@ def test_record_holds_the_batching_decision_and_the_tokens_processed(reference, 
 def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_path):
     # SIGKILL the runner and its kernel once the first checkpoint (step 5 of 12 in the first
     # epoch) is complete, as when a Kaggle or Colab session disappears.
-    run_dir = interrupt_smoke_run(QLORA, tmp_path)
-    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
-    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    work = interrupt_smoke_run(QLORA, tmp_path)  # where the killed run left its checkpoints
+    run_dir = tmp_path / "smoke" / QLORA  # where a finished run is published
+    assert not (work / record.RECORD_FILE).exists() and not run_dir.exists(), "killed too late: the run had finished"
+    interrupted_at = checkpoints.complete_checkpoints(work / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
     assert state["global_step"] < state["max_steps"]
     # The checkpoint holds the adapter, not the 4-bit base, plus the optimizer and scheduler.

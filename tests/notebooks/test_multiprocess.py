@@ -3,7 +3,7 @@ by the runner. Started from inside the notebook (`num_processes: 2`, as on Kaggl
 tests/harness/test_kaggle.py::test_prepared_notebook_runs_in_a_simulated_kaggle."""
 
 from conftest import ROOT
-from nbutils import record
+from nbutils import checkpoints, record
 from nbutils.harness import runner
 
 
@@ -21,3 +21,17 @@ def test_two_process_run_trains_and_records_two_processes(cache, tmp_path, smoke
     assert rec["data"] == single["data"]
     assert rec["metrics"]["accuracy"] >= 0.75 and rec["metrics"]["roc_auc"] >= 0.85
     assert abs(rec["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
+
+    # The same folder, now sharded (FSDP): the DDP checkpoints are not resumed (they were trained
+    # in another layout, and loading them as FSDP crashed), and they stay whole until this run
+    # finishes and replaces them. The record and the checkpoints' identity say FSDP.
+    run_dir = tmp_path / "smoke" / "detect_ai_text" / "bert"
+    assert checkpoints.read_identity(run_dir)["layout"] == {"processes": 2, "strategy": "ddp"}
+    sharded = runner.run_project(project, "smoke", ROOT, tmp_path, {"distributed": "fsdp"}, nproc=2)
+    assert sharded.status == "ok", sharded.error
+    log = (run_dir / "launch.log").read_text()
+    assert "holds an earlier run; training afresh" in log and "strategy 'ddp' -> 'fsdp'" in log
+    assert "resuming from" not in log
+    assert checkpoints.read_identity(run_dir)["layout"] == {"processes": 2, "strategy": "fsdp"}
+    assert sharded.record["train"]["distributed"]["strategy"] == "fsdp"
+    assert sharded.record["config"]["distributed"] == "fsdp"

@@ -162,16 +162,17 @@ def test_killed_study_resumes_and_finishes_with_the_uninterrupted_metrics(run, r
     scheduler, RNG, the epoch's batch order), and both strategies' numbers match the
     uninterrupted session run's. A fresh process landing on the session run's numbers is also
     the study's determinism check."""
-    run_dir = tmp_path / "smoke" / PROJECT
-    second = run_dir / "checkpoints" / "full_high_lr"
+    run_dir = tmp_path / "smoke" / PROJECT  # where a finished run is published
+    work = run_dir.with_name(run_dir.name + ".incomplete")  # where it works until then
+    second = work / "checkpoints" / "full_high_lr"
 
     def mid_second_strategy():
-        return ((run_dir / "runs" / "full.json").is_file()
+        return ((work / "runs" / "full.json").is_file()
                 and any(c.name == "checkpoint-40" for c in checkpoints.complete_checkpoints(second)))
 
     interrupt_smoke_run(PROJECT, tmp_path, mid_second_strategy, "the second strategy's checkpoint-40",
                         poll=0.05, overrides=RESUMED_STUDY)
-    assert not (run_dir / "runs" / "full_high_lr.json").exists(), "killed too late"
+    assert not (work / "runs" / "full_high_lr.json").exists() and not run_dir.exists(), "killed too late"
     interrupted_at = checkpoints.complete_checkpoints(second)[-1]
     state = json.loads((interrupted_at / "trainer_state.json").read_text())
     assert state["global_step"] < state["max_steps"] and state["epoch"] % 1 != 0  # mid-epoch

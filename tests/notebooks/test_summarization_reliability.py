@@ -72,9 +72,10 @@ def test_killed_lora_run_resumes_and_finishes_with_the_uninterrupted_metrics(ses
     reference_dir = session_runs / TRAINS
     # SIGKILL the runner and its kernel at the first checkpoint, as when a Kaggle or Colab
     # session disappears.
-    run_dir = interrupt_smoke_run(TRAINS, tmp_path)
-    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
-    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    work = interrupt_smoke_run(TRAINS, tmp_path)  # where the killed run left its checkpoints
+    run_dir = tmp_path / "smoke" / TRAINS  # where a finished run is published
+    assert not (work / record.RECORD_FILE).exists() and not run_dir.exists(), "killed too late: the run had finished"
+    interrupted_at = checkpoints.complete_checkpoints(work / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
     assert 0 < state["global_step"] < state["max_steps"]
     # A PEFT checkpoint holds the adapter only (not the base model), beside the optimizer and

@@ -40,9 +40,10 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(session_
     reference = record.read_record(session_run)
     # SIGKILL the runner and its kernel once the first checkpoint (end of epoch 1 of 6) is
     # complete, as when a session disappears.
-    run_dir = interrupt_smoke_run(NOTEBOOK, tmp_path)
-    assert not (run_dir / record.RECORD_FILE).exists(), "killed too late: the run had finished"
-    interrupted_at = checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
+    work = interrupt_smoke_run(NOTEBOOK, tmp_path)  # where the killed run left its checkpoints
+    run_dir = tmp_path / "smoke" / NOTEBOOK  # where a finished run is published
+    assert not (work / record.RECORD_FILE).exists() and not run_dir.exists(), "killed too late: the run had finished"
+    interrupted_at = checkpoints.complete_checkpoints(work / "checkpoints")[-1]
     state = json.loads((interrupted_at / checkpoints.STATE_FILE).read_text())
     assert state["global_step"] < state["max_steps"]
 
