@@ -204,6 +204,31 @@ def check_publishing(config: dict, token: str | None, token_name: str | None) ->
                          "environment or the Kaggle/Colab secrets): set it, or set push_to_hub false")
 
 
+# A checkpoint of full fine-tuning holds the weights and AdamW's two moments, all fp32: at most
+# three times the size of the model's weight files (LoRA's holds far less). Two are kept.
+CHECKPOINT_BYTES_PER_WEIGHT_BYTE, CHECKPOINTS_KEPT = 3, 2
+
+
+def check_disk(folder: Path, model_name: str, free_bytes: int | None = None) -> str | None:
+    """A warning where the free space at `folder` is less than the checkpoints of a local model
+    `model_name` could take (an upper bound: full fine-tuning); None where it fits or the model
+    is not a local folder (a hub id's size is not known before it downloads)."""
+    model = Path(model_name).expanduser() if model_name else None
+    if model is None or not model.is_dir():
+        return None
+    weights = sum(p.stat().st_size for p in model.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in model.glob("*.bin"))
+    needed = weights * CHECKPOINT_BYTES_PER_WEIGHT_BYTE * CHECKPOINTS_KEPT
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free if free_bytes is None else free_bytes
+    if free >= needed:
+        return None
+    return (f"only {free / 1e9:.1f} GB free at {probe}, and {CHECKPOINTS_KEPT} checkpoints of {model} may take up "
+            f"to {needed / 1e9:.1f} GB (full fine-tuning: weights and optimizer state; LoRA needs far less)")
+
+
 def start(project: str, output_dir: str, config: dict | None = None, *, seed: int | None = None,
           precision: str | None = None, fp16_safe: bool | None = None, precision_model: str = "",
           trust_remote_code: bool = False, inputs: dict | None = None, cpu_threads: int = 0,
@@ -240,6 +265,9 @@ def start(project: str, output_dir: str, config: dict | None = None, *, seed: in
     token = secrets.get_secret(token_name) if token_name else None
     check_publishing(config, token, token_name)
     final = environment.run_folder(output_dir, env)
+    warning = check_disk(final.parent, str(config.get("model_name", "")))
+    if warning and runtime.is_main_process():
+        print("WARNING:", warning)
     identity = checkpoints.training_identity(config)
     state: dict = {}
     if runtime.is_main_process():

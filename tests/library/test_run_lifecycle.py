@@ -195,3 +195,13 @@ def test_paths_in_the_record_are_relative_to_the_repository(local):
     _record(run, {**BASE, "output_dir": str(local / "out" / "x")})
     rec = record.read_record(run.dir)
     assert rec["model"] == "out/m" and rec["config"]["output_dir"] == "out/x"
+
+
+def test_too_little_disk_for_the_checkpoints_is_said_at_set_up(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"\0" * 1000)
+    warning = setup.check_disk(tmp_path / "out" / "x", str(model), free_bytes=5999)
+    assert warning and "GB free" in warning and str(model) in warning and "checkpoints" in warning
+    assert setup.check_disk(tmp_path / "out" / "x", str(model), free_bytes=6000) is None
+    assert setup.check_disk(tmp_path, "owner/hub-model") is None  # unknown before it downloads
