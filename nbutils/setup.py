@@ -40,6 +40,9 @@ from pathlib import Path
 from nbutils import checkpoints, environment, runtime, secrets
 
 CHECKPOINTS = "checkpoints"  # the run folder's subfolder the Trainer checkpoints into
+# What a run keeps to be continued: checkpoints, the strategies study's finished runs and a
+# hyperparameter search's study database. A rerun with the same parameters starts from them.
+RESUME_STATE = (CHECKPOINTS, "runs", "hpo.sqlite3")
 INCOMPLETE = ".incomplete"  # suffix of the folder a run works in until it finishes
 
 
@@ -128,17 +131,22 @@ def _wait_for_everyone() -> None:
         dist.barrier()
 
 
-def _link_tree(source: Path, target: Path) -> None:
-    """Copy a folder of checkpoints as hard links (no bytes copied; the Trainer writes new
-    checkpoints into new folders and never rewrites a file of an old one), or copy it where
-    links cannot be made."""
+def _carry_over(source: Path, target: Path) -> None:
+    """Bring a finished run's resume state (`RESUME_STATE`) into a new run's folder, the
+    finished run left as it is. Folders as hard links, no bytes copied: the Trainer writes each
+    checkpoint into a new folder and the study replaces its files whole (`record.write_json`),
+    so no file of the finished run is written through a link. A database changes in place: copied."""
     def link(src, dst):
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
 
-    shutil.copytree(source, target, copy_function=link)
+    for name in RESUME_STATE:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, copy_function=link)
+        elif (source / name).is_file():
+            shutil.copy2(source / name, target / name)
 
 
 def prepare_folder(final: Path, identity: dict, resume: bool = True) -> tuple[Path, dict]:
@@ -148,14 +156,14 @@ def prepare_folder(final: Path, identity: dict, resume: bool = True) -> tuple[Pa
     - an incomplete run with this identity is continued (resume = False: emptied first);
     - one with another identity is kept, renamed `<final>.incomplete-<its hash>`, and this
       run starts afresh;
-    - a finished run in `final` with this identity: its checkpoints are linked into the new
-      folder, so the Trainer finds them finished and trains nothing;
+    - a finished run in `final` with this identity: its resume state is carried into the new
+      folder (`_carry_over`), so the Trainer finds its checkpoints finished and trains nothing;
     - `final` with another identity (or none) is left whole until `finish` replaces it.
     """
     work = attempt_folder(final)
     state: dict = {}
     stored = checkpoints.read_identity(work)
-    if work.exists() and stored != identity and not (work / CHECKPOINTS).exists():
+    if work.exists() and stored != identity and not any((work / n).exists() for n in RESUME_STATE):
         shutil.rmtree(work)  # a failed attempt that trained nothing: nothing there to keep
     elif work.exists() and stored != identity:
         kept = work.with_name(f"{work.name}-{_digest(stored) if stored else 'unknown'}")
@@ -169,9 +177,9 @@ def prepare_folder(final: Path, identity: dict, resume: bool = True) -> tuple[Pa
     if not work.exists():
         work.mkdir(parents=True)
         finished = checkpoints.read_identity(final)
-        decision = checkpoints.decide(finished, identity, (final / CHECKPOINTS).is_dir(), resume)
+        decision = checkpoints.decide(finished, identity, any((final / n).exists() for n in RESUME_STATE), resume)
         if decision.action == "resume":
-            _link_tree(final / CHECKPOINTS, work / CHECKPOINTS)
+            _carry_over(final, work)
             try:
                 from nbutils.record import read_record
 

@@ -205,3 +205,23 @@ def test_too_little_disk_for_the_checkpoints_is_said_at_set_up(tmp_path):
     assert warning and "GB free" in warning and str(model) in warning and "checkpoints" in warning
     assert setup.check_disk(tmp_path / "out" / "x", str(model), free_bytes=6000) is None
     assert setup.check_disk(tmp_path, "owner/hub-model") is None  # unknown before it downloads
+
+
+def test_a_rerun_carries_the_resume_state_over_and_never_writes_through_to_the_finished_run(local):
+    """The strategies study's finished runs and a search's study database come along too; the
+    database is copied (SQLite writes in place), the rest linked."""
+    run = _start(BASE)
+    run.resume_from(True)
+    _train(run)
+    (run.dir / "runs").mkdir()
+    record.write_json(run.dir / "runs" / "full.json", {"roc_auc": 0.9})
+    (run.dir / "hpo.sqlite3").write_bytes(b"study")
+    _record(run, BASE)
+    final = run.finish()
+    again = _start(BASE)
+    assert json.loads((again.dir / "runs" / "full.json").read_text()) == {"roc_auc": 0.9}
+    with open(again.dir / "hpo.sqlite3", "ab") as database:
+        database.write(b" and more trials")
+    record.write_json(again.dir / "runs" / "full.json", {"roc_auc": 0.5})
+    assert (final / "hpo.sqlite3").read_bytes() == b"study"
+    assert json.loads((final / "runs" / "full.json").read_text()) == {"roc_auc": 0.9}
