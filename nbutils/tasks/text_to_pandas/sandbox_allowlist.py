@@ -404,16 +404,17 @@ def _check_def(node: ast.FunctionDef, allowed_returns: set) -> None:
     allowed_returns.add(id(body[0]))
 
 
-def _column_attributes(tables) -> frozenset:
-    """Columns reachable as attributes (`df.points`): identifiers without a leading underscore
-    that are not also an attribute of DataFrame or Series (there pandas returns its own)."""
-    if not isinstance(tables, dict):
-        return frozenset()
+def _column_attributes(tables, nodes: list) -> frozenset:
+    """Columns reachable as attributes (`df.points`): those of the tables and those the code
+    creates (`df['new'] = ...`), if they are identifiers without a leading underscore that are
+    not also an attribute of DataFrame or Series (there pandas returns its own)."""
     import pandas as pd  # already imported wherever the check runs (a jailed child cannot import)
 
+    created = [node.slice.value for node in nodes if isinstance(node, ast.Subscript)
+               and isinstance(node.ctx, ast.Store) and isinstance(node.slice, ast.Constant)]
+    specs = tables.values() if isinstance(tables, dict) else []
     names = set()
-    for spec in tables.values():
-        columns = spec.get("columns", []) if isinstance(spec, dict) else []
+    for columns in [created] + [spec.get("columns", []) if isinstance(spec, dict) else [] for spec in specs]:
         for column in columns:
             if isinstance(column, str) and column.isidentifier() and not column.startswith("_") \
                     and not hasattr(pd.DataFrame, column) and not hasattr(pd.Series, column):
@@ -442,10 +443,10 @@ def check_code(code: str, table_names=()) -> ast.Module:
     if len(code) > MAX_CODE_CHARS:
         raise ForbiddenCode("too long", f"{len(code)} characters; generated code is at most {MAX_CODE_CHARS}")
     tree = ast.parse(code, mode="exec")
-    columns = _column_attributes(table_names)
+    nodes = list(ast.walk(tree))
+    columns = _column_attributes(table_names, nodes)
     all_columns = _all_columns(table_names)
     functions = _function_names(tree)
-    nodes = list(ast.walk(tree))
     stringy = _stringy_nodes(nodes)
     returns: set = set()
     called = set()
