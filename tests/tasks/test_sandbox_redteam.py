@@ -696,7 +696,7 @@ def test_without_seccomp_the_sandbox_refuses_unless_the_user_accepts_the_risk(mo
 
     # The worker is a fresh interpreter: it boots with a filter that cannot be built.
     monkeypatch.setattr(code_exec, "_BOOT", (
-        "import sys; sys.path.insert(0, {path!r})\n"
+        "import sys; sys.path[:0] = {paths!r}\n"
         "from nbutils.tasks.text_to_pandas import code_exec, sandbox_jail\n"
         "def unavailable():\n    raise sandbox_jail.ContainmentUnavailable('seccomp is Linux-only; this is simulated')\n"
         "code_exec.build_filter = unavailable\ncode_exec._worker_main(allow_uncontained={allow!r})"))

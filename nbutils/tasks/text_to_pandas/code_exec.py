@@ -457,7 +457,8 @@ class _Worker:
         os.chmod(self.workdir.name, 0o755)  # the child runs as nobody, in this folder
         # The folder holding the `nbutils` package (this file is nbutils/tasks/text_to_pandas/).
         package_parent = str(Path(__file__).resolve().parents[3])
-        boot = _BOOT.format(path=package_parent, allow=self.allow_uncontained, user=self.user)
+        python, paths = _interpreter()
+        boot = _BOOT.format(paths=[package_parent] + paths, allow=self.allow_uncontained, user=self.user)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         log_path = Path(self.workdir.name) / "worker.log"
         self.control = ours
@@ -465,7 +466,7 @@ class _Worker:
         with theirs, open(log_path, "wb") as log:
             try:
                 # -I: no PYTHONPATH, no user site, no current folder on sys.path.
-                self.process = subprocess.Popen([sys.executable, "-I", "-c", boot], stdin=theirs,
+                self.process = subprocess.Popen([python, "-I", "-c", boot], stdin=theirs,
                                                 stdout=subprocess.DEVNULL, stderr=log, env=_worker_env(),
                                                 cwd=self.workdir.name, start_new_session=True)
             except OSError as err:  # e.g. this uid may not run the interpreter
@@ -481,7 +482,7 @@ class _Worker:
             self.workdir.cleanup()
             self.workdir = None
             raise RuntimeError(
-                f"the code sandbox could not start a clean worker ({sys.executable} -I as uid {os.geteuid()}): "
+                f"the code sandbox could not start a clean worker ({python} -I as uid {os.geteuid()}): "
                 f"{why[0] if why else 'it exited without a word'}. It does not fork this process instead, since "
                 "a fork would hold this process's memory (secrets, reference answers). Start the sandbox "
                 "before dropping privileges, or as a user who can run this interpreter and read its packages.")
@@ -582,7 +583,20 @@ class _Worker:
         return parse_reply(b"".join(chunks), RUN_STATUSES)
 
 
-_BOOT = ("import sys; sys.path.insert(0, {path!r}); "
+def _interpreter() -> tuple[str, list]:
+    """The interpreter a worker runs, and the folders to put first on its sys.path: this process's
+    own, or, where this uid may not run it (a venv whose python is a link into another user's
+    home, as after setpriv), the base interpreter running this process with this process's
+    site-packages. Either way a fresh interpreter, never a fork."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable, []
+    base = os.path.join(sys.base_exec_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
+    if os.access(base, os.X_OK):
+        return base, [path for path in sys.path if path.endswith("site-packages")]
+    return sys.executable, []  # the start fails and says why
+
+
+_BOOT = ("import sys; sys.path[:0] = {paths!r}; "
          "from nbutils.tasks.text_to_pandas.code_exec import _worker_main; "
          "_worker_main(allow_uncontained={allow!r}, user={user!r})")
 
