@@ -18,9 +18,6 @@ import ast
 import json
 import warnings
 from collections import Counter
-from pathlib import Path
-
-import pytest
 
 from conftest import ROOT
 from nbutils.tasks.text_to_pandas.sandbox_allowlist import refusal

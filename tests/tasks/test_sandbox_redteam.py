@@ -26,7 +26,6 @@ import os
 import select
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 

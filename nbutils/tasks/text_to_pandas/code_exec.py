@@ -136,21 +136,6 @@ _CONTROL = struct.Struct(">d I ?")  # parent -> worker, with two fds: timeout, m
 _ENDING = struct.Struct(">? i")  # worker -> parent: timed out, the child's signal (0: it exited)
 
 
-def _send(stream, message: dict) -> None:
-    data = json.dumps(message).encode()
-    stream.write(struct.pack(">I", len(data)) + data)
-    stream.flush()
-
-
-def _receive(stream) -> dict | None:
-    header = stream.read(4)
-    if len(header) < 4:
-        return None
-    (size,) = struct.unpack(">I", header)
-    data = stream.read(size)
-    return json.loads(data) if len(data) == size else None
-
-
 def _read_all(fd: int, limit: int) -> bytes:
     """Read `fd` to its end, or to just past `limit` bytes."""
     chunks, size = [], 0
