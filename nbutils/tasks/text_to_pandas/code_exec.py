@@ -136,21 +136,15 @@ _CONTROL = struct.Struct(">d I ?")  # parent -> worker, with two fds: timeout, m
 _ENDING = struct.Struct(">? i")  # worker -> parent: timed out, the child's signal (0: it exited)
 
 
-def _read_all(fd: int, limit: int) -> bytes:
-    """Read `fd` to its end, or to just past `limit` bytes."""
-    chunks, size = [], 0
-    while size <= limit:
-        chunk = os.read(fd, 1 << 16)
-        if not chunk:
-            break
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
         chunks.append(chunk)
-        size += len(chunk)
     return b"".join(chunks)
 
 
 class _Discard:
-    """Where a snippet's `print` goes: nowhere (the caller's sys.stdout may be anything, e.g.
-    pytest's capture, when the worker was forked from it)."""
+    """Where a snippet's `print` goes: nowhere, at no cost (no system call: fd 1 is /dev/null)."""
 
     def write(self, text):
         return len(text)
@@ -226,7 +220,7 @@ def _child(request_fd: int, reply_fd: int, timeout: float, memory_mb: int, rules
     """The forked child: read the request, build the tables, jail itself, run, reply. Never returns."""
     code = 1
     try:
-        request = json.loads(_read_all(request_fd, 1 << 62))
+        request = json.loads(_read_all(request_fd))
         try:
             frames = _frames(request["tables"])
             bad_table = None
