@@ -123,9 +123,10 @@ bench: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench --out outputs/bench/bench.json
 
 # Executions per second of the code sandbox (2 workers, short snippets) and the cost of each of
-# its layers, in one run (about a minute). Results: outputs/bench/sandbox.json.
+# its layers, in one run (about a minute); OLD=<git revision> measures that revision's sandbox in
+# the same run. Results: outputs/bench/sandbox.json.
 bench-sandbox: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json $(if $(OLD),--old $(OLD))
 
 # What each of 2 training processes (gloo, CPU) holds after one step of the bench's Llama, under
 # DDP and under FSDP, in one launch (about a minute). Results: outputs/bench/distributed.json.

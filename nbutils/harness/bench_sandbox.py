@@ -1,24 +1,26 @@
 """Benchmark of the text-to-pandas sandbox: executions per second on short snippets, and what
 each layer costs, in one run.
 
-    python -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json [--old OLD_CODE_EXEC.py]
+    python -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json [--old GIT_REVISION]
 
 - `executions_per_s`: snippets through `Sandbox(workers=2).run`, all layers on (the figure the
   issue asks to keep at or above 100/s on 2 cores); `cpu_bound_per_s`: the same from the CPU
-  time all processes spent per snippet (what 2 otherwise idle cores sustain). With `--old FILE` the same snippets also go
-  through an older `code_exec.py` loaded from that file, in the same run, for a fair ratio
-  (`git show d4054e0:nbutils/tasks/text_to_pandas/code_exec.py > /tmp/old_code_exec.py`).
+  time all processes spent per snippet (what 2 otherwise idle cores sustain). With `--old REV` the
+  same snippets also go through the sandbox of that git revision (its whole `nbutils` package,
+  taken with `git archive`, in a subprocess), between two rounds of the current one, in the same
+  run, for a fair ratio (`make bench-sandbox OLD=9993e08`).
+- `check_ms_16kb`: the static check (parse + allowlist) of a snippet at the size cap, 16 kB of
+  honest-looking pandas, in this process (in the sandbox it runs in the jailed child).
 - `layers_ms`: the time of each layer for one snippet, measured in a process shaped like the
   worker (pandas imported and warmed up): the static check; the fresh process (fork and reap);
   each step of the jail (fds, uid drop when root, rlimits, seccomp), timed inside the child; and
-  the snippet itself. `layers_share` divides each by their sum.
+  the snippet itself (its check subtracted). `layers_share` divides each by their sum.
 Timings on a shared machine vary; compare the figures of one run with each other.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -67,8 +69,9 @@ def executions_per_s(module, runs: int, workers: int = 2) -> dict:
             "cpu_bound_per_s": round(workers / cpu_per_run, 1)}
 
 
-def _one_child(compiled, frames, rules, jailed: bool, vm_bytes=None) -> tuple[float, dict]:
-    """Fork -> [jail, timing each layer] -> run one snippet -> reply -> reap: (wall ms, layer ms)."""
+def _one_child(code, frames, rules, jailed: bool, vm_bytes=None) -> tuple[float, dict]:
+    """Fork -> [jail, timing each layer] -> check and run one snippet -> reply -> reap: (wall ms,
+    layer ms)."""
     from nbutils.tasks.text_to_pandas import code_exec, sandbox_jail
 
     start = time.perf_counter()
@@ -81,7 +84,7 @@ def _one_child(compiled, frames, rules, jailed: bool, vm_bytes=None) -> tuple[fl
             if jailed:
                 sandbox_jail.jail(write_fd, 2.0, 512, rules, vm_bytes, timings=timings)
                 write_fd = 3
-            outcome = code_exec._child_run(compiled, frames)
+            outcome = code_exec._child_run(code, TABLE, frames)
             os.write(write_fd, json.dumps({"outcome": outcome, "timings": timings}).encode())
         finally:
             os._exit(0)
@@ -95,6 +98,32 @@ def _one_child(compiled, frames, rules, jailed: bool, vm_bytes=None) -> tuple[fl
     reply = json.loads(b"".join(chunks))
     assert reply["outcome"]["status"] == "ok", reply
     return wall, {k: v * 1000 for k, v in reply["timings"].items()}
+
+
+def snippet_at_the_cap() -> str:
+    """16 kB of honest-looking pandas: the sample snippets, each as a line `rN = ...`, repeated up
+    to the size cap, ending in a value."""
+    from nbutils.tasks.text_to_pandas.sandbox_allowlist import MAX_CODE_CHARS
+
+    lines, size, i = [], 0, 0
+    while size + len(f"r{i} = {SNIPPETS[i % len(SNIPPETS)]}") + 1 + len(f"r{i}") <= MAX_CODE_CHARS:
+        lines.append(f"r{i} = {SNIPPETS[i % len(SNIPPETS)]}")
+        size += len(lines[-1]) + 1
+        i += 1
+    return "\n".join(lines + [f"r{i - 1}"])
+
+
+def check_time_at_the_cap(repeats: int) -> dict:
+    """The static check's time on a snippet at the size cap (median of `repeats`)."""
+    from nbutils.tasks.text_to_pandas import code_exec
+
+    code = snippet_at_the_cap()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        code_exec.check_code(code, TABLE)
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"chars": len(code), "ms_median": round(statistics.median(times), 2), "ms_max": round(max(times), 2)}
 
 
 def layer_costs(repeats: int) -> dict:
@@ -117,18 +146,20 @@ def layer_costs(repeats: int) -> dict:
         for code in SNIPPETS:
             code_exec.check_code(code, TABLE)
     static_ms = (time.perf_counter() - start) * 1000 / (repeats * 10 * len(SNIPPETS))
-    compiled = code_exec._compile(SNIPPETS[0], TABLE)
     frames = code_exec._frames(TABLE)
-    in_process = []
+    in_process, check_first = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        code_exec._serialized(code_exec._child_run(compiled, frames))
-        in_process.append((time.perf_counter() - t0) * 1000)
+        code_exec.check_code(SNIPPETS[0], TABLE)
+        t1 = time.perf_counter()
+        code_exec._serialized(code_exec._child_run(SNIPPETS[0], TABLE, frames))  # check included
+        in_process.append((time.perf_counter() - t1) * 1000)
+        check_first.append((t1 - t0) * 1000)
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # _child_run discards prints
     bare, jailed, layers = [], [], {}
     for _ in range(repeats):
-        bare.append(_one_child(compiled, frames, rules, jailed=False)[0])
-        wall, timings = _one_child(compiled, frames, rules, jailed=True,
+        bare.append(_one_child(SNIPPETS[0], frames, rules, jailed=False)[0])
+        wall, timings = _one_child(SNIPPETS[0], frames, rules, jailed=True,
                                    vm_bytes=code_exec._worker_vm_bytes())  # as the worker does
         jailed.append(wall)
         for name, ms in timings.items():
@@ -137,7 +168,7 @@ def layer_costs(repeats: int) -> dict:
     costs = {"static check": static_ms,
              "fresh process (fork + reap)": statistics.median(bare) - snippet_ms,
              **{f"jail: {name}": statistics.median(values) for name, values in layers.items()},
-             "the snippet itself": snippet_ms}
+             "the snippet itself": snippet_ms - statistics.median(check_first)}
     total = sum(costs.values())
     return {"layers_ms": {k: round(v, 3) for k, v in costs.items()},
             "layers_share": {k: round(v / total, 3) for k, v in costs.items()},
@@ -146,12 +177,27 @@ def layer_costs(repeats: int) -> dict:
                                "jailed child": round(statistics.median(jailed), 3)}}
 
 
-def _load_old(path: str):
-    spec = importlib.util.spec_from_file_location("old_code_exec", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["old_code_exec"] = module
-    spec.loader.exec_module(module)
-    return module
+def _old_executions_per_s(revision: str, runs: int) -> dict:
+    """`executions_per_s` of the sandbox of git `revision`: its `nbutils` package, extracted to a
+    temporary folder, first on sys.path of a subprocess (the workers it starts boot from the same
+    folder); this file's function measures it."""
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[2]
+    with tempfile.TemporaryDirectory(prefix="bench-old-") as folder:
+        os.chmod(folder, 0o755)  # its workers' children run as nobody
+        archive = subprocess.run(["git", "-C", str(root), "archive", revision, "nbutils"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
+        script = (f"import sys, json, importlib.util; sys.path.insert(0, {folder!r}); "
+                  f"spec = importlib.util.spec_from_file_location('bench', {__file__!r}); "
+                  "bench = importlib.util.module_from_spec(spec); spec.loader.exec_module(bench); "
+                  "from nbutils.tasks.text_to_pandas import code_exec; "
+                  f"assert code_exec.__file__.startswith({folder!r}), code_exec.__file__; "
+                  f"print(json.dumps(bench.executions_per_s(code_exec, {runs})))")
+        out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def main(argv=None) -> dict:
@@ -159,7 +205,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", default="outputs/bench/sandbox.json")
     parser.add_argument("--runs", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=40)
-    parser.add_argument("--old", help="an older code_exec.py to measure in the same run")
+    parser.add_argument("--old", help="a git revision whose sandbox to measure in the same run")
     args = parser.parse_args(argv)
     from nbutils.tasks.text_to_pandas import code_exec
 
@@ -169,12 +215,13 @@ def main(argv=None) -> dict:
     with code_exec.Sandbox(workers=1) as box:
         result["containment"] = box.containment
     if args.old:
-        result["old"] = executions_per_s(_load_old(args.old), args.runs)
+        result["old"] = {"revision": args.old, **_old_executions_per_s(args.old, args.runs)}
         result["new_again"] = executions_per_s(code_exec, args.runs)  # old in between: drift shows
         for key in ("executions_per_s", "cpu_bound_per_s"):
             result[f"new_over_old_{key}"] = round(
                 statistics.mean([result["new"][key], result["new_again"][key]]) / result["old"][key], 3)
     result.update(layer_costs(args.repeats))
+    result["check_ms_16kb"] = check_time_at_the_cap(args.repeats)
     result["load_average_after"] = os.getloadavg()[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

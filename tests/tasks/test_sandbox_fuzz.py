@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 
 import pytest
 
@@ -185,3 +186,51 @@ def test_random_replies_and_results_never_raise():
         assert parse_reply(cut)["status"] in ("ok", "runtime_error", "memory_limit")
     for hostile in (b"[" * 100000, b"9" * 5000, b'{"status": "ok", "value": ' + b"[" * 5000, b"\xff" * 10):
         assert parse_reply(hostile)["status"] == "runtime_error"
+
+
+# --- query / eval strings (issue 24: pandas reads them by its own rules) --------------------------
+
+# Every character that ends a line for str.splitlines(), which pandas splits expressions with.
+LINE_ENDS = [c for c in map(chr, range(0x3000)) if len(("a" + c + "b").splitlines()) == 2]
+EXPRESSION_PIECES = LINE_ENDS + [
+    "`", "``", "`points`", "`team`", "`not a column`", "\\", "\\x5f", "\\n", "_", "__class__", "._values",
+    ".values.ctypes._ctypes", "@", "#", "'", '"', "b'", "f'", " and ", " or ", " not ", " in ", "[1, 2]",
+    "points", "team", "name", "==", ">", "+", "(", ")", " = ", "x = ", ".abs()", "[0]", "lambda: 1",
+]
+EXPRESSIONS = ["points > 10", "team == 'red' and points < 30", "points * 2 + 1", "name in ['Ann', 'Bob']",
+               "`points` > 9", "not (points > 10)", "x = points * 2"]
+# What a value must never show: an object's internals reached through pandas' expression language.
+INTERNALS = ("ctypes", "class", "module", "function", "builtin")
+
+
+def _mutated_expression(rng: random.Random) -> str:
+    text = rng.choice(EXPRESSIONS)
+    for _ in range(rng.randint(1, 4)):
+        at = rng.randrange(len(text) + 1)
+        cut = at + (rng.randrange(3) if rng.random() < 0.3 else 0)
+        text = text[:at] + rng.choice(EXPRESSION_PIECES) + text[cut:]
+    return text
+
+
+def test_mutated_query_and_eval_strings_are_refused_or_harmless(box):
+    rng = random.Random(SEED)
+    texts = [_mutated_expression(rng) for _ in range(400)]
+    snippets = [rng.choice(["df.query({!r})", "df.eval({!r})", "pd.eval({!r})"]).format(t) for t in texts]
+    accepted = 0
+    for text, code in zip(texts, snippets):
+        if code_exec.refusal(code, TABLE) not in (None, "syntax_error"):
+            continue
+        accepted += 1
+        # What the check lets through holds nothing pandas could read otherwise than Python does.
+        assert not any(c in text for c in LINE_ENDS if c != "\n") and not set("\\#@") & set(text), code
+        assert "._" not in text and not re.search(r"(^|[^\w'\"])_", text), code
+        assert text.count("`") == 2 * len(re.findall(r"`(points|team|name)`", text)), code
+    assert 10 <= accepted < len(texts) // 2, accepted  # both sides of the check are reached
+    runs = box.map(lambda code: box.run(code, TABLE), snippets)
+    for code, run in zip(snippets, runs):
+        assert run.status in code_exec.RUN_STATUSES, (code, run)
+        if run.status == "ok":
+            shown = json.dumps(run.value).lower()
+            assert not any(word in shown for word in INTERNALS), (code, run.value)
+    assert box.run("df['points'].sum()", TABLE).value == {"kind": "scalar", "value": 73}
+    assert box.restarts == 0

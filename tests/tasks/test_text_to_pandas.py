@@ -215,7 +215,7 @@ def test_frames_match_by_column_set_unless_the_reference_orders_the_columns(box)
 
 ATTACKS = {
     "os.system": ("__import__('os').system('touch {marker}')", "forbidden"),
-    "read /etc/passwd": ("open('/etc/passwd').read()", "forbidden"),  # open: not an allowed name
+    "read /etc/passwd": ("open('/etc/passwd').read()", "forbidden"),  # .read: not an allowed attribute
     "write a file": ("open('{marker}', 'w').write('x')", "forbidden"),
     "infinite loop": ("while True:\n    pass", "timeout"),
     "memory bomb": ("'x' * (10 ** 10)", "memory_limit"),
@@ -228,7 +228,9 @@ ATTACKS = {
     "pandas reader": ("pd.read_csv('/etc/passwd')", "forbidden"),
     "generator frames": ("[(x for x in [1])][0].gi_frame.f_back", "forbidden"),
     "tampering with pandas": ("pd.DataFrame.sum = 1", "forbidden"),
-    "eval": ("eval('1 + 1')", "forbidden"),
+    # eval is not in the namespace: a NameError at run time (a name that does not exist there, as
+    # an unknown table's), not a refusal.
+    "eval": ("eval('1 + 1')", "runtime_error"),
 }
 
 
@@ -240,6 +242,7 @@ def test_attacks_fail_and_the_evaluation_continues(box, tmp_path, name):
     report = ExecutionEvaluator(["df['points'].sum()"] * 2, [[TABLE]] * 2, box).score(
         [code, "df['points'].sum()"])
     assert report.outcomes == [expected, "correct"], report.errors
+    assert expected != "runtime_error" or report.errors[0].startswith("NameError")
     assert not marker.exists()
 
 

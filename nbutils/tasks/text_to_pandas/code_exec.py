@@ -8,15 +8,19 @@ Generated code is untrusted, so it never runs in the notebook's process. Defence
 outer layer holding when the inner ones are bypassed:
 
 1. **An allowlist** (`sandbox_allowlist`): the AST may hold only the Python pandas answers need,
-   names only from the tables, `pd`, `np` and harmless builtins, attributes only from a list of
-   computing methods, functions given by name only from a list of reductions.
+   no name or attribute with a leading underscore, attributes only from a list of computing
+   methods and the tables' columns, functions given by name only from a list of reductions,
+   `query` / `eval` strings only in a grammar pandas cannot read differently. It runs in the
+   jailed child, under the snippet's limits, on at most 16 kB of code.
 2. **A minimal namespace**: `pd` and `np` behind read-only views that hide their submodules, and
    a short list of builtins (no `open`, `__import__`, `eval`, `getattr`, ...).
-3. **A fresh process per snippet**, jailed by the kernel (`sandbox_jail`): a worker (pandas
-   imported once, lazily imported modules warmed up) forks one child per snippet; the child points
+3. **A fresh process per snippet**, jailed by the kernel (`sandbox_jail`): a worker (a fresh
+   interpreter, never a fork of the notebook; pandas imported once, lazily imported modules warmed
+   up) forks one child per snippet and never reads a snippet, its tables or its result, so no
+   child finds another request's code or value in the memory it starts with. The child points
    fds 0-2 at /dev/null, drops to `nobody` when root, sets rlimits and loads a seccomp-bpf
-   allowlist of system calls (no open, socket, kill, ptrace, execve, fork, unlink, ...), runs one
-   snippet, writes its reply and exits. Whatever it does to pandas dies with it.
+   allowlist of system calls (no open, stat, socket, kill, ptrace, execve, fork, unlink, ...),
+   checks and runs one snippet, writes its reply and exits. Whatever it does to pandas dies with it.
 4. **A parent that trusts nothing** (`result_compare`): replies are JSON (never pickle) checked
    against a strict schema (types, sizes, depth); anything else is that snippet's `runtime_error`.
    Only the notebook decides `correct`, and the comparison never raises.
@@ -45,8 +49,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nbutils.tasks.text_to_pandas.result_compare import (MAX_RESULT_BYTES, canonical, column_order_fixed,  # noqa: F401
-                                    is_order_sensitive, parse_reply, results_match, validated_reply)
+from nbutils.tasks.text_to_pandas.result_compare import (MAX_RESULT_BYTES, ResultTooLarge, canonical,  # noqa: F401
+                                    column_order_fixed, is_order_sensitive, parse_reply, results_match,
+                                    validated_reply)
 from nbutils.tasks.text_to_pandas.sandbox_allowlist import (RESULT_NAME, SAFE_BUILTINS, ForbiddenCode,  # noqa: F401
                                        check_code, refusal, refusals)
 from nbutils.tasks.text_to_pandas.sandbox_jail import ContainmentUnavailable, build_filter, containment_label, jail, probe
@@ -117,25 +122,29 @@ def _namespace(frames: dict) -> dict:
 
 
 # --- 3. the process: a worker that forks one jailed child per snippet --------------------------
+#
+# The worker is a fresh interpreter (`python -I`, a minimal environment), never a fork of the
+# caller: a fork holds the caller's memory, environment block included, even after os.environ is
+# cleared. It imports and warms up pandas, then forks one child per snippet, and never reads a
+# snippet, its tables or its result itself: the parent passes each child a pipe to read its
+# request from and a pipe to write its reply to (over a Unix socket, as file descriptors), and the
+# worker only waits for the child and says how it ended. So every child starts from a worker that
+# has held no request, and cannot find an earlier snippet's code, a reference or its result in the
+# memory it was forked with; only the parent compares results.
 
-def _send(stream, message: dict) -> None:
-    data = json.dumps(message).encode()
-    stream.write(struct.pack(">I", len(data)) + data)
-    stream.flush()
+_CONTROL = struct.Struct(">d I ?")  # parent -> worker, with two fds: timeout, memory_mb, static_check
+_ENDING = struct.Struct(">? i")  # worker -> parent: timed out, the child's signal (0: it exited)
 
 
-def _receive(stream) -> dict | None:
-    header = stream.read(4)
-    if len(header) < 4:
-        return None
-    (size,) = struct.unpack(">I", header)
-    data = stream.read(size)
-    return json.loads(data) if len(data) == size else None
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class _Discard:
-    """Where a snippet's `print` goes: nowhere (the caller's sys.stdout may be anything, e.g.
-    pytest's capture, when the worker was forked from it)."""
+    """Where a snippet's `print` goes: nowhere, at no cost (no system call: fd 1 is /dev/null)."""
 
     def write(self, text):
         return len(text)
@@ -144,8 +153,20 @@ class _Discard:
         pass
 
 
-def _child_run(compiled, frames: dict) -> dict:
+def _child_run(code: str, tables: dict, frames: dict, static_check: bool = True) -> dict:
+    """In the jailed child: check, compile and run one snippet, under the snippet's own limits
+    (so a huge or deeply nested snippet costs its own time and memory, not the worker's)."""
     sys.stdout = sys.stderr = _Discard()
+    try:
+        compiled = _compile(code, tables, static_check)
+    except SyntaxError as err:
+        return {"status": "syntax_error", "error": f"{err.msg} (line {err.lineno})"}
+    except ForbiddenCode as err:
+        return {"status": "forbidden", "error": str(err)[:300]}
+    except MemoryError:
+        return {"status": "memory_limit", "error": "MemoryError while parsing"}
+    except (ValueError, RecursionError, TypeError) as err:  # compile() refusing odd input
+        return {"status": "syntax_error", "error": f"{type(err).__name__}: {err}"[:300]}
     try:
         namespace = _namespace(frames)
         exec(compiled, namespace)
@@ -158,6 +179,8 @@ def _child_run(compiled, frames: dict) -> dict:
         return {"status": "ok", "value": canonical(value)}
     except MemoryError:
         return {"status": "memory_limit", "error": "MemoryError"}
+    except ResultTooLarge as err:
+        return {"status": "runtime_error", "error": str(err)[:300]}
     except BaseException as err:  # noqa: BLE001 - anything the snippet raises is its failure
         try:
             return {"status": "runtime_error", "error": f"{type(err).__name__}: {err}"[:300]}
@@ -192,67 +215,53 @@ def _worker_vm_bytes() -> int | None:
     return _vm["bytes"]
 
 
-def _run_in_child(compiled, frames: dict, timeout: float, memory_mb: int, rules) -> dict:
-    """Fork a child that jails itself and runs one snippet; its reply, checked, or what
-    became of it. Never raises for anything the child does."""
-    vm_bytes = _worker_vm_bytes()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns
-        code = 1
-        try:
-            os.close(read_fd)
-            jail(write_fd, timeout, memory_mb, rules, vm_bytes)
-            data = _serialized(_child_run(compiled, frames))
-            view = memoryview(data)
-            while view:
-                view = view[os.write(3, view):]
-            code = 0
-        except BaseException:  # noqa: BLE001
-            pass
-        os._exit(code)
-    os.close(write_fd)
-    chunks, size, timed_out = [], 0, False
-    deadline = time.monotonic() + timeout
+def _child(request_fd: int, reply_fd: int, timeout: float, memory_mb: int, rules, static_check: bool,
+           vm_bytes) -> None:
+    """The forked child: read the request, build the tables, jail itself, run, reply. Never returns."""
+    code = 1
     try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
-            ready, _, _ = select.select([read_fd], [], [], remaining)
-            if not ready:
-                continue
-            chunk = os.read(read_fd, 1 << 16)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_RESULT_BYTES:
-                break
-    finally:
-        os.close(read_fd)
-    # Reap the child; one that closed its pipe but lingers is killed at the deadline.
-    status = 0
+        request = json.loads(_read_all(request_fd))
+        try:
+            frames = _frames(request["tables"])
+            bad_table = None
+        except Exception as err:  # noqa: BLE001 - a bad table spec is the caller's error
+            frames, bad_table = {}, {"status": "runtime_error", "error": f"bad table: {err}"[:300]}
+        jail(reply_fd, timeout, memory_mb, rules, vm_bytes)  # from here: fd 3 is the reply pipe
+        outcome = bad_table or _child_run(request["code"], request["tables"], frames, static_check)
+        view = memoryview(_serialized(outcome))
+        while view:
+            view = view[os.write(3, view):]
+        code = 0
+    except BaseException:  # noqa: BLE001
+        pass
+    os._exit(code)
+
+
+def _wait_for(pid: int, timeout: float) -> tuple[bool, int]:
+    """Wait for the child `pid` at most `timeout` seconds, kill it then; (timed out, its signal)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):  # no pidfd (not Linux): poll
+        pidfd = None
+    deadline = time.monotonic() + timeout
+    timed_out = False
     while True:
         finished, status = os.waitpid(pid, os.WNOHANG)
         if finished:
             break
-        if timed_out or time.monotonic() > deadline or size > MAX_RESULT_BYTES:
-            timed_out = timed_out or size <= MAX_RESULT_BYTES
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
             break
-        time.sleep(0.0005)
-    if timed_out:
-        return {"status": "timeout", "error": f"no result within {timeout:g} s"}
-    if finished and os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU:
-            return {"status": "timeout", "error": "CPU time limit"}
-        if not chunks:
-            return {"status": "runtime_error", "error": f"killed by signal {sig}"}
-    return parse_reply(b"".join(chunks))
+        if pidfd is None:
+            time.sleep(min(remaining, 0.0005))
+        else:
+            select.select([pidfd], [], [], remaining)
+    if pidfd is not None:
+        os.close(pidfd)
+    return timed_out, (os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0)
 
 
 def _frames(tables: dict) -> dict:
@@ -309,9 +318,8 @@ def warm_up() -> None:
 
 
 def preload() -> None:
-    """Import everything a worker and its jailed children use, and warm pandas up. The worker
-    calls it; a process that will drop its privileges and then start a `Sandbox(start="fork")`
-    calls it first, while it can still read the interpreter's files."""
+    """Import everything a worker and its jailed children use, and warm pandas up (the worker
+    calls it before it takes any request)."""
     import concurrent.futures  # noqa: F401 - Sandbox.map
     import ctypes  # noqa: F401
     import resource  # noqa: F401 - the jail's rlimits
@@ -325,26 +333,13 @@ def preload() -> None:
         pass
 
 
-def _handle(request: dict, rules) -> dict:
-    tables = request["tables"]
-    try:
-        # static_check False is only for tests of the process layers on their own.
-        compiled = _compile(request["code"], tables, request.get("static_check", True))
-    except SyntaxError as err:
-        return {"status": "syntax_error", "error": f"{err.msg} (line {err.lineno})"}
-    except ForbiddenCode as err:
-        return {"status": "forbidden", "error": str(err)}
-    except (ValueError, RecursionError, MemoryError, TypeError) as err:  # compile() refusing odd input
-        return {"status": "syntax_error", "error": f"{type(err).__name__}: {err}"[:300]}
-    try:
-        frames = _frames(tables)
-    except Exception as err:  # noqa: BLE001 - a bad table spec is the caller's error
-        return {"status": "runtime_error", "error": f"bad table: {err}"[:300]}
-    return _run_in_child(compiled, frames, float(request["timeout"]), int(request["memory_mb"]), rules)
+def _worker_main(allow_uncontained: bool = False, user: int | None = None) -> None:
+    """The worker process: fd 0 is a Unix socket to the parent. For each request the parent sends
+    the limits and two fds (the child's request and reply pipes); the worker forks a child with
+    them, waits for it, and answers how it ended. It never reads a request or a reply. With
+    `user`, it drops to that uid once everything is imported (see `Sandbox`)."""
+    import socket
 
-
-def _worker_main(stdin=None, stdout=None, allow_uncontained: bool = False) -> None:
-    """The worker process: read requests, answer each with the result of a jailed child."""
     # No pyarrow: its thread pool must not be forked, and without it each fork copies a third
     # less memory. pandas then stores strings as Python objects.
     sys.modules.setdefault("pyarrow", None)
@@ -352,9 +347,12 @@ def _worker_main(stdin=None, stdout=None, allow_uncontained: bool = False) -> No
 
     pd.set_option("mode.string_storage", "python")  # in the worker only, never the caller's
     preload()
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout.buffer
-    sys.stdout = sys.stderr  # nothing but protocol messages may reach the parent's pipe
+    if user is not None:
+        os.setgroups([])
+        os.setgid(user)
+        os.setuid(user)
+    control = socket.socket(fileno=0)
+    sys.stdout = sys.stderr  # nothing but protocol messages may reach the parent
     try:
         rules = build_filter()
         why = probe(rules)
@@ -363,19 +361,28 @@ def _worker_main(stdin=None, stdout=None, allow_uncontained: bool = False) -> No
     if why is not None:
         rules = None
     root = os.geteuid() == 0
-    _send(stdout, {"status": "ready", "containment": containment_label(rules is not None, root),
-                   "seccomp_error": why})
+    ready = json.dumps({"status": "ready", "containment": containment_label(rules is not None, root),
+                        "seccomp_error": why}).encode()
+    control.sendall(struct.pack(">I", len(ready)) + ready)
     if rules is None and not allow_uncontained:
         return  # the parent raises ContainmentUnavailable with `why`
     while True:
-        request = _receive(stdin)
-        if request is None:
-            return
         try:
-            reply = _handle(request, rules)
-        except Exception as err:  # noqa: BLE001 - the worker answers every request
-            reply = {"status": "runtime_error", "error": f"sandbox worker: {type(err).__name__}: {err}"[:300]}
-        _send(stdout, reply)
+            message, fds, _, _ = socket.recv_fds(control, _CONTROL.size, 2, socket.MSG_WAITALL)
+        except OSError:
+            return
+        if len(message) < _CONTROL.size or len(fds) != 2:
+            return  # the parent closed the socket (or broke the protocol)
+        timeout, memory_mb, static_check = _CONTROL.unpack(message)
+        request_fd, reply_fd = fds
+        vm_bytes = _worker_vm_bytes()
+        pid = os.fork()
+        if pid == 0:
+            control.close()
+            _child(request_fd, reply_fd, timeout, memory_mb, rules, static_check, vm_bytes)
+        os.close(request_fd)
+        os.close(reply_fd)
+        control.sendall(_ENDING.pack(*_wait_for(pid, timeout)))
 
 
 @dataclass
@@ -395,103 +402,69 @@ def _worker_env() -> dict:
     return env
 
 
-class _ForkedProcess:
-    """A worker forked from this (already imported) process: the shape of `subprocess.Popen`
-    that `_Worker` uses (pid, stdin, stdout, poll, wait)."""
-
-    def __init__(self, workdir: str, allow_uncontained: bool):
-        request_read, request_write = os.pipe()
-        reply_read, reply_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the worker: never returns into the caller's code
-            try:
-                os.setsid()
-                os.dup2(request_read, 0)
-                os.dup2(reply_write, 1)
-                os.closerange(3, 1 << 16)
-                os.chdir(workdir)
-                os.environ.clear()
-                os.environ.update(_worker_env())
-                _worker_main(os.fdopen(0, "rb"), os.fdopen(1, "wb"), allow_uncontained)
-            finally:
-                os._exit(0)
-        os.close(request_read)
-        os.close(reply_write)
-        self.pid = pid
-        self.stdin = os.fdopen(request_write, "wb")
-        self.stdout = os.fdopen(reply_read, "rb")
-        self.returncode = None
-
-    def poll(self):
-        if self.returncode is None:
-            try:
-                finished, status = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                finished, status = self.pid, 0
-            if finished:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout=None):
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired("sandbox worker", timeout)
-            time.sleep(0.005)
-        return self.returncode
-
-
-def _can_exec_interpreter() -> bool:
-    return os.access(os.path.realpath(sys.executable), os.X_OK)
+def _recv_exact(sock, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 class _Worker:
-    """One worker process (pandas imported once) that forks a jailed child per snippet.
+    """One worker process (a fresh interpreter, pandas imported once) that forks a jailed child
+    per snippet. Where this process cannot start a fresh interpreter that imports nbutils and
+    pandas (e.g. it dropped its privileges and the interpreter's files are not readable to it),
+    there is no clean worker to be had: `start` raises and says why, rather than fork this
+    process (a fork would hold its memory: secrets, references and their results)."""
 
-    `start="exec"` runs a fresh interpreter (`python -I`, a clean environment): nothing of the
-    notebook's memory is in it. `start="fork"` forks this process instead (after `preload()` if
-    it can no longer read the interpreter's files, as a process that dropped its privileges
-    cannot). A forked worker holds a copy of this process's memory, secrets included, and a
-    snippet that got past the allowlist could return what it finds there as its value (the
-    kernel cannot tell a stolen string from a result): fork only from a process that holds no
-    secrets. `"auto"`: exec whenever this user can run the interpreter (a notebook kernel always
-    can), fork otherwise.
-    """
-
-    def __init__(self, start: str = "auto", allow_uncontained: bool = False):
+    def __init__(self, allow_uncontained: bool = False, user: int | None = None):
+        self.user = user
         self.process = None
+        self.control = None
         self.workdir: tempfile.TemporaryDirectory | None = None
-        self.start_method = start
         self.allow_uncontained = allow_uncontained
         self.containment = ""
 
     def start(self) -> None:
+        import socket
+
         if self.process is not None and self.process.poll() is None:
             return
-        method = self.start_method
-        if method == "auto":
-            method = "exec" if _can_exec_interpreter() else "fork"
         self.workdir = tempfile.TemporaryDirectory(prefix="sandbox-")
         os.chmod(self.workdir.name, 0o755)  # the child runs as nobody, in this folder
-        if method == "fork":
-            self.process = _ForkedProcess(self.workdir.name, self.allow_uncontained)
-        else:
-            # The folder holding the `nbutils` package (this file is nbutils/tasks/text_to_pandas/).
-            package_parent = str(Path(__file__).resolve().parents[3])
-            boot = (f"import sys; sys.path.insert(0, {package_parent!r}); "
-                    "from nbutils.tasks.text_to_pandas.code_exec import _worker_main; "
-                    f"_worker_main(allow_uncontained={self.allow_uncontained!r})")
-            # -I: no PYTHONPATH, no user site, no current folder on sys.path.
-            self.process = subprocess.Popen([sys.executable, "-I", "-c", boot], stdin=subprocess.PIPE,
-                                            stdout=subprocess.PIPE, env=_worker_env(),
-                                            cwd=self.workdir.name, start_new_session=True)
+        # The folder holding the `nbutils` package (this file is nbutils/tasks/text_to_pandas/).
+        package_parent = str(Path(__file__).resolve().parents[3])
+        python, paths = _interpreter()
+        boot = _BOOT.format(paths=[package_parent] + paths, allow=self.allow_uncontained, user=self.user)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        log_path = Path(self.workdir.name) / "worker.log"
+        self.control = ours
+        why = []
+        with theirs, open(log_path, "wb") as log:
+            try:
+                # -I: no PYTHONPATH, no user site, no current folder on sys.path.
+                self.process = subprocess.Popen([python, "-I", "-c", boot], stdin=theirs,
+                                                stdout=subprocess.DEVNULL, stderr=log, env=_worker_env(),
+                                                cwd=self.workdir.name, start_new_session=True)
+            except OSError as err:  # e.g. this uid may not run the interpreter
+                why = [f"{type(err).__name__}: {err}"]
         try:
-            ready = _receive(self.process.stdout)
+            header = _recv_exact(ours, 4) if self.process else b""
+            ready = json.loads(_recv_exact(ours, struct.unpack(">I", header)[0])) if len(header) == 4 else None
         except (OSError, ValueError):
             ready = None
-        if not ready or ready.get("status") != "ready":
-            self.close(kill=True)
-            raise RuntimeError("the code sandbox's worker process failed to start")
+        if not isinstance(ready, dict) or ready.get("status") != "ready":
+            self.close(kill=True, keep_workdir=True)
+            why = why or log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            self.workdir.cleanup()
+            self.workdir = None
+            raise RuntimeError(
+                f"the code sandbox could not start a clean worker ({python} -I as uid {os.geteuid()}): "
+                f"{why[0] if why else 'it exited without a word'}. It does not fork this process instead, since "
+                "a fork would hold this process's memory (secrets, reference answers). Start the sandbox "
+                "before dropping privileges, or as a user who can run this interpreter and read its packages.")
         self.containment = str(ready.get("containment", ""))
         if ready.get("seccomp_error") and not self.allow_uncontained:
             self.close(kill=True)
@@ -500,14 +473,14 @@ class _Worker:
                 "refusing to run it. Set allow_uncontained_execution=True (Sandbox(allow_uncontained=True)) "
                 "to run it anyway with only the static check, rlimits and the uid drop.")
 
-    def close(self, kill: bool = False) -> None:
+    def close(self, kill: bool = False, keep_workdir: bool = False) -> None:
         if self.process is not None:
             if self.process.poll() is None:
                 if kill:  # the worker and any child it forked (one process group)
                     self._kill_group()
                 else:
                     try:
-                        self.process.stdin.close()  # the worker exits at the end of its input
+                        self.control.shutdown(2)  # the worker exits at the end of its input
                     except OSError:
                         pass
                 try:
@@ -515,13 +488,11 @@ class _Worker:
                 except subprocess.TimeoutExpired:
                     self._kill_group()
                     self.process.wait()
-            for stream in (self.process.stdin, self.process.stdout):
-                try:
-                    stream.close()
-                except OSError:
-                    pass
             self.process = None
-        if self.workdir is not None:
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.workdir is not None and not keep_workdir:
             self.workdir.cleanup()
             self.workdir = None
 
@@ -531,18 +502,82 @@ class _Worker:
         except ProcessLookupError:
             pass
 
-    def request(self, message: dict, wait_s: float) -> dict | None:
-        """Send one request; the reply, or None if the worker died or hung (then it is gone)."""
-        self.start()
+    def request(self, message: dict, timeout: float, memory_mb: int, static_check: bool,
+                wait_s: float) -> dict | None:
+        """Run one request in a child of this worker: its checked reply, or None if the worker
+        died or hung (then it is gone)."""
+        import socket
+
+        if self.process is None:  # not started, or closed after it died (not by waitpid: a
+            self.start()           # process forked from the one that started it may use it)
+        request_read, request_write = os.pipe()
+        reply_read, reply_write = os.pipe()
         try:
-            _send(self.process.stdin, message)
-            ready, _, _ = select.select([self.process.stdout], [], [], wait_s)
-            reply = _receive(self.process.stdout) if ready else None
-        except (OSError, ValueError):
-            reply = None
-        if reply is None:
+            socket.send_fds(self.control, [_CONTROL.pack(timeout, memory_mb, static_check)],
+                            [request_read, reply_write])
+            os.close(request_read)
+            os.close(reply_write)
+            request_read = reply_write = None
+            try:
+                view = memoryview(json.dumps(message).encode())
+                while view:
+                    view = view[os.write(request_write, view):]
+            except BrokenPipeError:
+                pass  # the child died first; its ending says how
+            os.close(request_write)
+            request_write = None
+            deadline = time.monotonic() + wait_s
+            chunks, size = [], 0
+            while size <= MAX_RESULT_BYTES:
+                ready, _, _ = select.select([reply_read], [], [], max(deadline - time.monotonic(), 0))
+                if not ready:
+                    raise TimeoutError
+                chunk = os.read(reply_read, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            os.close(reply_read)  # a child still writing past the cap gets EPIPE
+            reply_read = None
+            ready, _, _ = select.select([self.control], [], [], max(deadline - time.monotonic(), 0))
+            ending = _recv_exact(self.control, _ENDING.size) if ready else b""
+            if len(ending) != _ENDING.size:
+                raise TimeoutError
+        except (OSError, ValueError, TimeoutError):
             self.close(kill=True)
-        return reply
+            return None
+        finally:
+            for fd in (request_read, request_write, reply_read, reply_write):
+                if fd is not None:
+                    os.close(fd)
+        timed_out, sig = _ENDING.unpack(ending)
+        if size > MAX_RESULT_BYTES:
+            return {"status": "runtime_error", "error": "result too large"}
+        if timed_out:
+            return {"status": "timeout", "error": f"no result within {timeout:g} s"}
+        if sig == signal.SIGXCPU:
+            return {"status": "timeout", "error": "CPU time limit"}
+        if sig and not chunks:
+            return {"status": "runtime_error", "error": f"killed by signal {sig}"}
+        return parse_reply(b"".join(chunks), RUN_STATUSES)
+
+
+def _interpreter() -> tuple[str, list]:
+    """The interpreter a worker runs, and the folders to put first on its sys.path: this process's
+    own, or, where this uid may not run it (a venv whose python is a link into another user's
+    home, as after setpriv), the base interpreter running this process with this process's
+    site-packages. Either way a fresh interpreter, never a fork."""
+    if os.access(sys.executable, os.X_OK):
+        return sys.executable, []
+    base = os.path.join(sys.base_exec_prefix, "bin", f"python{sys.version_info.major}.{sys.version_info.minor}")
+    if os.access(base, os.X_OK):
+        return base, [path for path in sys.path if path.endswith("site-packages")]
+    return sys.executable, []  # the start fails and says why
+
+
+_BOOT = ("import sys; sys.path[:0] = {paths!r}; "
+         "from nbutils.tasks.text_to_pandas.code_exec import _worker_main; "
+         "_worker_main(allow_uncontained={allow!r}, user={user!r})")
 
 
 class Sandbox:
@@ -554,21 +589,24 @@ class Sandbox:
 
     `tables` maps each name the code may use to {"columns": [...], "rows": [[...], ...]}.
     Refuses to start (ContainmentUnavailable) where seccomp cannot contain the children, unless
-    `allow_uncontained`; `containment` then names the layers in use (for the run record).
+    `allow_uncontained`; `containment` then names the layers in use (for the run record). Refuses
+    to start (RuntimeError, saying why) where this process cannot start a fresh interpreter.
+
+    `user` (a uid; only as root): the workers start as fresh interpreters of this process and drop
+    to `user` once pandas is imported, so a process that will drop its own privileges can start
+    its sandbox first, from a clean process rather than a fork of its own memory.
     """
 
     def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
                  workers: int = 1, static_check: bool = True, allow_uncontained: bool = False,
-                 start: str = "auto"):
+                 user: int | None = None):
         if sys.platform == "win32":
             raise OSError("the code sandbox needs fork() and setrlimit(): run on Linux (Kaggle, Colab) or macOS")
         if timeout <= 0 or memory_mb <= 0 or workers < 1:
             raise ValueError(f"timeout, memory_mb and workers must be positive, got {timeout!r}, "
                              f"{memory_mb!r}, {workers!r}")
-        if start not in ("auto", "exec", "fork"):
-            raise ValueError(f"start={start!r}: expected 'auto', 'exec' or 'fork'")
         self.timeout, self.memory_mb, self.static_check = float(timeout), int(memory_mb), static_check
-        self.workers, self.allow_uncontained, self.start_method = int(workers), allow_uncontained, start
+        self.workers, self.allow_uncontained, self.user = int(workers), allow_uncontained, user
         self._idle: queue.Queue = queue.Queue()
         self._all: list[_Worker] = []
         self._starting = threading.Lock()
@@ -583,7 +621,7 @@ class Sandbox:
     def start(self) -> "Sandbox":
         with self._starting:
             if not self._all:
-                workers = [_Worker(self.start_method, self.allow_uncontained) for _ in range(self.workers)]
+                workers = [_Worker(self.allow_uncontained, self.user) for _ in range(self.workers)]
                 try:
                     for worker in workers:
                         worker.start()
@@ -613,11 +651,10 @@ class Sandbox:
         if not isinstance(code, str):
             return RunResult("syntax_error", error=f"not code: {type(code).__name__}")
         self.start()
-        request = {"code": code, "tables": tables, "timeout": self.timeout,
-                   "memory_mb": self.memory_mb, "static_check": self.static_check}
         worker = self._idle.get()
         try:
-            reply = worker.request(request, self.timeout + 30)
+            reply = worker.request({"code": code, "tables": tables}, self.timeout, self.memory_mb,
+                                   self.static_check, self.timeout + 30)
         finally:
             self._idle.put(worker)  # a dead worker restarts on its next request
         if reply is None:
@@ -635,6 +672,7 @@ class Sandbox:
             return [function(item) for item in items]
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             return list(pool.map(function, items))
+
 
 
 # --- execution accuracy -------------------------------------------------------------------------

@@ -19,21 +19,50 @@ MAX_RESULT_BYTES = 4_000_000
 MAX_ROWS = 200_000
 MAX_COLUMNS = 10_000
 MAX_CELLS = 1_000_000
-MAX_STRING = 10_000
-MAX_DEPTH = 4  # a cell may be a list of cells, this deep
+MAX_DEPTH = 8  # a cell may be a list of cells, this deep
 MAX_ERROR = 300
 KINDS = ("scalar", "series", "frame", "list")
 # What a child may report. `correct` / `wrong_result` are decided by the notebook, never claimed;
-# `timeout` is observed by the worker, `forbidden` / `syntax_error` by the static check.
+# `timeout` is observed by the worker.
 CHILD_STATUSES = ("ok", "runtime_error", "memory_limit")
 
 
 # --- canonical results: what a result is, as plain JSON values ---------------------------------
+#
+# Complete or nothing: every cell is kept whole (strings of any length, every item of a list, a
+# dict's every key and value), and a result past the caps raises ResultTooLarge, which the child
+# reports as `runtime_error: result too large`. A value with no known plain form raises
+# UnknownValue: its repr may be cut or may hide what differs, so it is never compared.
 
-def _cell(value, depth: int = 0):
+class ResultTooLarge(ValueError):
+    """A result past the size caps: reported as such, never compared by a prefix."""
+
+
+class UnknownValue(TypeError):
+    """A value of a kind that has no canonical form."""
+
+
+class _Budget:
+    """Cells and characters left before a result is too large to reply with."""
+
+    def __init__(self):
+        self.cells, self.chars = MAX_CELLS, MAX_RESULT_BYTES
+
+    def spend(self, cells: int = 1, chars: int = 0) -> None:
+        self.cells -= cells
+        self.chars -= chars
+        if self.cells < 0 or self.chars < 0:
+            raise ResultTooLarge("result too large")
+
+
+def _cell(value, budget: _Budget, depth: int = 0):
+    import datetime
+    import decimal
+
     import numpy as np
     import pandas as pd
 
+    budget.spend()
     if value is None or value is pd.NA or value is pd.NaT:
         return None
     if isinstance(value, (bool, np.bool_)):
@@ -44,19 +73,26 @@ def _cell(value, depth: int = 0):
         value = float(value)
         return None if math.isnan(value) else value if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        return value[:MAX_STRING]
-    if isinstance(value, (pd.Timestamp, pd.Timedelta)):
-        return str(value)
-    if isinstance(value, (list, tuple, np.ndarray)):
+        budget.spend(0, len(value))
+        return value
+    # Values whose str() is their whole value (dates, times, periods, intervals, decimals).
+    if isinstance(value, (pd.Timestamp, pd.Timedelta, pd.Period, pd.Interval, datetime.date, datetime.time,
+                          datetime.timedelta, decimal.Decimal, complex, np.dtype, pd.api.extensions.ExtensionDtype)):
+        text = str(value)
+        budget.spend(0, len(text))
+        return text
+    if isinstance(value, (dict, list, tuple, set, frozenset, range, np.ndarray, pd.Index, pd.Series,
+                          pd.api.extensions.ExtensionArray)):
         if depth >= MAX_DEPTH - 1:
-            return repr(value)[:200]
-        return [_cell(v, depth + 1) for v in list(value)[:1000]]
-    if hasattr(value, "item") and callable(value.item):
-        try:
-            return _cell(value.item(), depth)
-        except (TypeError, ValueError):
-            pass
-    return repr(value)[:200]
+            raise ResultTooLarge(f"result too large: nested deeper than {MAX_DEPTH}")
+        if isinstance(value, dict):  # a dict is its (key, value) pairs, in no particular order
+            pairs = [[_cell(k, budget, depth + 2), _cell(v, budget, depth + 2)] for k, v in value.items()]
+            return sorted(pairs, key=_sort_key)
+        items = [_cell(v, budget, depth + 1) for v in (value.tolist() if hasattr(value, "tolist") else list(value))]
+        return sorted(items, key=_sort_key) if isinstance(value, (set, frozenset)) else items
+    if hasattr(value, "item") and callable(value.item) and isinstance(value, np.generic):
+        return _cell(value.item(), budget, depth)
+    raise UnknownValue(f"a result of type {type(value).__name__} has no comparable form")
 
 
 def _named_index(index) -> bool:
@@ -65,36 +101,41 @@ def _named_index(index) -> bool:
     return any(name is not None for name in index.names)
 
 
+def _rows(frame, budget: _Budget) -> list:
+    budget.spend(frame.shape[0] * frame.shape[1], 0)  # refused before a single row is built
+    return [[_cell(v, budget) for v in row] for row in frame.itertuples(index=False, name=None)]
+
+
 def canonical(value) -> dict:
-    """A result as {"kind": scalar|series|frame|list, ...} of plain values, for comparison.
+    """A result as {"kind": scalar|series|frame|list, ...} of plain values, for comparison,
+    complete (or ResultTooLarge / UnknownValue).
 
     Frames and Series become rows of cells; a named index becomes leading columns.
     """
     import numpy as np
     import pandas as pd
 
+    budget = _Budget()
     if isinstance(value, pd.DataFrame):
         frame = value.reset_index() if _named_index(value.index) else value
-        return {"kind": "frame", "columns": [str(c) for c in frame.columns],
-                "rows": [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
+        return {"kind": "frame", "columns": [str(c) for c in frame.columns], "rows": _rows(frame, budget)}
     if isinstance(value, pd.Series):
         if _named_index(value.index):
             frame = value.reset_index(name="\0value")
-            return {"kind": "series", "columns": [str(c) for c in frame.columns],
-                    "rows": [[_cell(v) for v in row] for row in frame.itertuples(index=False, name=None)]}
-        return {"kind": "series", "columns": [str(value.name)], "rows": [[_cell(v)] for v in value.tolist()]}
+            return {"kind": "series", "columns": [str(c) for c in frame.columns], "rows": _rows(frame, budget)}
+        return {"kind": "series", "columns": [str(value.name)], "rows": _rows(value.to_frame(), budget)}
     if isinstance(value, np.ndarray) and value.ndim == 2:
-        return {"kind": "list", "columns": None, "rows": [[_cell(v) for v in row] for row in value.tolist()]}
-    if isinstance(value, (pd.Index, np.ndarray, list, tuple, set, frozenset)):
+        return {"kind": "list", "columns": None, "rows": _rows(pd.DataFrame(value), budget)}
+    if isinstance(value, (pd.Index, np.ndarray, list, tuple, set, frozenset, range, pd.api.extensions.ExtensionArray)):
         items = list(value)
-        if isinstance(value, (set, frozenset)):
-            items = sorted(items, key=repr)
+        rows = [[_cell(v, budget) for v in item] if isinstance(item, (list, tuple)) else [_cell(item, budget)]
+                for item in items]
         return {"kind": "list", "columns": None,
-                "rows": [[_cell(v) for v in item] if isinstance(item, (list, tuple)) else [_cell(item)]
-                         for item in items]}
+                "rows": sorted(rows, key=_sort_key) if isinstance(value, (set, frozenset)) else rows}
     if isinstance(value, dict):
-        return {"kind": "list", "columns": None, "rows": [[_cell(k), _cell(v)] for k, v in value.items()]}
-    return {"kind": "scalar", "value": _cell(value)}
+        return {"kind": "list", "columns": None,
+                "rows": [[_cell(k, budget), _cell(v, budget)] for k, v in value.items()]}
+    return {"kind": "scalar", "value": _cell(value, budget)}
 
 
 # --- the reply schema --------------------------------------------------------------------------
@@ -110,9 +151,7 @@ def _check_cell(cell, depth: int, budget: list) -> None:
     if cell is None or isinstance(cell, (bool, int, float)):
         return
     if isinstance(cell, str):
-        if len(cell) > MAX_STRING:
-            raise BadReply("string too long")
-        return
+        return  # of any length: the reply's size is capped as a whole
     if isinstance(cell, list):
         if depth >= MAX_DEPTH:
             raise BadReply("nested too deep")
@@ -136,7 +175,7 @@ def check_value(value) -> None:
         raise BadReply("table keys")
     columns, rows = value["columns"], value["rows"]
     if columns is not None and not (isinstance(columns, list) and len(columns) <= MAX_COLUMNS
-                                    and all(isinstance(c, str) and len(c) <= MAX_STRING for c in columns)):
+                                    and all(isinstance(c, str) for c in columns)):
         raise BadReply("columns")
     if not isinstance(rows, list) or len(rows) > MAX_ROWS:
         raise BadReply("rows")

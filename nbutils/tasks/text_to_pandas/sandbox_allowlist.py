@@ -4,20 +4,27 @@ A denylist names what is dangerous and misses what nobody thought of (a method n
 time that reaches `DataFrame.eval`, a `match` class pattern that looks an attribute up by a plain
 string, a `str.format` field that walks into globals). This check names what is allowed instead:
 
+- size: at most `MAX_CODE_CHARS` characters, refused before parsing (so the check's time and
+  memory are bounded; the check is linear in the code's size and runs in the jailed child).
 - statements: expressions, assignments to plain names (and to a table's columns, `df['c'] = ...`,
-  `df.columns = [...]`), `for` / `while` / `if` with those inside. No `def`, `class`, `import`,
-  `try`, `with`, `match`, `global`, `del`, `raise`, `assert`, `async`, `yield`.
-- names: the tables, `pd`, `np`, a few harmless builtins, and the snippet's own variables; never a
-  name with a leading underscore.
-- attributes: only those in `ALLOWED_ATTRIBUTES`, the computing methods of DataFrame, Series,
-  GroupBy, Index and the `.str` / `.dt` / `.cat` accessors, plus the functions of `pd` and `np` an
-  answer uses. Nothing that reads or writes files (`to_csv`, `read_*`), evaluates text (`eval`,
-  `query`) or changes global state (`set_option`).
+  `df.c = ...` for an existing column, `df.columns = [...]`), `for` / `while` / `if` with those
+  inside, and a `def` whose body is one `return <expression>` (a lambda with a name). No
+  `class`, `import`, `try`, `with`, `match`, `global`, `del`, `raise`, `assert`, `async`, `yield`.
+- names: never one with a leading underscore. Any other name is left to Python: the namespace
+  holds only the tables, `pd`, `np`, a few harmless builtins and the snippet's own variables, so
+  an unknown name is the snippet's `NameError` at run time, not a refusal.
+- attributes: never one with a leading underscore; otherwise only those in `ALLOWED_ATTRIBUTES`,
+  the computing methods of DataFrame, Series, GroupBy, Index and the `.str` / `.dt` / `.cat`
+  accessors, plus the functions of `pd` and `np` an answer uses, and the tables' columns. Nothing
+  that reads or writes files (`to_csv`, `read_*`), evaluates text (`eval`, `query`, except as
+  below) or changes global state (`set_option`).
 - functions given by name: methods that look a function up by a string (`agg`, `apply`,
   `transform`, `pivot_table(aggfunc=...)`, ...) get only a lambda, a builtin or `np`/`pd` function,
   or a constant string from `REDUCTIONS`, so no name computed at run time reaches them.
-- `query` / `eval` only with a constant expression that passes the same allowlist (no `@name`,
-  no dunders), since pandas' expression language reaches attributes and local variables.
+- `query` / `eval` / `pd.eval` only with a constant expression in a small grammar that pandas and
+  this check cannot read differently (`EXPRESSION_NODES`: names, literals, comparisons, arithmetic,
+  `and` / `or` / `not`, `in`): pandas' expression language reaches attributes and variables, and
+  it splits and tokenizes its text by its own rules (see `_check_expression_text`).
 - `str.format` only on a constant template whose fields are plain (`{}`, `{0}`, `{name}`, with a
   plain format spec): no `{0.attr}`, no `{0[key]}`.
 
@@ -28,6 +35,7 @@ reports how many references of a data set this check refuses, and why (`refusals
 from __future__ import annotations
 
 import ast
+import re
 import string
 from collections import Counter
 
@@ -40,6 +48,10 @@ SAFE_BUILTINS = (
 )
 MODULES = ("pd", "np")
 RESULT_NAME = "result"
+# Generated answers are one to a few lines (the sample data's longest reference is a few hundred
+# characters, PandasEval's longest human answer 207): 16 kB is far above any honest answer and
+# bounds what the check parses.
+MAX_CODE_CHARS = 16_000
 
 # Statement and expression node types a pandas answer needs. Anything else is refused.
 ALLOWED_NODES = frozenset({
@@ -51,6 +63,8 @@ ALLOWED_NODES = frozenset({
     ast.SetComp, ast.DictComp, ast.GeneratorExp, ast.Compare, ast.Call, ast.Constant,
     ast.Attribute, ast.Subscript, ast.Starred, ast.Name, ast.List, ast.Tuple, ast.Slice,
     ast.JoinedStr, ast.FormattedValue, ast.NamedExpr,
+    # a one-expression `def` (its shape is checked by _check_def)
+    ast.FunctionDef, ast.Return,
     # parts
     ast.keyword, ast.comprehension, ast.arguments, ast.arg, ast.Load, ast.Store,
     ast.And, ast.Or, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow,
@@ -76,7 +90,7 @@ _FRAME_AND_SERIES = """
     update value_counts values var where xs assign nth ngroup ngroups groups get_group cumcount
     ohlc rolling expanding resample ewm shape ndim name names columns index dtype T array hasnans
     is_unique is_monotonic_increasing is_monotonic_decreasing axes attrs str dt cat plot_never
-    case_when pipe
+    case_when pipe select_dtypes
 """
 _INDEX = """
     difference intersection union symmetric_difference get_level_values set_names to_series
@@ -164,28 +178,22 @@ class ForbiddenCode(ValueError):
         self.kind = kind
 
 
-def _bound_names(tree: ast.AST) -> set[str]:
-    names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-            names.add(node.id)
-        elif isinstance(node, ast.arg):
-            names.add(node.arg)
-    return names
-
-
-def _lambda_names(tree: ast.AST) -> frozenset:
-    """Variables only ever bound by `name = lambda ...`: they hold functions, never strings."""
-    stores, lambdas = Counter(), Counter()
+def _function_names(tree: ast.AST) -> frozenset:
+    """Variables only ever bound by `name = lambda ...` or a `def`: they hold functions, never
+    strings."""
+    stores, functions = Counter(), Counter()
     for node in ast.walk(tree):
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             stores[node.id] += 1
         elif isinstance(node, ast.arg):
             stores[node.arg] += 1
+        elif isinstance(node, ast.FunctionDef):
+            stores[node.name] += 1
+            functions[node.name] += 1
         if isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda) \
                 and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            lambdas[node.targets[0].id] += 1
-    return frozenset(name for name, n in lambdas.items() if stores[name] == n)
+            functions[node.targets[0].id] += 1
+    return frozenset(name for name, n in functions.items() if stores[name] == n)
 
 
 def _is_function_form(node: ast.AST, functions: frozenset = frozenset()) -> bool:
@@ -218,15 +226,19 @@ def _is_functions(node: ast.AST, functions: frozenset = frozenset()) -> bool:
     return _is_function_form(node, functions)
 
 
-def _is_option(node: ast.AST) -> bool:
-    """A plain argument of a dispatching method: no string, except an option word."""
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value not in OPTION_WORDS:
-            return False
-    return True
+def _stringy_nodes(nodes: list) -> set:
+    """ids of the nodes whose subtree holds a string other than an option word: one pass, children
+    before parents (`nodes` is ast.walk's breadth-first order), so the check stays linear however
+    deeply dispatching calls nest."""
+    stringy = set()
+    for node in reversed(nodes):
+        if (isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value not in OPTION_WORDS) \
+                or any(id(child) in stringy for child in ast.iter_child_nodes(node)):
+            stringy.add(id(node))
+    return stringy
 
 
-def _check_dispatch(call: ast.Call, functions: frozenset) -> None:
+def _check_dispatch(call: ast.Call, functions: frozenset, stringy: set) -> None:
     method = call.func.attr
     where = f"{method}(...)"
     if any(isinstance(arg, ast.Starred) for arg in call.args) or any(k.arg is None for k in call.keywords):
@@ -239,7 +251,7 @@ def _check_dispatch(call: ast.Call, functions: frozenset) -> None:
             raise ForbiddenCode("function by name", f"{where}: the function must be a lambda, a "
                                 "builtin, an np/pd function or one of the reductions by name")
     for arg in positional:
-        if arg not in function_args and not _is_option(arg):
+        if arg not in function_args and id(arg) in stringy:
             raise ForbiddenCode("function by name", f"{where}: a string argument that is not a function")
     for keyword in call.keywords:
         value = keyword.value
@@ -256,7 +268,7 @@ def _check_dispatch(call: ast.Call, functions: frozenset) -> None:
         elif method in ("pivot_table", "crosstab"):
             ok = True  # index=, columns=, values= name columns; the function is aggfunc=
         else:
-            ok = _is_option(value)
+            ok = id(value) not in stringy
         if not ok:
             raise ForbiddenCode("function by name", f"{where}: argument {keyword.arg}= is not allowed there")
 
@@ -281,12 +293,62 @@ def _check_format(call: ast.Call) -> None:
 
 EXPRESSION_METHODS = frozenset({"query", "eval"})
 EXPRESSION_KEYWORDS = frozenset({"expr", "engine", "parser", "inplace"})
+# The whole grammar accepted inside an expression string: names (columns), literals, comparisons,
+# arithmetic, `and` / `or` / `not`, `in`, lists and tuples of those, and `name = expression`
+# (df.eval's new column). No attribute, call, subscript or lambda: nothing that reaches an object.
+EXPRESSION_NODES = frozenset({
+    ast.Module, ast.Expr, ast.Assign, ast.Name, ast.Load, ast.Store, ast.Constant, ast.BoolOp, ast.And,
+    ast.Or, ast.UnaryOp, ast.Not, ast.USub, ast.UAdd, ast.Invert, ast.BinOp, ast.Add, ast.Sub,
+    ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.BitAnd, ast.BitOr, ast.BitXor,
+    ast.Compare, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.List,
+    ast.Tuple,
+})
+BACKTICK_NAME = "backtick_quoted_column"
 
 
-def _check_expression_call(call: ast.Call, table_names) -> None:
-    """`df.query('points > 10')`, `df.eval('a + b')`, `pd.eval(...)`: pandas' expression language
-    reaches attributes, dunders and local variables (`@name`), so only a constant expression
-    that passes this same allowlist (its names are columns) is accepted."""
+def _check_expression_text(text: str, columns: frozenset, where: str) -> None:
+    """Accept `text` only if pandas and Python's parser read the same program from it.
+
+    pandas splits an expression into lines with `str.splitlines()` (which also ends a line at
+    \\x0b, \\x0c, \\x1c-\\x1e, \\x85, \\u2028, \\u2029 and \\r) and reads backticks inside string
+    literals as plain characters; Python's parser does neither. So: only printable characters,
+    spaces, tabs and \\n; no backslash (no escapes: a dunder written as \\x5f), no `#`, no `@`;
+    a backtick pair may only quote a column of the tables, with no quote inside it, so that
+    replacing it by a plain name moves no string literal's bounds; and what is left must parse into
+    `EXPRESSION_NODES`, with no name that starts with an underscore."""
+    for char in text:
+        if not (char.isprintable() or char in "\n\t") or char in "\\#@":
+            raise ForbiddenCode("expression string", f"{where}: character {char!r} is not allowed in an expression")
+
+    def column(match):
+        name = match.group(1)
+        if name not in columns or any(q in name for q in "'\"`"):
+            raise ForbiddenCode("expression string", f"{where}: backticks may only quote a column of the tables, "
+                                f"not {name[:40]!r}")
+        return BACKTICK_NAME
+
+    plain = re.sub(r"`([^`]*)`", column, text)
+    if "`" in plain:
+        raise ForbiddenCode("expression string", f"{where}: an unpaired backtick")
+    try:
+        tree = ast.parse(plain, mode="exec")
+    except (SyntaxError, ValueError):
+        raise ForbiddenCode("expression string", f"{where}: the expression does not parse") from None
+    for node in ast.walk(tree):
+        if type(node) not in EXPRESSION_NODES:
+            raise ForbiddenCode("expression string", f"{where}: {type(node).__name__} is not allowed in an expression")
+        if isinstance(node, ast.Name) and node.id.startswith("_"):
+            raise ForbiddenCode("expression string", f"{where}: name {node.id!r} is not allowed")
+        if isinstance(node, ast.Constant) and not isinstance(node.value, (str, int, float, type(None))):
+            raise ForbiddenCode("expression string", f"{where}: a {type(node.value).__name__} literal is not allowed")
+        if isinstance(node, ast.Assign) and not (len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+            raise ForbiddenCode("expression string", f"{where}: only `name = expression` may assign")
+
+
+def _check_expression_call(call: ast.Call, columns: frozenset) -> None:
+    """`df.query('points > 10')`, `df.eval('a + b')`, `pd.eval(...)`: one constant expression
+    (checked by `_check_expression_text`) and only plain options: no `local_dict`, `resolvers`,
+    `target` (which hand pandas objects to reach)."""
     where = f"{call.func.attr}(...)"
     expressions = [a for a in call.args[:1]] + [k.value for k in call.keywords if k.arg == "expr"]
     if len(call.args) > 1 or len(expressions) != 1 or any(
@@ -295,40 +357,26 @@ def _check_expression_call(call: ast.Call, table_names) -> None:
     text = expressions[0]
     if not (isinstance(text, ast.Constant) and isinstance(text.value, str)):
         raise ForbiddenCode("expression string", f"{where}: the expression must be a constant string")
-    if "@" in text.value or "__" in text.value:
-        raise ForbiddenCode("expression string", f"{where}: no @variables and no dunders")
-    import re
-
-    # `a column` in backticks becomes a plain name for the check.
-    plain = re.sub(r"`[^`]*`", "quoted_column", text.value)
-    try:
-        tree = ast.parse(plain, mode="exec")
-    except SyntaxError:
-        raise ForbiddenCode("expression string", f"{where}: the expression does not parse as Python") from None
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr not in ALLOWED_ATTRIBUTES:
-            raise ForbiddenCode("expression string", f"{where}: attribute {node.attr!r} is not in the allowlist")
-        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Attribute):
-            raise ForbiddenCode("expression string", f"{where}: only methods may be called")
-        if type(node) not in ALLOWED_NODES or isinstance(node, (ast.Lambda, ast.NamedExpr, ast.For,
-                                                                   ast.While, ast.If)):
-            raise ForbiddenCode("expression string", f"{where}: {type(node).__name__} is not allowed")
-        if isinstance(node, ast.Name) and node.id.startswith("_"):
-            raise ForbiddenCode("expression string", f"{where}: name {node.id!r} is not allowed")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
-                node.func.attr in STRING_DISPATCH | EXPRESSION_METHODS | BUFFER_METHODS | {"format"}:
-            raise ForbiddenCode("expression string", f"{where}: {node.func.attr}() inside an expression")
+    _check_expression_text(text.value, columns, where)
 
 
-def _check_assignment_target(target: ast.AST, tables: set[str]) -> None:
+def _rooted_at_a_table_value(node: ast.AST) -> bool:
+    """`df`, `df.loc[0]`, `frame['a'].iloc[1:]`: a chain of items and attributes from a variable
+    that is not a module."""
+    while isinstance(node, (ast.Subscript, ast.Attribute)):
+        node = node.value
+    return isinstance(node, ast.Name) and node.id not in MODULES
+
+
+def _check_assignment_target(target: ast.AST, columns: frozenset) -> None:
     if isinstance(target, ast.Name):
         return
     if isinstance(target, (ast.Tuple, ast.List)):
         for item in target.elts:
-            _check_assignment_target(item, tables)
+            _check_assignment_target(item, columns)
         return
     if isinstance(target, ast.Starred):
-        _check_assignment_target(target.value, tables)
+        _check_assignment_target(target.value, columns)
         return
     if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name):
         return  # df['new'] = ..., counts[k] = ...
@@ -338,19 +386,35 @@ def _check_assignment_target(target: ast.AST, tables: set[str]) -> None:
     if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) \
             and target.value.id not in MODULES and target.attr in ("columns", "index", "name"):
         return  # df.columns = [...]
+    if isinstance(target, ast.Attribute) and target.attr in columns and _rooted_at_a_table_value(target.value):
+        return  # df.A = df.A.round(), df.loc[0].Email = ...: an existing column, by attribute
     raise ForbiddenCode("assignment", "only plain names, columns of a frame and df.columns/index may be assigned")
 
 
-def _column_attributes(tables) -> frozenset:
-    """Columns reachable as attributes (`df.points`): identifiers without a leading underscore
-    that are not also an attribute of DataFrame or Series (there pandas returns its own)."""
-    if not isinstance(tables, dict):
-        return frozenset()
-    import pandas as pd
+def _check_def(node: ast.FunctionDef, allowed_returns: set) -> None:
+    """A `def` is accepted only as a lambda with a name: no decorator, and a body of one
+    `return <expression>` (after an optional docstring)."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]
+    if node.decorator_list or getattr(node, "type_params", None) or node.name.startswith("_") \
+            or len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        raise ForbiddenCode("def", "a def may only return one expression (no decorators, no statements)")
+    allowed_returns.add(id(body[0]))
 
+
+def _column_attributes(tables, nodes: list) -> frozenset:
+    """Columns reachable as attributes (`df.points`): those of the tables and those the code
+    creates (`df['new'] = ...`), if they are identifiers without a leading underscore that are
+    not also an attribute of DataFrame or Series (there pandas returns its own)."""
+    import pandas as pd  # already imported wherever the check runs (a jailed child cannot import)
+
+    created = [node.slice.value for node in nodes if isinstance(node, ast.Subscript)
+               and isinstance(node.ctx, ast.Store) and isinstance(node.slice, ast.Constant)]
+    specs = tables.values() if isinstance(tables, dict) else []
     names = set()
-    for spec in tables.values():
-        columns = spec.get("columns", []) if isinstance(spec, dict) else []
+    for columns in [created] + [spec.get("columns", []) if isinstance(spec, dict) else [] for spec in specs]:
         for column in columns:
             if isinstance(column, str) and column.isidentifier() and not column.startswith("_") \
                     and not hasattr(pd.DataFrame, column) and not hasattr(pd.Series, column):
@@ -358,55 +422,73 @@ def _column_attributes(tables) -> frozenset:
     return frozenset(names)
 
 
+def _all_columns(tables) -> frozenset:
+    """Every column name of the tables (for backticks in expression strings)."""
+    if not isinstance(tables, dict):
+        return frozenset()
+    return frozenset(c for spec in tables.values() if isinstance(spec, dict)
+                     for c in spec.get("columns", []) if isinstance(c, str))
+
+
+ATTRIBUTES_ALLOWED = ALLOWED_ATTRIBUTES | EXPRESSION_METHODS | {"format"}
+NOT_PASSED_ON = STRING_DISPATCH | BUFFER_METHODS | EXPRESSION_METHODS | {"format"}
+
+
 def check_code(code: str, table_names=()) -> ast.Module:
     """Parse `code` and refuse anything outside the allowlist (raises SyntaxError or
     ForbiddenCode); returns the tree. `table_names`: the names of the tables, or the tables
-    themselves ({name: {"columns": [...], ...}}), whose columns may then be read as attributes."""
+    themselves ({name: {"columns": [...], ...}}), whose columns may then be read as attributes
+    and quoted with backticks in expression strings. One walk over the tree: linear in the
+    code's size, which is capped before parsing."""
+    if len(code) > MAX_CODE_CHARS:
+        raise ForbiddenCode("too long", f"{len(code)} characters; generated code is at most {MAX_CODE_CHARS}")
     tree = ast.parse(code, mode="exec")
-    tables = set(table_names)
-    columns = _column_attributes(table_names)
-    known = tables | set(MODULES) | set(SAFE_BUILTINS) | _bound_names(tree)
-    functions = _lambda_names(tree)
-    for node in ast.walk(tree):
+    nodes = list(ast.walk(tree))
+    columns = _column_attributes(table_names, nodes)
+    all_columns = _all_columns(table_names)
+    functions = _function_names(tree)
+    stringy = _stringy_nodes(nodes)
+    returns: set = set()
+    called = set()
+    for node in nodes:
         kind = type(node)
         if kind not in ALLOWED_NODES:
             raise ForbiddenCode(f"syntax: {kind.__name__}", f"{kind.__name__} is not allowed")
         if kind is ast.Name:
             if node.id.startswith("_"):
                 raise ForbiddenCode("underscore name", f"name {node.id!r} is not allowed")
-            if isinstance(node.ctx, ast.Load) and node.id not in known:
-                raise ForbiddenCode("unknown name", f"name {node.id!r} is not a table, pd, np, a "
-                                    "harmless builtin or a variable of the code")
         elif kind is ast.arg and node.arg.startswith("_"):
             raise ForbiddenCode("underscore name", f"name {node.arg!r} is not allowed")
         elif kind is ast.Attribute:
-            if node.attr not in ALLOWED_ATTRIBUTES | EXPRESSION_METHODS and node.attr != "format" \
-                    and node.attr not in columns:
+            if node.attr.startswith("_"):
+                raise ForbiddenCode("underscore attribute", f"attribute {node.attr!r} is not allowed")
+            if node.attr not in ATTRIBUTES_ALLOWED and node.attr not in columns:
                 raise ForbiddenCode("attribute", f"attribute {node.attr!r} is not in the allowlist")
-            if isinstance(node.ctx, ast.Store):
-                pass  # checked with the assignment
         elif kind is ast.keyword and node.arg in PATH_KEYWORDS:
             raise ForbiddenCode("file argument", f"{node.arg}= (a file to write) is not allowed")
-        elif kind is ast.Call and isinstance(node.func, ast.Attribute):
-            if node.func.attr == "to_string" and node.args:
-                raise ForbiddenCode("file argument", "to_string() takes a file as its first argument")
-            if node.func.attr in STRING_DISPATCH:
-                _check_dispatch(node, functions)
-            elif node.func.attr in EXPRESSION_METHODS:
-                _check_expression_call(node, table_names)
-            elif node.func.attr == "format":
-                _check_format(node)
+        elif kind is ast.Call:
+            called.add(id(node.func))
+            if isinstance(node.func, ast.Attribute):
+                if node.func.attr == "to_string" and node.args:
+                    raise ForbiddenCode("file argument", "to_string() takes a file as its first argument")
+                if node.func.attr in STRING_DISPATCH:
+                    _check_dispatch(node, functions, stringy)
+                elif node.func.attr in EXPRESSION_METHODS:
+                    _check_expression_call(node, all_columns)
+                elif node.func.attr == "format":
+                    _check_format(node)
         elif kind in (ast.Assign, ast.AugAssign, ast.AnnAssign):
             for target in (node.targets if kind is ast.Assign else [node.target]):
-                _check_assignment_target(target, tables)
-        elif kind is ast.FormattedValue and node.format_spec is not None:
-            pass  # an f-string's spec is itself parsed code, checked like the rest
+                _check_assignment_target(target, columns)
+        elif kind is ast.FunctionDef:
+            _check_def(node, returns)
+        elif kind is ast.Return and id(node) not in returns:
+            raise ForbiddenCode("def", "return outside a one-expression def")
     # A dispatching method or `format` anywhere but as the called function of a checked call
     # (`f = df.agg; f(name)`, `df.pipe(pd.DataFrame.agg, name)`) would dodge the checks above.
-    called = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and node.attr in (STRING_DISPATCH | BUFFER_METHODS | EXPRESSION_METHODS
-                                                             | {"format"}) and id(node) not in called:
+    # (ast.walk is breadth-first: every Call is seen before the Attribute it calls.)
+    for node in nodes:
+        if type(node) is ast.Attribute and node.attr in NOT_PASSED_ON and id(node) not in called:
             raise ForbiddenCode("function by name", f"{node.attr} may only be called, not passed on")
     return tree
 

@@ -10,8 +10,8 @@ In order, each holding when the ones before it are bypassed:
    (NPROC 0), no core dumps, a CPU cap and a memory cap (AS: the worker's size plus `memory_mb`).
 4. **seccomp-bpf** (libseccomp through `pyseccomp`, with `no_new_privs`): an allowlist of about
    thirty system calls, enough for Python to compute on memory it already has and write its
-   reply. open/openat, socket, connect, kill/tkill/tgkill, ptrace, execve, clone/fork, unlink,
-   rename, truncate, chmod, setuid, prctl, ... return EPERM whatever Python the snippet reaches
+   reply. open/openat, stat/newfstatat/statx, socket, connect, kill/tkill/tgkill, ptrace, execve,
+   clone/fork, unlink, rename, truncate, chmod, setuid, prctl, ... return EPERM whatever Python the snippet reaches
    (ctypes included). It works the same for root and for ordinary users, so when the worker is
    not root it is the containment that must hold alone.
 
@@ -31,7 +31,12 @@ from pathlib import Path
 NOBODY = 65534
 # System calls a child may make once the filter is loaded; everything else fails with EPERM.
 ALLOWED_SYSCALLS = (
-    "read", "write", "writev", "close", "lseek", "fstat", "newfstatat",  # the reply pipe, /dev/null
+    # No stat of any kind (newfstatat, statx, stat, lstat, access): they take a path and would
+    # tell a snippet the size, owner and mode of any file. After the jail the child only computes
+    # on memory and writes to fd 3; Python stats only to import (refused anyway: no open) and
+    # glibc's fstat() is newfstatat(fd, "", AT_EMPTY_PATH), whose path seccomp cannot read, so
+    # fstat goes too (tests/tasks/test_sandbox_redteam.py: every honest snippet still runs).
+    "read", "write", "writev", "close", "lseek",  # the reply pipe, /dev/null
     "mmap", "munmap", "mremap", "mprotect", "brk", "madvise",  # memory (numpy, pymalloc)
     "futex", "rt_sigaction", "rt_sigprocmask", "rt_sigreturn", "sigaltstack",
     "clock_gettime", "clock_getres", "gettimeofday", "clock_nanosleep", "nanosleep",
@@ -100,7 +105,7 @@ def build_filter() -> CompiledFilter:
             try:
                 rules.add_rule(pyseccomp.ALLOW, name)
             except (OSError, ValueError):
-                pass  # not a system call on this architecture (newfstatat on some)
+                pass  # not a system call on this architecture
         # no_new_privs (set again by CompiledFilter.load): the filter needs no privilege, and
         # no setuid program could shed it (execve is refused anyway).
         rules.set_attr(pyseccomp.Attr.CTL_NNP, 1)
