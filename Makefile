@@ -135,10 +135,11 @@ bench-distributed: setup
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in
 # Lab; smoke runs offline (HF_HUB_OFFLINE=1). LAB_ARGS passes more (e.g. --no-browser --port 8890).
-# Without RUN: the stored notebooks (defaults: the full recipe).
+# Without RUN: the stored notebooks (defaults: the full recipe). As root (Kaggle, Colab, most
+# containers) Lab refuses to start without --allow-root: both add it for uid 0.
 lab: fixtures
 	$(if $(RUN),$(PY) -m nbutils.harness.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
-	  $(VENV)/bin/jupyter lab --notebook-dir=. notebooks/)
+	  $(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/)
 
 # Training curves of the runs (report_to=tensorboard) in TensorBoard: http://localhost:6006
 tensorboard: setup
