@@ -263,7 +263,7 @@ def test_full_fine_tuning_under_fsdp_saves_a_consolidated_model(tmp_path):
     # it learned: the held-out loss well below the untrained model's (measured: 7.13 -> 5.21)
     assert rec["metrics"]["eval_loss"] < rec["baselines"]["before_training"]["eval_loss"] - 1.0
     # what was saved is the trained model, every block of it, not the base model
-    base = AutoModelForCausalLM.from_pretrained(ROOT / ".cache" / "tiny-models" / "llama")
+    base = AutoModelForCausalLM.from_pretrained(ROOT / ".cache" / "tiny-models" / "qwen2")
     trained = dict(model.named_parameters())
     for name, weight in base.named_parameters():
         if "layers." in name and weight.dim() == 2:
