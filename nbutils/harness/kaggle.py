@@ -82,8 +82,9 @@ def slugify(text: str) -> str:
 
 
 def kernel_title(project_name: str) -> str:
-    """"LLM instruction_tune llama2_13b_fsdp_qlora": the longest project name fits in 50 (a
-    longer prefix did not); a longer one is an error here rather than the server's bare 500."""
+    """`LLM instruction_tune llama2_13b_fsdp_qlora`: the longest project name fits in 50 (with
+    the earlier prefix `LLM notebooks` it did not); a longer one is an error here rather than
+    the server's bare 500."""
     title = f"LLM {project_name.replace('/', ' ')}"
     if len(title) > MAX_TITLE:
         raise KaggleConfigError(f"{project_name}: Kaggle kernel title {title!r} is {len(title)} characters, "

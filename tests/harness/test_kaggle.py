@@ -236,6 +236,19 @@ def test_every_kernel_title_fits_kaggle_and_names_one_project(profile):
     assert len({kaggle.kernel_id(name, settings) for name in names}) == len(set(titles)) == len(names)
 
 
+def test_two_projects_with_one_kernel_id_are_a_clear_error(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    # `bert-gradual` and `bert_gradual` make one slug, so one kernel id.
+    shutil.copy(tmp_path / "params" / "detect_ai_text" / "full" / "bert_gradual.yaml",
+                tmp_path / "params" / "detect_ai_text" / "full" / "bert-gradual.yaml")
+    settings = kaggle.load_settings(tmp_path, {"KAGGLE_USERNAME": "alice"})
+    with pytest.raises(kaggle.KaggleConfigError, match="same Kaggle kernel id: detect_ai_text/bert-gradual, "
+                                                       "detect_ai_text/bert_gradual"):
+        kaggle.build_bundles(tmp_path, tmp_path / "out", "full", settings)
+
+
 def test_a_title_over_50_characters_is_a_clear_error():
     with pytest.raises(kaggle.KaggleConfigError, match="at most 50"):
         kaggle.kernel_title("instruction_tune/qwen2_5_0_5b_instruct_with_a_longer_name")
