@@ -76,6 +76,7 @@ def test_lab_allows_root_only_as_root(uid, monkeypatch):
     assert ("--allow-root" in lab.lab_command(ROOT / "notebooks" / "x.ipynb", ROOT)) is (uid == 0)
 
 
+@pytest.mark.slow  # starts make (a dry run: nothing is built or started)
 def test_make_lab_without_a_project_allows_root_as_root():
     """`make lab` without RUN starts jupyter itself: its command line for this user (a dry run)."""
     import os
