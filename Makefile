@@ -25,7 +25,7 @@ RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup git-setup fixtures test test-fast test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle clean distclean
+.PHONY: help setup git-setup fixtures test test-fast test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle set-repository clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full] [JOBS=n]   run every project's notebook headless (papermill), JOBS at once (default: the cores)"
@@ -41,6 +41,7 @@ help:
 	@echo "make lab [RUN=<project>] [PROFILE=..]  JupyterLab; with RUN, on a copy prepared with the profile's parameters"
 	@echo "make tensorboard [PROFILE=..]       training curves of the runs that logged with report_to=tensorboard"
 	@echo "make kaggle [PROFILE=full]          Kaggle bundles (needs KAGGLE_USERNAME) under outputs/kaggle/"
+	@echo "make set-repository                 write pyproject.toml's [tool.nbutils] repository into the notebooks and README"
 	@echo "make setup                          build .venv (idempotent; run-all and test call it)"
 	@echo "make clean | distclean              remove outputs and caches | and the venv"
 
@@ -136,10 +137,11 @@ bench-distributed: setup
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in
 # Lab; smoke runs offline (HF_HUB_OFFLINE=1). LAB_ARGS passes more (e.g. --no-browser --port 8890).
-# Without RUN: the stored notebooks (defaults: the full recipe).
+# Without RUN: the stored notebooks (defaults: the full recipe). As root (Kaggle, Colab, most
+# containers) Lab refuses to start without --allow-root: both add it for uid 0.
 lab: fixtures
 	$(if $(RUN),$(PY) -m nbutils.harness.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
-	  $(VENV)/bin/jupyter lab --notebook-dir=. notebooks/)
+	  $(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/)
 
 # Training curves of the runs (report_to=tensorboard) in TensorBoard: http://localhost:6006
 tensorboard: setup
@@ -148,6 +150,11 @@ tensorboard: setup
 # One folder per project for `kaggle kernels push`, plus the nbutils wheel as a dataset.
 kaggle: setup
 	$(PY) -m nbutils.harness.kaggle --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),full) --out outputs/kaggle
+
+# Colab installs nbutils from `repository` under [tool.nbutils] in pyproject.toml: after changing
+# it (to a fork), this writes it into every notebook's install cell and the README's badges.
+set-repository: setup
+	$(PY) -m nbutils.harness.repository
 
 clean:
 	rm -rf outputs .cache build dist *.egg-info .pytest_cache

@@ -63,6 +63,7 @@ leaves it out (`nbutils.harness.<module>`, not in `__all__`)
     harness.fixtures               builds the smoke inputs (sample data, tiny models) in .cache/
     harness.kaggle                 `make kaggle`: kernel folders and the wheels dataset
     harness.lab                    `make lab`: a project's notebook prepared for JupyterLab
+    harness.repository             `make set-repository`: Colab's repository into the notebooks and README
     harness.runner                 `make run`, `make run-all`: papermill runs and the summary table
     harness.tiny_models            tiny random models with locally trained tokenizers
     harness.tiny_pretraining       a tiny BERT briefly pre-trained, for the forgetting smoke run

@@ -29,7 +29,7 @@ def _target_modules(target_modules):
 
 
 def _lora_config(task_type: str, r: int, alpha: float, dropout: float, target_modules,
-                 modules_to_save=None):
+                 modules_to_save=None, tied_embeddings: bool = False):
     """A checked `peft.LoraConfig` (no bias training) for `task_type`."""
     from peft import LoraConfig
 
@@ -39,16 +39,20 @@ def _lora_config(task_type: str, r: int, alpha: float, dropout: float, target_mo
         raise ValueError(f"lora_dropout must be in [0, 1), got {dropout!r}")
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout,
                       target_modules=_target_modules(target_modules), bias="none",
-                      modules_to_save=list(modules_to_save or []) or None, task_type=task_type)
+                      modules_to_save=list(modules_to_save or []) or None, task_type=task_type,
+                      # A model whose output layer is its input embeddings (Qwen2, tied): training
+                      # one in full trains the other too, one copy, tied still after merging.
+                      # PEFT warns when asked on an untied model, so only there.
+                      ensure_weight_tying=bool(tied_embeddings and modules_to_save))
 
 
 def causal_lm_lora_config(r: int, alpha: float, dropout: float, target_modules,
-                          modules_to_save=None):
+                          modules_to_save=None, tied_embeddings: bool = False):
     """A `peft.LoraConfig` for a decoder-only model (task CAUSAL_LM, no bias training).
 
     `modules_to_save` (such as `["lm_head"]`) are trained in full beside the adapters and saved
-    with them."""
-    return _lora_config("CAUSAL_LM", r, alpha, dropout, target_modules, modules_to_save)
+    with them; `tied_embeddings`: the model's `config.tie_word_embeddings`."""
+    return _lora_config("CAUSAL_LM", r, alpha, dropout, target_modules, modules_to_save, tied_embeddings)
 
 
 def bnb_4bit_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype=None,

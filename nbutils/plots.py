@@ -1,7 +1,9 @@
 """Plots every run leaves in its folder and shows inline: loss curves, confusion matrix, ROC.
 
 Each function saves a PNG to `path` and returns the figure, so a notebook cell both writes
-the file for the run record and displays it.
+the file for the run record and displays it. A legend names a model as the README's table
+does, by the last part of its hub id or folder (`bert-base-uncased`, not
+`google-bert/bert-base-uncased` or a long absolute path that covers the axis label).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ def _figure(title: str):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.set_title(title)
     return fig, ax
+
+
+def short_name(model: str) -> str:
+    """`google-bert/bert-base-uncased` -> `bert-base-uncased`, `/x/.cache/tiny-models/bert` ->
+    `bert`; a name that is neither a hub id nor a path stays as it is."""
+    return Path(model).name or model
 
 
 def _save(fig, path) -> None:
@@ -57,9 +65,13 @@ def roc_curves(curves: dict, path, title: str = "ROC (test)", styles: dict | Non
 
     fig, ax = _figure(title)
     for name, (labels, probabilities) in curves.items():
-        RocCurveDisplay.from_predictions(labels, probabilities, name=name, ax=ax,
+        RocCurveDisplay.from_predictions(labels, probabilities, name=short_name(name), ax=ax,
                                          curve_kwargs=(styles or {}).get(name))
     ax.plot([0, 1], [0, 1], ":", color="grey")
+    # The ROC axes are square, narrower than the figure: at the default size a legend entry of
+    # about 40 characters ("TF-IDF + logistic regression (AUC = 0.97)") reaches past the axes'
+    # left edge onto the y-axis label.
+    ax.legend(loc="lower right", fontsize="small")
     _save(fig, path)
     return fig
 
@@ -92,7 +104,7 @@ def outcome_bars(counts: dict[str, dict[str, int]], path, title: str = "Executio
     width = 0.8 / max(1, len(systems))
     x = np.arange(len(outcomes))
     for i, system in enumerate(systems):
-        ax.bar(x + i * width, [counts[system].get(o, 0) for o in outcomes], width, label=system)
+        ax.bar(x + i * width, [counts[system].get(o, 0) for o in outcomes], width, label=short_name(system))
     ax.set_xticks(x + width * (len(systems) - 1) / 2)
     ax.set_xticklabels([o.replace("_", " ") for o in outcomes], rotation=30, ha="right")
     ax.set_ylabel("examples")

@@ -12,8 +12,8 @@ warning of those loggers still shows:
   its own, which is what runs here anyway;
 - transformers' LOAD REPORT table when a pre-trained encoder gets a fresh task head: the new
   head's weights are "missing" and the pre-training head's "unexpected", which is what
-  fine-tuning means. The table is replaced by one line saying so. A report naming any other
-  weight (a wrong checkpoint, a size mismatch) is left whole;
+  fine-tuning means. The table is replaced by one line saying so, printed (stdout) rather than
+  logged. A report naming any other weight (a wrong checkpoint, a size mismatch) is left whole;
 - the Trainer's `mtime may not be reliable on this filesystem`: checkpoints saved within one
   second of each other (tiny models) are ordered by step number instead, which is right.
 
@@ -67,7 +67,7 @@ def fresh_head_summary(report: str) -> str | None:
 
 
 class KnownNoise(logging.Filter):
-    """Drops the known messages above; a fresh-head LOAD REPORT becomes one line saying so."""
+    """Drops the known messages above; a fresh-head LOAD REPORT becomes one printed line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -76,7 +76,10 @@ class KnownNoise(logging.Filter):
         if LOAD_REPORT in message:
             line = fresh_head_summary(message)
             if line is not None:
-                record.msg, record.args = line, ()  # the explanation instead of the table
+                # The explanation instead of the table, on stdout: it is a note, not a warning,
+                # and a notebook shows whatever reaches stderr in a red box.
+                print(line)
+                return False
         return True
 
 

@@ -27,6 +27,9 @@ from pathlib import Path
 from nbutils.harness import runner
 
 KAGGLE_INPUT = "/kaggle/input/"
+# Kaggle's server refuses a longer kernel title with a bare `500` (kaggle-cli pull request 179;
+# Kaggle's own learntools truncates titles for this reason). The client does not check it.
+MAX_TITLE = 50
 
 
 class KaggleConfigError(ValueError):
@@ -39,6 +42,7 @@ class KaggleSettings:
     repository: str
     wheels_dataset: str = "nbutils-wheels"
     enable_gpu: bool = True
+    cpu_notebooks: list = field(default_factory=list)  # notebooks that train nothing on a GPU
     datasets: dict = field(default_factory=dict)  # input folder -> owner/slug
     competitions: dict = field(default_factory=dict)  # notebook -> competition slug
 
@@ -78,17 +82,31 @@ def slugify(text: str) -> str:
 
 
 def kernel_title(project_name: str) -> str:
-    return f"LLM notebooks {project_name.replace('/', ' ')}"
+    """`LLM instruction_tune llama2_13b_fsdp_qlora`: the longest project name fits in 50 (with
+    the earlier prefix `LLM notebooks` it did not); a longer one is an error here rather than
+    the server's bare 500."""
+    title = f"LLM {project_name.replace('/', ' ')}"
+    if len(title) > MAX_TITLE:
+        raise KaggleConfigError(f"{project_name}: Kaggle kernel title {title!r} is {len(title)} characters, "
+                                f"Kaggle accepts at most {MAX_TITLE}: shorten the parameter file's name")
+    return title
 
 
 def kernel_id(project_name: str, settings: KaggleSettings) -> str:
     return f"{settings.username}/{slugify(kernel_title(project_name))}"
 
 
+def read_projects(needs: list[str], parameters: dict) -> list[str]:
+    """The projects among `needs` (its notebook's `needs`) whose outputs a run reads: those its
+    `runs` parameter names, where it has one (the ensemble combines only the runs it lists)."""
+    runs = parameters.get("runs")
+    return [n for n in needs if n.rsplit("/", 1)[-1] in runs] if runs else list(needs)
+
+
 def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleSettings,
                     kernel_sources: list[str] = ()) -> dict:
-    """`kernel_sources`: the projects whose kernels' outputs this one reads (its notebook's
-    `needs`); Kaggle attaches their outputs under /kaggle/input."""
+    """`kernel_sources`: the projects whose kernels' outputs this one may read (its notebook's
+    `needs`); Kaggle attaches the outputs of those it reads under /kaggle/input."""
     notebook = project.notebook.stem
     title = kernel_title(project.name)
     datasets = [f"{settings.username}/{settings.wheels_dataset}"]
@@ -114,11 +132,11 @@ def kernel_metadata(project: runner.Project, parameters: dict, settings: KaggleS
         "language": "python",
         "kernel_type": "notebook",
         "is_private": True,
-        "enable_gpu": settings.enable_gpu,
+        "enable_gpu": settings.enable_gpu and notebook not in settings.cpu_notebooks,
         "enable_internet": bool(needs_internet),
         "dataset_sources": sorted(set(datasets)),
         "competition_sources": competitions,
-        "kernel_sources": [kernel_id(name, settings) for name in kernel_sources],
+        "kernel_sources": [kernel_id(name, settings) for name in read_projects(kernel_sources, parameters)],
         "model_sources": [],
     }
 
@@ -187,6 +205,10 @@ def build_bundles(root: Path, out: Path, profile: str = "full", settings: Kaggle
     needs = runner.dependencies(projects)  # kernels whose outputs a kernel reads
     if names:
         projects = runner.select(projects, names)
+    ids = [kernel_id(p.name, settings) for p in projects]
+    if len(set(ids)) < len(ids):  # one push would overwrite the other's kernel
+        clash = sorted(p.name for p, i in zip(projects, ids) if ids.count(i) > 1)
+        raise KaggleConfigError(f"these projects get the same Kaggle kernel id: {', '.join(clash)}")
     folders = [wheels_dataset(root, out, settings)]
     folders += [prepare_project(p, profile, out, settings, overrides, needs[p.name]) for p in projects]
     return folders

@@ -126,7 +126,7 @@ def lab_environment(profile: str, environ: dict | None = None) -> dict:
 
 
 def lab_command(notebook: Path, root: Path, port: int | None = None, token: str | None = None,
-                open_browser: bool = True) -> list[str]:
+                open_browser: bool = True, allow_root: bool = False) -> list[str]:
     """`jupyter lab` serving the repository, opening `notebook`."""
     jupyter = Path(sys.executable).with_name("jupyter")
     command = [str(jupyter) if jupyter.exists() else shutil.which("jupyter") or "jupyter", "lab",
@@ -139,7 +139,13 @@ def lab_command(notebook: Path, root: Path, port: int | None = None, token: str 
         command.append(f"--IdentityProvider.token={token}")
     if not open_browser:
         command.append("--no-browser")
+    if allow_root or running_as_root():  # Kaggle, Colab, most containers: Lab refuses root without it
+        command.append("--allow-root")
     return command + [os.path.relpath(notebook, root)]
+
+
+def running_as_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--no-browser", action="store_true")
     parser.add_argument("--token", default=None, help="Lab's access token (default: Lab makes a random one)")
-    parser.add_argument("--allow-root", action="store_true", help="passed to jupyter lab")
+    parser.add_argument("--allow-root", action="store_true", help="passed to jupyter lab (added by itself as root)")
     args = parser.parse_args(argv)
 
     root = Path(args.root).resolve()
@@ -163,9 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prepared {os.path.relpath(copy, root)} ({args.profile} parameters, absolute paths)")
     if args.prepare_only:
         return 0
-    command = lab_command(copy, root, args.port, args.token, not args.no_browser)
-    if args.allow_root:
-        command.insert(2, "--allow-root")
+    command = lab_command(copy, root, args.port, args.token, not args.no_browser, args.allow_root)
     env = lab_environment(args.profile)
     print("starting:", " ".join(command[:2]), "(HF_HUB_OFFLINE=1)" if env.get("HF_HUB_OFFLINE") else "")
     os.execvpe(command[0], command, env)  # Lab takes over this process (Ctrl-C stops it)

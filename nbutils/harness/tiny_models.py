@@ -1,8 +1,8 @@
 """Tiny random models with locally trained tokenizers, for offline smoke runs and tests.
 
 Each model has a real architecture's shape at toy size (2 layers, hidden 32) and a tokenizer of
-the architecture's own class (WordPiece for BERT, byte-level BPE for RoBERTa, Unigram for
-DeBERTa-v2 and T5, byte-fallback BPE for Llama) trained on the project's sample text. They are
+the architecture's own class (WordPiece for BERT, byte-level BPE for RoBERTa and Qwen2, Unigram
+for DeBERTa-v2 and T5, byte-fallback BPE for Llama) trained on the project's sample text. They are
 written with `save_pretrained` (safetensors) and loaded back through the very `Auto*` calls the
 full profile uses on hub checkpoints, so the notebooks have no smoke-only code path.
 Same seed, same files.
@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable, Iterable
 
-ARCHITECTURES = ("bert", "distilbert", "roberta", "deberta-v2", "t5", "llama")
+ARCHITECTURES = ("bert", "distilbert", "roberta", "deberta-v2", "t5", "llama", "qwen2")
 
 HIDDEN = 32
 LAYERS = 2
@@ -185,6 +185,48 @@ def _build_llama(texts):
     return LlamaForCausalLM(cfg), tok
 
 
+# Qwen2.5-Instruct's chat template (ChatML) without its tool-calling branches: a default system
+# prompt where the conversation has none, every turn closed by <|im_end|> (the EOS) and a newline.
+QWEN2_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+def _build_qwen2(texts):
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+
+    vocab, merges = _bpe(texts, ["<|endoftext|>", "<|im_start|>", "<|im_end|>"], byte_level=True)
+    # Like Qwen2.5-Instruct's: no BOS, EOS <|im_end|> (end of turn), its own pad token
+    # <|endoftext|> (not EOS), and a chat template of its own.
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|im_end|>",
+                         pad_token="<|endoftext|>", extra_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tok.chat_template = QWEN2_CHAT_TEMPLATE
+    endoftext, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    # Qwen2.5-0.5B's layout at toy size: grouped-query attention (fewer key/value heads), bias on
+    # the query, key and value projections (Qwen2's attention always has it), output layer tied
+    # to the input embeddings, rope theta 1e6.
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=FFN,
+                      num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1,
+                      max_position_embeddings=2048, tie_word_embeddings=True,
+                      rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0},
+                      bos_token_id=endoftext, eos_token_id=im_end)
+    model = Qwen2ForCausalLM(cfg)
+    # Generation stops at the end of a turn or of the text, as Qwen2.5-Instruct's config says.
+    model.generation_config.eos_token_id = [im_end, endoftext]
+    model.generation_config.pad_token_id = endoftext
+    return model, tok
+
+
 _BUILDERS: dict[str, Callable] = {
     "bert": _build_bert,
     "distilbert": _build_distilbert,
@@ -192,6 +234,7 @@ _BUILDERS: dict[str, Callable] = {
     "deberta-v2": _build_deberta_v2,
     "t5": _build_t5,
     "llama": _build_llama,
+    "qwen2": _build_qwen2,
 }
 
 

@@ -62,7 +62,7 @@ def default_runs_dir(run_dir: str | Path, project: str, notebook: str = "detect_
 def kaggle_runs_dir(env, run_dir: str | Path, project: str, notebook: str = "detect_ai_text") -> Path:
     """On Kaggle each detection run is a kernel of its own, and its outputs (its
     /kaggle/working) are attached to this one as an input: `<input>/<kernel>/<output_dir>`, e.g.
-    `/kaggle/input/llm-notebooks-detect-ai-text-bert/outputs/full/detect_ai_text/bert`. This
+    `/kaggle/input/llm-detect-ai-text-bert/outputs/full/detect_ai_text/bert`. This
     gathers every attached run of `notebook` for the profile of `run_dir` into one folder of links
     under this run's folder, laid out as `default_runs_dir` expects, and returns it."""
     beside = default_runs_dir(run_dir, project, notebook)  # .../outputs/<profile>/<notebook>

@@ -202,15 +202,56 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles, 
     assert abs(rec["metrics"]["roc_auc"] - single["metrics"]["roc_auc"]) < 0.1
 
 
-def test_the_ensemble_kernel_attaches_the_detection_kernels_outputs(bundles):
+def test_the_ensemble_kernel_attaches_only_the_detection_kernels_it_reads(bundles):
     out, _ = bundles
     meta = json.loads((out / "detect_ensemble" / "kernel-metadata.json").read_text())
+    ensemble = runner.select(runner.discover(ROOT, "full"), ["detect_ensemble"])[0]
+    runs = runner.project_parameters(ensemble, "full", "outputs/full/detect_ensemble")["runs"]
     detection = [p.name for p in runner.discover(ROOT, "full") if p.name.startswith("detect_ai_text/")]
-    assert meta["kernel_sources"] == [kaggle.kernel_id(name, kaggle.load_settings(
-        ROOT, {"KAGGLE_USERNAME": "alice"})) for name in detection]
-    for name in detection:  # those ids are the ids of the detection bundles themselves
-        bundle = json.loads((out / name.replace("/", "-") / "kernel-metadata.json").read_text())
-        assert bundle["id"] in meta["kernel_sources"] and bundle["kernel_sources"] == []
+    read = [f"detect_ai_text/{run}" for run in runs]
+    assert set(read) < set(detection), "the ensemble reads some of the detection runs, not all"
+    ids = {json.loads((out / name.replace("/", "-") / "kernel-metadata.json").read_text())["id"]: name
+           for name in detection}  # the ids of the detection bundles themselves
+    assert sorted(ids[i] for i in meta["kernel_sources"]) == sorted(read)
+    assert all(json.loads((out / name.replace("/", "-") / "kernel-metadata.json").read_text())["kernel_sources"]
+               == [] for name in detection)
+
+
+def test_only_the_kernels_that_train_ask_for_a_gpu(bundles):
+    """The ensemble fits a logistic regression on a CPU; every other notebook trains a transformer."""
+    out, _ = bundles
+    for project in runner.discover(ROOT, "full"):
+        meta = json.loads((out / project.name.replace("/", "-") / "kernel-metadata.json").read_text())
+        assert meta["enable_gpu"] is (project.name != "detect_ensemble"), project.name
+
+
+@pytest.mark.parametrize("profile", ["smoke", "full"])
+def test_every_kernel_title_fits_kaggle_and_names_one_project(profile):
+    """Kaggle's server refuses a title over 50 characters with a bare 500; two projects with one
+    id would overwrite each other's kernel."""
+    settings = kaggle.KaggleSettings(username="alice", repository="https://example.invalid/repo")
+    names = [p.name for p in runner.discover(ROOT, profile)]
+    titles = [kaggle.kernel_title(name) for name in names]
+    assert max(map(len, titles)) <= kaggle.MAX_TITLE == 50, max(titles, key=len)
+    assert len({kaggle.kernel_id(name, settings) for name in names}) == len(set(titles)) == len(names)
+
+
+def test_two_projects_with_one_kernel_id_are_a_clear_error(tmp_path):
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copytree(ROOT / "params", tmp_path / "params")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    # `bert-gradual` and `bert_gradual` make one slug, so one kernel id.
+    shutil.copy(tmp_path / "params" / "detect_ai_text" / "full" / "bert_gradual.yaml",
+                tmp_path / "params" / "detect_ai_text" / "full" / "bert-gradual.yaml")
+    settings = kaggle.load_settings(tmp_path, {"KAGGLE_USERNAME": "alice"})
+    with pytest.raises(kaggle.KaggleConfigError, match="same Kaggle kernel id: detect_ai_text/bert-gradual, "
+                                                       "detect_ai_text/bert_gradual"):
+        kaggle.build_bundles(tmp_path, tmp_path / "out", "full", settings)
+
+
+def test_a_title_over_50_characters_is_a_clear_error():
+    with pytest.raises(kaggle.KaggleConfigError, match="at most 50"):
+        kaggle.kernel_title("instruction_tune/qwen2_5_0_5b_instruct_with_a_longer_name")
 
 
 def test_ensemble_gathers_the_attached_detection_runs_on_kaggle(tmp_path):
@@ -219,7 +260,7 @@ def test_ensemble_gathers_the_attached_detection_runs_on_kaggle(tmp_path):
 
     env = environment.detect({environment.KAGGLE_ROOT_VARIABLE: str(tmp_path), "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
     for run in ("bert", "roberta"):
-        folder = tmp_path / "input" / f"llm-notebooks-detect-ai-text-{run}" / "outputs" / "full" / "detect_ai_text" / run
+        folder = tmp_path / "input" / f"llm-detect-ai-text-{run}" / "outputs" / "full" / "detect_ai_text" / run
         folder.mkdir(parents=True)
         (folder / "metrics.json").write_text("{}")
     run_dir = environment.run_folder("outputs/full/detect_ensemble", env)

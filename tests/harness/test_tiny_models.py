@@ -10,7 +10,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from nbutils.harness import fixtures, samples, tiny_models
 
-AUTO_CLASS = {"t5": AutoModelForSeq2SeqLM, "llama": AutoModelForCausalLM}
+AUTO_CLASS = {"t5": AutoModelForSeq2SeqLM, "llama": AutoModelForCausalLM, "qwen2": AutoModelForCausalLM}
 SENTENCE = "Furthermore, texting while driving causes many crashes."
 
 
@@ -67,6 +67,36 @@ def test_llama_tokenizer_behaves_like_llama2(cache):
     ids = tok("hello there")["input_ids"]
     assert ids[0] == tok.bos_token_id and ids[-1] != tok.eos_token_id
     assert tok.pad_token is None
+
+
+def test_qwen2_is_built_like_qwen2_5_instruct(cache):
+    """What the smoke Qwen variant must exercise: tied embeddings, bias on the attention's
+    query/key/value (not its output), grouped-query attention, no BOS, an end-of-turn EOS with a
+    pad token of its own, and a ChatML chat template that the notebook keeps."""
+    from nbutils.tasks.instruction_tuning import instructions
+
+    path = fixtures.tiny_model_dir(cache, "qwen2")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.config.tie_word_embeddings
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    attention = model.model.layers[0].self_attn
+    assert all(getattr(attention, p).bias is not None for p in ("q_proj", "k_proj", "v_proj"))
+    assert attention.o_proj.bias is None
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(tok).__name__ == "Qwen2Tokenizer"
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (None, "<|im_end|>", "<|endoftext|>")
+    assert sorted(model.generation_config.eos_token_id) == sorted([tok.eos_token_id, tok.pad_token_id])
+    assert instructions.set_chat_template(tok, "") == "the tokenizer's own"  # the smoke variant's path
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    assert tok.apply_chat_template(chat, tokenize=False) == (
+        "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n")
+    prompt = tok.apply_chat_template([{"role": "system", "content": "Be brief."}, chat[0]],
+                                     tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    tokens = tok.convert_ids_to_tokens(prompt)
+    assert tokens[0] == "<|im_start|>" and tokens.count("<|im_end|>") == 2  # one token each, no BOS
 
 
 def test_t5_tokenizer_cannot_encode_braces_like_the_real_t5(cache):

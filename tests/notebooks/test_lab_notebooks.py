@@ -81,6 +81,27 @@ def test_lab_runs_smoke_offline_and_live():
     assert "HF_HUB_OFFLINE" not in lab.lab_environment("full", {"PATH": "/bin"})
 
 
+@pytest.mark.parametrize("uid", [0, 1000])
+def test_lab_allows_root_only_as_root(uid, monkeypatch):
+    """As root (Kaggle, Colab, most containers) Lab stops with `Running as root is not
+    recommended. Use --allow-root`."""
+    from nbutils.harness import lab
+
+    monkeypatch.setattr(lab.os, "geteuid", lambda: uid)
+    assert ("--allow-root" in lab.lab_command(ROOT / "notebooks" / "x.ipynb", ROOT)) is (uid == 0)
+
+
+@pytest.mark.slow  # starts make (a dry run: nothing is built or started)
+def test_make_lab_without_a_project_allows_root_as_root():
+    """`make lab` without RUN starts jupyter itself: its command line for this user (a dry run)."""
+    import os
+    import subprocess
+
+    dry = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in dry.splitlines() if "jupyter lab" in line)
+    assert ("--allow-root" in line.split()) is (os.geteuid() == 0)
+
+
 @pytest.mark.slow
 def test_a_prepared_notebook_runs_twice_then_edited_in_one_kernel_started_in_its_folder(cache, tmp_path):
     """As in JupyterLab: the kernel starts in the notebook's folder; Run All, then Run All again

@@ -59,3 +59,41 @@ def test_readme_has_an_open_in_colab_badge_for_each_notebook(path):
     github = repository.removeprefix("https://github.com/")
     link = f"https://colab.research.google.com/github/{github}/blob/main/{path}"
     assert link in (ROOT / "README.md").read_text()
+
+
+def test_set_repository_writes_a_fork_into_every_notebook_and_the_readme(tmp_path):
+    """`make set-repository` after pointing pyproject.toml at a fork: every install cell and
+    every Colab badge name the fork, and nothing else in the notebooks changes."""
+    import shutil
+
+    from nbutils.harness import repository
+    from nbutils.harness.kaggle import install_cell
+
+    shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
+    shutil.copy(ROOT / "README.md", tmp_path)
+    original = repository.configured(ROOT)
+    fork = "https://github.com/made-up-user/made-up-fork"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert pyproject.count(f'repository = "{original}"') == 1
+    (tmp_path / "pyproject.toml").write_text(pyproject.replace(f'repository = "{original}"', f'repository = "{fork}"'))
+
+    assert repository.main(["--root", str(tmp_path)]) == 0
+    assert repository.configured(tmp_path) == fork
+    paths = sorted((tmp_path / "notebooks").glob("*.ipynb"))
+    assert len(paths) == 6
+    readme = (tmp_path / "README.md").read_text()
+    for path in paths:
+        before = nbformat.read(ROOT / "notebooks" / path.name, as_version=4)
+        after = nbformat.read(path, as_version=4)
+        first = next(i for i, c in enumerate(after.cells) if c.cell_type == "code")
+        assert after.cells[first].source == install_cell(fork)
+        assert [c.id for c in after.cells] == [c.id for c in before.cells]
+        assert [c.source for i, c in enumerate(after.cells) if i != first] == \
+            [c.source for i, c in enumerate(before.cells) if i != first]
+        assert all(not c.outputs and c.execution_count is None for c in after.cells if c.cell_type == "code")
+        assert f"]({repository.colab_link(fork, f'notebooks/{path.name}')})" in readme
+        assert original not in path.read_text()
+    assert original.removeprefix("https://github.com/") not in readme
+    assert readme.count("https://colab.research.google.com/github/made-up-user/made-up-fork/blob/main/") == 6
+    # A second run finds everything in agreement.
+    assert repository.rewrite(tmp_path) == []

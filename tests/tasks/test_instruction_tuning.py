@@ -557,9 +557,11 @@ def test_run_record_and_held_out_scores(runs, variant):
         assert scores["eval_perplexity"] == pytest.approx(math.exp(scores["eval_loss"]))
         assert 0 <= scores["stop_rate"] <= 1
     assert before["eval_tokens"] == after["eval_tokens"] > 0, "the same held-out answers, scored twice"
-    # Random tiny weights start near uniform (perplexity about the vocabulary size); training
-    # must cut that several times over.
-    assert before["eval_perplexity"] > 1000 and after["eval_perplexity"] < before["eval_perplexity"] / 3
+    # Random tiny weights start near uniform (perplexity about the vocabulary size: 1,256 for the
+    # tiny Llama, 1,000 for the tiny Qwen2); training must cut that several times over.
+    vocabulary = json.loads((ROOT / rec["model"] / "config.json").read_text())["vocab_size"]
+    assert before["eval_perplexity"] > 0.8 * vocabulary
+    assert after["eval_perplexity"] < before["eval_perplexity"] / 3
     data = rec["data"]
     assert data["test"] > 0 and data["train"] > 5 * data["test"]
     # The guanaco sample's malformed rows: three empty trailing turns repaired, one row dropped
@@ -589,8 +591,13 @@ def test_qlora_and_lora_variants_load_as_asked(runs):
                                    for o in c.outputs)
     assert "LlamaForCausalLM, 4-bit nf4" in outputs["llama2_7b"]
     assert "pad token '<unk>' (id 0, added: False)" in outputs["llama2_7b"]
-    assert "LlamaForCausalLM, torch.float32" in outputs["qwen2_5_0_5b_instruct"]
-    assert "pad token '<pad>'" in outputs["qwen2_5_0_5b_instruct"]
+    # The tiny Qwen2 keeps its own ChatML template and pad token, as Qwen2.5-Instruct does.
+    qwen = outputs["qwen2_5_0_5b_instruct"]
+    assert "chat template: the tokenizer's own; BOS None, EOS '<|im_end|>', pad '<|endoftext|>'" in qwen
+    assert "Qwen2ForCausalLM, torch.float32; pad token '<|endoftext|>' (id 0, added: False)" in qwen
+    # ChatML closes the answer with <|im_end|> and a newline: both are labels, the EOS among them.
+    assert "<|im_end|> Ċ\n" in qwen and "last label: 'Ċ' (EOS: False)" in qwen
+    assert "last label: '</s>' (EOS: True)" in outputs["llama2_7b"]
     for variant, text in outputs.items():
         # Every training example starts with one BOS, and exactly those that fit have EOS.
         found = re.search(r"(\d+) training examples: (\d+) start with exactly one BOS; (\d+) have a "
@@ -598,8 +605,7 @@ def test_qlora_and_lora_variants_load_as_asked(runs):
         assert found, variant
         examples, one_bos, with_stop, fitting = map(int, found.groups())
         assert examples == one_bos and with_stop == fitting and 0 < fitting < examples
-        assert "last label: '</s>' (EOS: True)" in text
-        assert "FutureWarning" not in text
+        assert "FutureWarning" not in text and "tie_word_embeddings" not in text
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -609,13 +615,20 @@ def test_run_leaves_adapter_merged_model_generations_and_plots(runs, variant):
     run_dir = runs[1] / "instruction_tune" / variant
     adapter = run_dir / "adapter"
     config = json.loads((adapter / "adapter_config.json").read_text())
-    assert config["r"] == 8 and config["modules_to_save"] == ["lm_head"]
+    # The output layer trains in full; the Qwen2's is its input embeddings (tied), which PEFT
+    # then trains as one module and keeps tied.
+    tied = variant == "qwen2_5_0_5b_instruct"
+    assert config["r"] == 8 and config["modules_to_save"] == (["model.embed_tokens"] if tied else ["lm_head"])
+    assert config["ensure_weight_tying"] is tied
     assert (adapter / "adapter_model.safetensors").is_file()
     tok = AutoTokenizer.from_pretrained(run_dir / "merged")
     assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
-    assert "[INST]" in tok.chat_template
+    assert ("<|im_start|>" if tied else "[INST]") in tok.chat_template
     merged = AutoModelForCausalLM.from_pretrained(run_dir / "merged", use_safetensors=True)
     assert merged.config.pad_token_id == tok.pad_token_id
+    assert merged.config.tie_word_embeddings is tied
+    if tied:
+        assert merged.lm_head.weight is merged.model.embed_tokens.weight
     import pandas as pd
 
     generations = pd.read_csv(run_dir / "generations.csv")
@@ -624,6 +637,15 @@ def test_run_leaves_adapter_merged_model_generations_and_plots(runs, variant):
     assert len(generations) == 3 and (generations[["before_tokens", "after_tokens"]] <= 48).all().all()
     for plot in ("loss_curves.png", "sequence_lengths.png"):
         assert (run_dir / plot).stat().st_size > 5000
+
+
+def test_the_qwen_variant_runs_the_tiny_qwen2_and_its_record_names_it(runs):
+    """The smoke counterpart of Qwen2.5-0.5B-Instruct is a Qwen2, not the tiny Llama."""
+    rec = record.read_record(runs[1] / "instruction_tune" / "qwen2_5_0_5b_instruct")
+    assert rec["model"] == ".cache/tiny-models/qwen2"
+    config = json.loads((ROOT / rec["model"] / "config.json").read_text())
+    assert config["model_type"] == "qwen2" and config["architectures"] == ["Qwen2ForCausalLM"]
+    assert rec["config"]["chat_template"] == "" and rec["config"]["pad_token"] == ""
 
 
 @pytest.mark.slow
