@@ -180,14 +180,17 @@ def wheels_dataset(root: Path, out: Path, settings: KaggleSettings) -> Path:
 
 def prepare_project(project: runner.Project, profile: str, out: Path, settings: KaggleSettings,
                     overrides: dict | None = None, kernel_sources: list[str] = ()) -> Path:
-    import papermill
+    import nbformat
+
+    from nbutils.harness.lab import with_values
 
     parameters = runner.project_parameters(project, profile, f"outputs/{profile}/{project.name}",
                                            overrides)
     folder = out / project.name.replace("/", "-")
     folder.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(project.notebook), str(folder / project.notebook.name),
-                               parameters=parameters, prepare_only=True, progress_bar=False)
+    nbformat.write(with_values(project.notebook, parameters, f"The {profile} profile's values "
+                               f"(params/{project.notebook.stem}/), written in by `make kaggle`: edit them here."),
+                   folder / project.notebook.name)
     metadata = kernel_metadata(project, parameters, settings, kernel_sources)
     (folder / "kernel-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return folder

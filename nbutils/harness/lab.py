@@ -86,6 +86,18 @@ def write_values(source: str, values: dict) -> str:
     return "".join(lines)
 
 
+def with_values(notebook: Path, parameters: dict, note: str):
+    """The notebook with `parameters` written into its parameters cell under a `# note` line:
+    the one cell a reader edits is the one that counts (papermill's prepare mode would add an
+    injected cell below it, which silently overrides every edit made above)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = f"# {note}\n" + write_values(cell.source, parameters)
+    return nb
+
+
 def prepare(project_name: str, profile: str, root: Path, outputs: Path | None = None,
             overrides: dict | None = None, kernel: str = KERNEL) -> Path:
     """Write the prepared copy of a project's notebook; returns its path."""
@@ -104,10 +116,8 @@ def prepare(project_name: str, profile: str, root: Path, outputs: Path | None = 
     if parameters.get("runs_dir") == "":  # the ensemble: the headless detection runs of the profile
         parameters["runs_dir"] = str(outputs / profile / "detect_ai_text")
     parameters = absolute_paths(parameters, root)
-    nb = nbformat.read(project.notebook, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = (f"# The {profile} profile's values (params/{project.notebook.stem}/), written in by "
-                   f"`make lab`: edit them here.\n" + write_values(cell.source, parameters))
+    nb = with_values(project.notebook, parameters, f"The {profile} profile's values (params/"
+                     f"{project.notebook.stem}/), written in by `make lab`: edit them here.")
     # The project's kernel, under the name JupyterLab shows for it.
     nb.metadata["kernelspec"] = {"name": kernel, "display_name": KERNEL_DISPLAY_NAME, "language": "python"}
     copy = lab_outputs / (project.name + ".ipynb")

@@ -44,13 +44,14 @@ def test_every_full_project_gets_a_complete_kernel_bundle(bundles):
         assert meta["enable_internet"] is (project.name != "detect_ensemble")
 
 
-def test_bundled_notebook_has_the_full_parameters_injected(bundles):
+def test_bundled_notebook_has_the_full_parameters_in_its_parameters_cell(bundles):
+    """Written into the cell a Kaggle user edits: no injected cell below it overrides an edit."""
     out, _ = bundles
     nb = nbformat.read(out / "detect_ai_text-deberta" / "detect_ai_text.ipynb", as_version=4)
-    injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert len(injected) == 1
-    assert 'model_name = "microsoft/deberta-v3-base"' in injected[0].source
-    assert 'profile = "full"' in injected[0].source
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "model_name: str = 'microsoft/deberta-v3-base'  #" in cell.source
+    assert "profile: str = 'full'  #" in cell.source and "written in by `make kaggle`" in cell.source
     assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "prepared, not run"
 
 
