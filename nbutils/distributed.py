@@ -144,9 +144,11 @@ def apply(trainer):
     plugin the Trainer built from its arguments is installed in accelerate's state, which then
     prepares the model with `fully_shard` and saves and loads sharded checkpoints exactly as on
     GPUs. Anywhere FSDP was asked for and is still off afterwards is an error, not a silent DDP
-    run. Every process must call it, right after creating the Trainer and before training.
+    run. It also makes the Trainer take the model's loss for what it is (`match_loss_to_model`).
+    Every process must call it, right after creating the Trainer and before training.
     """
     args = trainer.args
+    match_loss_to_model(trainer)
     if not getattr(args, "fsdp", None) or getattr(trainer, "is_fsdp_enabled", False):
         return trainer
     from accelerate.state import PartialState
@@ -165,6 +167,50 @@ def apply(trainer):
     keep_tied_weights_whole(trainer)
     broadcast_from_main(trainer.model)
     return trainer
+
+
+def loss_divides_by_item_count(model) -> bool:
+    """Whether `model`'s own loss divides a sum by the Trainer's `num_items_in_batch` (the
+    label count of the whole step, all processes and accumulated batches), as the Trainer
+    assumes of every model whose `forward` takes `**kwargs`.
+
+    transformers' models that do compute their loss with `self.loss_function(..., **kwargs)`
+    (causal LMs: a sum over tokens divided by that count). BERT's classification head and T5's
+    LM head (transformers 5.24) take the kwargs but compute a plain `CrossEntropyLoss()` mean of
+    their own batch. A model class's own `accepts_loss_kwargs` (transformers' per-model switch)
+    is taken as it says. A PEFT model is looked into."""
+    import inspect
+
+    inner = _unwrap(model)
+    declared = getattr(inner, "accepts_loss_kwargs", None)
+    if declared is not None:
+        return bool(declared)
+    try:
+        source = inspect.getsource(type(inner).forward)
+    except (OSError, TypeError):
+        return True  # unknown: the Trainer's own assumption stands
+    return "loss_function(" in source
+
+
+def match_loss_to_model(trainer) -> bool:
+    """Tell the Trainer not to count on a loss the model does not compute; returns whether it
+    was changed.
+
+    transformers (5.24) decides that a model divides its loss by the step's label count when its
+    `forward` takes `**kwargs`; it then multiplies the loss by the number of processes
+    (`average_tokens_across_devices`, on by default) and no longer divides it by the gradient
+    accumulation steps. For a model that returns a plain per-batch mean (BERT's classification
+    head, T5: `loss_divides_by_item_count`) the loss, and so the gradients, came out times the
+    number of processes (1.387 instead of ln 2 = 0.693 at the start of the two-process detection
+    run) and times the accumulation steps. Such a model is then taken as not accepting loss
+    kwargs, the Trainer's own setting (`model_accepts_loss_kwargs`) for a model whose loss it
+    must average itself; a `compute_loss_func` (which receives the count) is left to it."""
+    if trainer.compute_loss_func is not None or not getattr(trainer, "model_accepts_loss_kwargs", False):
+        return False
+    if loss_divides_by_item_count(trainer.model):
+        return False
+    trainer.model_accepts_loss_kwargs = False
+    return True
 
 
 def tied_modules(model) -> dict[str, list[str]]:
