@@ -205,7 +205,7 @@ def match_loss_to_model(trainer) -> bool:
     run) and times the accumulation steps. Such a model is then taken as not accepting loss
     kwargs, the Trainer's own setting (`model_accepts_loss_kwargs`) for a model whose loss it
     must average itself; a `compute_loss_func` (which receives the count) is left to it."""
-    if trainer.compute_loss_func is not None or not getattr(trainer, "model_accepts_loss_kwargs", False):
+    if getattr(trainer, "compute_loss_func", None) is not None or not getattr(trainer, "model_accepts_loss_kwargs", False):
         return False
     if loss_divides_by_item_count(trainer.model):
         return False

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -83,17 +84,104 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _run_script(script: str, log: str) -> None:
-    """One launched process: run the notebook's script with its output in the shared log."""
+def rank_log(log: str | Path) -> Path:
+    """Where this launched process writes: `log` itself for the first process of its machine
+    (local rank 0, which prints what a one-process run would), else `<log without .log>/rank<R>.log`
+    beside the script (`launch/rank1.log`): every line once, and each process's own error
+    where it can be read."""
+    log = Path(log)
+    launch = runtime.topology()
+    if launch.local_rank == 0:
+        return log
+    return log.with_suffix("") / f"rank{launch.rank}.log"
+
+
+def rank_logs(log: str | Path) -> list[Path]:
+    """The logs of a launch's processes on this machine: `log` (local rank 0), then the
+    others' by rank."""
+    log = Path(log)
+    others = sorted(log.with_suffix("").glob("rank*.log"), key=lambda p: int(p.stem[4:]) if p.stem[4:].isdigit() else 0)
+    return [log, *others]
+
+
+def _error_line(text: str) -> str | None:
+    """The last exception line of the last traceback in `text` (`ValueError: ...`), or None."""
+    if "Traceback (most recent call last):" not in text:
+        return None
+    block = text.rsplit("Traceback (most recent call last):", 1)[1].splitlines()
+    # torch prefixes the traceback of a process in a process group with `[rank<N>]: `
+    block = [re.sub(r"^\[rank\d+\]: ", "", line) for line in block]
+    # The exception line is the first unindented line after the frames.
+    lines = [line for line in block[1:] if line.strip() and not line.startswith((" ", "\t"))]
+    return lines[0].strip() if lines else None
+
+
+def process_errors(log: str | Path) -> list[str]:
+    """Each process's own error, `<log name>: <exception line>`, for the processes whose log
+    ends in a traceback."""
+    errors = []
+    for path in rank_logs(log):
+        line = _error_line(path.read_text(errors="replace")) if path.is_file() else None
+        if line:
+            errors.append(f"{path.name}: {line}")
+    return errors
+
+
+def tails(log: str | Path, lines: int = 15) -> str:
+    """The last `lines` lines of every process's log, each under its file's name."""
+    parts = []
+    for path in rank_logs(log):
+        text = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        kept = [line for line in text if line.strip()][-lines:]
+        parts.append(f"---- last lines of {path} ----\n" + ("\n".join(kept) if kept else "(nothing written)"))
+    return "\n".join(parts)
+
+
+def clear_logs(log: str | Path) -> None:
+    """Empty `log` and remove the other processes' logs of an earlier launch."""
+    for path in rank_logs(log)[1:]:
+        path.unlink()
+    Path(log).write_text("")
+
+
+def leave_the_kernel() -> None:
+    """In a process forked from a Jupyter kernel (`run_in_processes`): stop talking to the
+    notebook front end.
+
+    A fork keeps the kernel's IPython shell, so `display()` of a table, the Trainer's notebook
+    progress table and tqdm's widgets would send kernel messages from the child; the kernel's
+    session refuses them with `attempted to send message from fork` and dumps each message, HTML
+    and all, into the runner's console (124 of them, 87% of a `make run-all` console). With the
+    shell cleared, `display()` prints to the log like any script, transformers picks its
+    plain progress bars, and tqdm writes a final line (`nbutils.quiet`)."""
+    try:
+        from IPython.core.interactiveshell import InteractiveShell
+    except ImportError:
+        return
+    if InteractiveShell.initialized():
+        type(InteractiveShell.instance()).clear_instance()
+    from nbutils import quiet
+
+    quiet.use_final_line_progress()
+
+
+def run_script(script: str, log: str) -> None:
+    """One launched process: the notebook's script, its output in its own log (`rank_log`)."""
     import runpy
 
     os.environ[LAUNCHED] = "1"
-    with open(log, "a", buffering=1) as out:
-        # The forked kernel's stdout belongs to the notebook front end: write to the log file.
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        sys.stdout = sys.stderr = out
-        runpy.run_path(script, run_name="__main__")
+    path = rank_log(log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Open for the life of the process, not closed on the way out: an error leaving the script
+    # is written to it by Python's own hook, after this function.
+    out = open(path, "a", buffering=1)
+    # A forked kernel's stdout belongs to the notebook front end, and every process of an
+    # `accelerate launch` shares the launcher's: each writes to its own file.
+    os.dup2(out.fileno(), 1)
+    os.dup2(out.fileno(), 2)
+    sys.stdout = sys.stderr = out
+    leave_the_kernel()
+    runpy.run_path(script, run_name="__main__")
 
 
 def skip_remaining_cells(reason: str) -> None:
@@ -124,19 +212,19 @@ def run_in_processes(name: str, parameters: dict, num_processes: int) -> dict:
     notebook = notebook_file(name)
     script = notebook_script(notebook, parameters, run_dir / "launch")
     log = run_dir / "launch.log"
-    log.write_text("")
+    clear_logs(log)
     (run_dir / record.RECORD_FILE).unlink(missing_ok=True)  # an old record must not pass for this run's
     print(f"training in {num_processes} processes: each runs {notebook} with this notebook's "
           f"parameters (log: {log})")
     if not torch.cuda.is_available():  # no CUDA context is created by this check
         os.environ["ACCELERATE_USE_CPU"] = "true"  # the Trainer then joins the processes over gloo
-    notebook_launcher(_run_script, args=(str(script), str(log)), num_processes=num_processes,
+    notebook_launcher(run_script, args=(str(script), str(log)), num_processes=num_processes,
                       use_port=_free_port())
     record_path = run_dir / record.RECORD_FILE
     if not record_path.is_file():
-        tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise RuntimeError(f"the {num_processes} processes finished without a run record in {run_dir}; "
-                           f"the end of {log}:\n{tail}")
+        errors = "; ".join(process_errors(log)) or "no process ended in an error"
+        raise RuntimeError(f"the {num_processes} processes finished without a run record in {run_dir} "
+                           f"({errors}); the end of each process's log:\n{tails(log, 20)}")
     run_record = record.read_record(run_dir)
     _show(run_record, run_dir)
     skip_remaining_cells(f"run in {num_processes} processes; results in {run_dir}")
@@ -155,3 +243,7 @@ def _show(run_record: dict, run_dir: Path) -> None:
     display({k: run_record[k] for k in ("metrics", "baselines", "train", "data")}, raw=False)
     for plot in sorted(run_dir.glob("*.png")):
         display(Image(filename=str(plot)))
+
+
+if __name__ == "__main__":  # `accelerate launch -m nbutils.launch <script> <log>` (the runner)
+    run_script(sys.argv[1], sys.argv[2])

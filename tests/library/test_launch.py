@@ -42,3 +42,129 @@ def test_the_script_carries_the_injected_parameters(cache, tmp_path):
     source = script.read_text()
     assert "epochs = 7" in source and "num_processes = 2" in source
     compile(source, str(script), "exec")  # a valid Python script
+
+
+@pytest.mark.parametrize("environ, name", [
+    ({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2"}, "launch.log"),
+    ({"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}, "launch/rank1.log"),
+    # the second machine's first process writes that machine's log
+    ({"RANK": "2", "LOCAL_RANK": "0", "WORLD_SIZE": "4"}, "launch-node1.log"),
+])
+def test_each_process_writes_its_own_log(tmp_path, monkeypatch, environ, name):
+    for key, value in environ.items():
+        monkeypatch.setenv(key, value)
+    log = tmp_path / ("launch-node1.log" if name == "launch-node1.log" else "launch.log")
+    assert launch.rank_log(log) == tmp_path / name
+
+
+def test_the_processes_own_errors_are_read_from_their_logs(tmp_path):
+    log = tmp_path / "launch.log"
+    log.write_text("training...\n{'loss': 0.69}\n")
+    (tmp_path / "launch").mkdir()
+    (tmp_path / "launch" / "rank1.log").write_text(
+        "training...\nTraceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n"
+        "    raise ValueError('boom')\nValueError: boom\n")
+    assert launch.rank_logs(log) == [log, tmp_path / "launch" / "rank1.log"]
+    assert launch.process_errors(log) == ["rank1.log: ValueError: boom"]
+    shown = launch.tails(log, lines=2)
+    assert "{'loss': 0.69}" in shown and "ValueError: boom" in shown
+    launch.clear_logs(log)
+    assert log.read_text() == "" and launch.rank_logs(log) == [log]
+
+
+def test_a_process_forked_from_a_kernel_displays_into_its_log_not_the_kernel(monkeypatch, capsys):
+    """A forked kernel's `display()` (tables, the Trainer's notebook progress) would send kernel
+    messages from the fork, which the kernel dumps into the runner's console; after
+    `leave_the_kernel` there is no shell: `display()` prints, and transformers sees no notebook."""
+    import tqdm.auto
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.display import display
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.auto.tqdm)  # restored after the test
+    published = []
+    shell = InteractiveShell.instance()
+    monkeypatch.setattr(shell.display_pub, "publish", lambda *a, **k: published.append(a))
+    try:
+        launch.leave_the_kernel()
+        assert not InteractiveShell.initialized()
+        display({"table": 1})
+        from transformers.utils.import_utils import is_in_notebook
+
+        assert not is_in_notebook()
+    finally:
+        type(shell).clear_instance()
+    assert published == [] and "{'table': 1}" in capsys.readouterr().out
+    assert getattr(tqdm.auto.tqdm, "_nbutils_final_line", False)
+
+
+# Launched with `accelerate launch` like a notebook's script (runner.launch_script).
+FAILING = """
+import torch.distributed as dist
+from nbutils import runtime
+rank = runtime.topology().rank
+dist.init_process_group("gloo")
+print(f"process {rank} started", flush=True)
+if rank == 1:
+    raise ValueError("boom on rank 1")
+dist.barrier()
+"""
+
+# Rank 1 takes a rank-dependent branch and never reaches the collective rank 0 waits in.
+HANGING = """
+import os, time
+import torch.distributed as dist
+from nbutils import runtime
+rank = runtime.topology().rank
+dist.init_process_group("gloo")
+open(os.path.join(os.path.dirname(__file__), f"pid{rank}"), "w").write(str(os.getpid()))
+if rank == 0:
+    print("rank 0 waits in a barrier", flush=True)
+    dist.barrier()
+else:
+    print("rank 1 does something else", flush=True)
+    time.sleep(3600)
+"""
+
+
+def _launch(tmp_path, source, **options):
+    from conftest import ROOT
+    from nbutils.harness import runner
+
+    (tmp_path / "launch").mkdir()
+    script = tmp_path / "launch" / "script.py"
+    script.write_text(source)
+    return runner.launch_script(script, tmp_path / "launch.log", ROOT, 2, **options)
+
+
+@pytest.mark.slow
+def test_a_failed_process_shows_its_own_error_and_every_line_is_written_once(tmp_path, capsys):
+    from nbutils.harness import runner
+
+    with pytest.raises(runner.LaunchError) as failure:
+        _launch(tmp_path, FAILING)
+    assert str(failure.value).splitlines()[-1] == "rank1.log: ValueError: boom on rank 1"
+    main = (tmp_path / "launch.log").read_text()
+    assert main.count("process 0 started") == 1 and "process 1" not in main
+    assert "process 1 started" in (tmp_path / "launch" / "rank1.log").read_text()
+    shown = capsys.readouterr().err  # every process's last lines in the console
+    assert f"last lines of {tmp_path / 'launch.log'}" in shown and "Connection closed" in shown
+    assert f"last lines of {tmp_path / 'launch' / 'rank1.log'}" in shown and "ValueError: boom on rank 1" in shown
+
+
+@pytest.mark.slow
+def test_processes_waiting_for_each_other_are_stopped_with_each_ones_last_lines(tmp_path, capsys):
+    import os
+    import time
+
+    from nbutils.harness import runner
+
+    started = time.monotonic()
+    with pytest.raises(runner.LaunchError, match="no process wrote a line for 20 s"):
+        _launch(tmp_path, HANGING, stall_after=20)  # the imports before the first line take ~10 s here
+    assert time.monotonic() - started < 90
+    shown = capsys.readouterr().err
+    assert "rank 0 waits in a barrier" in shown and "rank 1 does something else" in shown
+    for rank in (0, 1):  # no process is left behind
+        pid = int((tmp_path / "launch" / f"pid{rank}").read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
