@@ -166,7 +166,40 @@ def apply(trainer):
                            f"{state.distributed_type}: the model would not be sharded")
     keep_tied_weights_whole(trainer)
     broadcast_from_main(trainer.model)
+    if args.load_best_model_at_end:
+        trainer.add_callback(checkpoint_folder_first())
     return trainer
+
+
+def checkpoint_folder_first():
+    """A callback that makes a checkpoint's folder as soon as the Trainer decides to save it.
+
+    transformers (5.24) records the best checkpoint only if its folder exists when every process
+    has saved the model (`_save_checkpoint`: a barrier, then `os.path.exists` in each process).
+    Under FSDP with sharded checkpoints `save_model` writes nothing; the folder appears later,
+    when the first process writes its optimizer shard. So each process decided by a race: one
+    kept an older best, or none, while another recorded the new one. Then the main process's
+    checkpoint rotation deleted the best another process would load (`AssertionError: metadata is
+    None ... checkpoint-32`, 1 run in 5), or one process loaded the best model at the end (a
+    collective) while the other went on to the next one (a hang), or both loaded an older
+    checkpoint than the best (3 of 3 smoke runs). Made when the save is decided, before that
+    barrier, the folder is there for every process."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class CheckpointFolderFirst(TrainerCallback):
+        def _make(self, args, state, control):
+            if control.should_save:
+                os.makedirs(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"),
+                            exist_ok=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._make(args, state, control)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._make(args, state, control)
+
+    return CheckpointFolderFirst()
 
 
 def loss_divides_by_item_count(model) -> bool:
