@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import sys
+import traceback
 from pathlib import Path
 
 from nbutils import runtime
@@ -172,8 +173,8 @@ def run_script(script: str, log: str) -> None:
     os.environ[LAUNCHED] = "1"
     path = rank_log(log)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Open for the life of the process, not closed on the way out: an error leaving the script
-    # is written to it by Python's own hook, after this function.
+    # Open for the life of the process, not closed on the way out: what the interpreter writes
+    # while it ends (a library's exit handlers) still has somewhere to go.
     out = open(path, "a", buffering=1)
     # A forked kernel's stdout belongs to the notebook front end, and every process of an
     # `accelerate launch` shares the launcher's: each writes to its own file.
@@ -181,7 +182,15 @@ def run_script(script: str, log: str) -> None:
     os.dup2(out.fileno(), 2)
     sys.stdout = sys.stderr = out
     leave_the_kernel()
-    runpy.run_path(script, run_name="__main__")
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException:
+        # Into this process's log: a process forked by notebook_launcher hands its exception to
+        # the launcher, which reports only that a process failed.
+        traceback.print_exc()
+        sys.exit(1)
 
 
 def skip_remaining_cells(reason: str) -> None:
@@ -218,17 +227,24 @@ def run_in_processes(name: str, parameters: dict, num_processes: int) -> dict:
           f"parameters (log: {log})")
     if not torch.cuda.is_available():  # no CUDA context is created by this check
         os.environ["ACCELERATE_USE_CPU"] = "true"  # the Trainer then joins the processes over gloo
-    notebook_launcher(run_script, args=(str(script), str(log)), num_processes=num_processes,
-                      use_port=_free_port())
+    try:
+        notebook_launcher(run_script, args=(str(script), str(log)), num_processes=num_processes,
+                          use_port=_free_port())
+    except Exception as err:  # accelerate's error names the launcher, not what failed
+        raise RuntimeError(_failure(f"the {num_processes} processes failed", log)) from err
     record_path = run_dir / record.RECORD_FILE
     if not record_path.is_file():
-        errors = "; ".join(process_errors(log)) or "no process ended in an error"
-        raise RuntimeError(f"the {num_processes} processes finished without a run record in {run_dir} "
-                           f"({errors}); the end of each process's log:\n{tails(log, 20)}")
+        raise RuntimeError(_failure(f"the {num_processes} processes finished without a run record in {run_dir}", log))
     run_record = record.read_record(run_dir)
     _show(run_record, run_dir)
     skip_remaining_cells(f"run in {num_processes} processes; results in {run_dir}")
     return run_record
+
+
+def _failure(what: str, log: Path) -> str:
+    """`what`, the processes' own errors, and the end of each one's log."""
+    errors = "; ".join(process_errors(log)) or "no process ended in an error of its own"
+    return f"{what} ({errors}); the end of each process's log:\n{tails(log, 20)}"
 
 
 def _show(run_record: dict, run_dir: Path) -> None:

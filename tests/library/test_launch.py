@@ -168,3 +168,17 @@ def test_processes_waiting_for_each_other_are_stopped_with_each_ones_last_lines(
         pid = int((tmp_path / "launch" / f"pid{rank}").read_text())
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.slow
+def test_a_failure_in_processes_launched_from_a_notebook_names_the_processes_error(tmp_path, monkeypatch):
+    """accelerate's notebook_launcher raises its own ChildFailedError; the notebook shows the
+    failed process's error and every process's last lines instead."""
+    script = tmp_path / "script.py"
+    script.write_text(FAILING)
+    monkeypatch.setattr(launch, "notebook_file", lambda name: tmp_path / f"{name}.ipynb")
+    monkeypatch.setattr(launch, "notebook_script", lambda notebook, parameters, folder: script)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
+    with pytest.raises(RuntimeError, match=r"the 2 processes failed \(.*rank1.log: ValueError: boom on rank 1") as failure:
+        launch.run_in_processes("detect_ai_text", {"output_dir": str(tmp_path / "run")}, 2)
+    assert "process 0 started" in str(failure.value) and "process 1 started" in str(failure.value)
