@@ -182,3 +182,18 @@ def test_a_failure_in_processes_launched_from_a_notebook_names_the_processes_err
     with pytest.raises(RuntimeError, match=r"the 2 processes failed \(.*rank1.log: ValueError: boom on rank 1") as failure:
         launch.run_in_processes("detect_ai_text", {"output_dir": str(tmp_path / "run")}, 2)
     assert "process 0 started" in str(failure.value) and "process 1 started" in str(failure.value)
+
+
+def test_a_failed_launched_run_points_to_the_processes_log(tmp_path, capsys):
+    """A launched run has no executed notebook: the summary points to its processes' log, not
+    to "stopped before the notebook ran"."""
+    from nbutils.harness import runner
+
+    run_dir = tmp_path / "outputs" / "smoke" / "detect_ai_text" / "bert"
+    run_dir.mkdir(parents=True)
+    (run_dir / "launch.log").write_text("training...\n")
+    failed = runner.Result("detect_ai_text/bert", "failed", run_dir / "detect_ai_text.ipynb", 1.0,
+                           error="LaunchError: rank1.log: ValueError: boom")
+    assert runner.report([failed], "run", "smoke", tmp_path, tmp_path / "outputs") == 1
+    err = capsys.readouterr().err
+    assert "log of the processes:" in err and "launch.log" in err and "stopped before" not in err
