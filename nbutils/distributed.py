@@ -144,9 +144,11 @@ def apply(trainer):
     plugin the Trainer built from its arguments is installed in accelerate's state, which then
     prepares the model with `fully_shard` and saves and loads sharded checkpoints exactly as on
     GPUs. Anywhere FSDP was asked for and is still off afterwards is an error, not a silent DDP
-    run. Every process must call it, right after creating the Trainer and before training.
+    run. It also makes the Trainer take the model's loss for what it is (`match_loss_to_model`).
+    Every process must call it, right after creating the Trainer and before training.
     """
     args = trainer.args
+    match_loss_to_model(trainer)
     if not getattr(args, "fsdp", None) or getattr(trainer, "is_fsdp_enabled", False):
         return trainer
     from accelerate.state import PartialState
@@ -164,7 +166,84 @@ def apply(trainer):
                            f"{state.distributed_type}: the model would not be sharded")
     keep_tied_weights_whole(trainer)
     broadcast_from_main(trainer.model)
+    if args.load_best_model_at_end:
+        trainer.add_callback(checkpoint_folder_first())
     return trainer
+
+
+def checkpoint_folder_first():
+    """A callback that makes a checkpoint's folder as soon as the Trainer decides to save it.
+
+    transformers (5.24) records the best checkpoint only if its folder exists when every process
+    has saved the model (`_save_checkpoint`: a barrier, then `os.path.exists` in each process).
+    Under FSDP with sharded checkpoints `save_model` writes nothing; the folder appears later,
+    when the first process writes its optimizer shard. So each process decided by a race: one
+    kept an older best, or none, while another recorded the new one. Then the main process's
+    checkpoint rotation deleted the best another process would load (`AssertionError: metadata is
+    None ... checkpoint-32`, 1 run in 5), or one process loaded the best model at the end (a
+    collective) while the other went on to the next one (a hang), or both loaded an older
+    checkpoint than the best (3 of 3 smoke runs). Made when the save is decided, before that
+    barrier, the folder is there for every process."""
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class CheckpointFolderFirst(TrainerCallback):
+        def _make(self, args, state, control):
+            if control.should_save:
+                os.makedirs(os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"),
+                            exist_ok=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self._make(args, state, control)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self._make(args, state, control)
+
+    return CheckpointFolderFirst()
+
+
+def loss_divides_by_item_count(model) -> bool:
+    """Whether `model`'s own loss divides a sum by the Trainer's `num_items_in_batch` (the
+    label count of the whole step, all processes and accumulated batches), as the Trainer
+    assumes of every model whose `forward` takes `**kwargs`.
+
+    transformers' models that do compute their loss with `self.loss_function(..., **kwargs)`
+    (causal LMs: a sum over tokens divided by that count). BERT's classification head and T5's
+    LM head (transformers 5.24) take the kwargs but compute a plain `CrossEntropyLoss()` mean of
+    their own batch. A model class's own `accepts_loss_kwargs` (transformers' per-model switch)
+    is taken as it says. A PEFT model is looked into."""
+    import inspect
+
+    inner = _unwrap(model)
+    declared = getattr(inner, "accepts_loss_kwargs", None)
+    if declared is not None:
+        return bool(declared)
+    try:
+        source = inspect.getsource(type(inner).forward)
+    except (OSError, TypeError):
+        return True  # unknown: the Trainer's own assumption stands
+    return "loss_function(" in source
+
+
+def match_loss_to_model(trainer) -> bool:
+    """Tell the Trainer not to count on a loss the model does not compute; returns whether it
+    was changed.
+
+    transformers (5.24) decides that a model divides its loss by the step's label count when its
+    `forward` takes `**kwargs`; it then multiplies the loss by the number of processes
+    (`average_tokens_across_devices`, on by default) and no longer divides it by the gradient
+    accumulation steps. For a model that returns a plain per-batch mean (BERT's classification
+    head, T5: `loss_divides_by_item_count`) the loss, and so the gradients, came out times the
+    number of processes (1.387 instead of ln 2 = 0.693 at the start of the two-process detection
+    run) and times the accumulation steps. Such a model is then taken as not accepting loss
+    kwargs, the Trainer's own setting (`model_accepts_loss_kwargs`) for a model whose loss it
+    must average itself; a `compute_loss_func` (which receives the count) is left to it."""
+    if getattr(trainer, "compute_loss_func", None) is not None or not getattr(trainer, "model_accepts_loss_kwargs", False):
+        return False
+    if loss_divides_by_item_count(trainer.model):
+        return False
+    trainer.model_accepts_loss_kwargs = False
+    return True
 
 
 def tied_modules(model) -> dict[str, list[str]]:

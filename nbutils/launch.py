@@ -25,9 +25,12 @@ from __future__ import annotations
 
 import glob
 import os
+import re
+import shutil
 import socket
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from nbutils import runtime
@@ -84,17 +87,112 @@ def _free_port() -> str:
         return str(s.getsockname()[1])
 
 
-def _run_script(script: str, log: str) -> None:
-    """One launched process: run the notebook's script with its output in the shared log."""
+def rank_log(log: str | Path) -> Path:
+    """Where this launched process writes: `log` itself for the first process of its machine
+    (local rank 0, which prints what a one-process run would), else `<log without .log>/rank<R>.log`
+    beside the script (`launch/rank1.log`): every line once, and each process's own error
+    where it can be read."""
+    log = Path(log)
+    launch = runtime.topology()
+    if launch.local_rank == 0:
+        return log
+    return log.with_suffix("") / f"rank{launch.rank}.log"
+
+
+def rank_logs(log: str | Path) -> list[Path]:
+    """The logs of a launch's processes on this machine: `log` (local rank 0), then the
+    others' by rank."""
+    log = Path(log)
+    others = sorted(log.with_suffix("").glob("rank*.log"), key=lambda p: int(p.stem[4:]) if p.stem[4:].isdigit() else 0)
+    return [log, *others]
+
+
+def _error_line(text: str) -> str | None:
+    """The last exception line of the last traceback in `text` (`ValueError: ...`), or None."""
+    if "Traceback (most recent call last):" not in text:
+        return None
+    block = text.rsplit("Traceback (most recent call last):", 1)[1].splitlines()
+    # torch prefixes the traceback of a process in a process group with `[rank<N>]: `
+    block = [re.sub(r"^\[rank\d+\]: ", "", line) for line in block]
+    # The exception line is the first unindented line after the frames.
+    lines = [line for line in block[1:] if line.strip() and not line.startswith((" ", "\t"))]
+    return lines[0].strip() if lines else None
+
+
+def process_errors(log: str | Path) -> list[str]:
+    """Each process's own error, `<log name>: <exception line>`, for the processes whose log
+    ends in a traceback."""
+    errors = []
+    for path in rank_logs(log):
+        line = _error_line(path.read_text(errors="replace")) if path.is_file() else None
+        if line:
+            errors.append(f"{path.name}: {line}")
+    return errors
+
+
+def tails(log: str | Path, lines: int = 15) -> str:
+    """The last `lines` lines of every process's log, each under its file's name."""
+    parts = []
+    for path in rank_logs(log):
+        text = path.read_text(errors="replace").splitlines() if path.is_file() else []
+        kept = [line for line in text if line.strip()][-lines:]
+        parts.append(f"---- last lines of {path} ----\n" + ("\n".join(kept) if kept else "(nothing written)"))
+    return "\n".join(parts)
+
+
+def clear_logs(log: str | Path) -> None:
+    """Empty `log` and remove the other processes' logs of an earlier launch."""
+    for path in rank_logs(log)[1:]:
+        path.unlink()
+    Path(log).write_text("")
+
+
+def leave_the_kernel() -> None:
+    """In a process forked from a Jupyter kernel (`run_in_processes`): stop talking to the
+    notebook front end.
+
+    A fork keeps the kernel's IPython shell, so `display()` of a table, the Trainer's notebook
+    progress table and tqdm's widgets would send kernel messages from the child; the kernel's
+    session refuses them with `attempted to send message from fork` and dumps each message, HTML
+    and all, into the runner's console (124 of them, 87% of a `make run-all` console). With the
+    shell cleared, `display()` prints to the log like any script, transformers picks its
+    plain progress bars, and tqdm writes a final line (`nbutils.quiet`)."""
+    try:
+        from IPython.core.interactiveshell import InteractiveShell
+    except ImportError:
+        return
+    if InteractiveShell.initialized():
+        type(InteractiveShell.instance()).clear_instance()
+    from nbutils import quiet
+
+    quiet.use_final_line_progress()
+
+
+def run_script(script: str, log: str) -> None:
+    """One launched process: the notebook's script, its output in its own log (`rank_log`)."""
     import runpy
 
     os.environ[LAUNCHED] = "1"
-    with open(log, "a", buffering=1) as out:
-        # The forked kernel's stdout belongs to the notebook front end: write to the log file.
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-        sys.stdout = sys.stderr = out
+    path = rank_log(log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Open for the life of the process, not closed on the way out: what the interpreter writes
+    # while it ends (a library's exit handlers) still has somewhere to go.
+    out = open(path, "a", buffering=1)
+    # A forked kernel's stdout belongs to the notebook front end, and every process of an
+    # `accelerate launch` shares the launcher's: each writes to its own file.
+    os.dup2(out.fileno(), 1)
+    os.dup2(out.fileno(), 2)
+    sys.stdout = sys.stderr = out
+    leave_the_kernel()
+    try:
         runpy.run_path(script, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException:
+        # Into this process's log: a process forked by notebook_launcher hands its exception to
+        # the launcher, which reports only that a process failed.
+        traceback.print_exc()
+        sys.exit(1)
 
 
 def skip_remaining_cells(reason: str) -> None:
@@ -128,24 +226,34 @@ def run_in_processes(name: str, parameters: dict, num_processes: int) -> dict:
     notebook = notebook_file(name)
     script = notebook_script(notebook, parameters, scratch / "launch")
     log = scratch / "launch.log"
-    log.write_text("")
+    clear_logs(log)
     started = time.time()
     print(f"training in {num_processes} processes: each runs {notebook} with this notebook's "
           f"parameters (log: {log})")
     if not torch.cuda.is_available():  # no CUDA context is created by this check
         os.environ["ACCELERATE_USE_CPU"] = "true"  # the Trainer then joins the processes over gloo
-    notebook_launcher(_run_script, args=(str(script), str(log)), num_processes=num_processes,
-                      use_port=_free_port())
+    try:
+        notebook_launcher(run_script, args=(str(script), str(log)), num_processes=num_processes,
+                          use_port=_free_port())
+    except Exception as err:  # accelerate's error names the launcher, not what failed
+        raise RuntimeError(_failure(f"the {num_processes} processes failed", log)) from err
     record_path = run_dir / record.RECORD_FILE
     if not record_path.is_file() or record_path.stat().st_mtime < started:  # an earlier run's
-        tail = "\n".join(log.read_text().splitlines()[-20:])
-        raise RuntimeError(f"the {num_processes} processes finished without publishing a run record in "
-                           f"{run_dir}; the end of {log}:\n{tail}")
-    log = log.replace(run_dir / log.name)
+        raise RuntimeError(_failure(f"the {num_processes} processes finished without publishing a run record "
+                                    f"in {run_dir}", log))
+    for path in (log, scratch / "launch"):  # the logs join the run they describe
+        path.replace(run_dir / path.name)
+    shutil.rmtree(scratch, ignore_errors=True)
     run_record = record.read_record(run_dir)
     _show(run_record, run_dir)
     skip_remaining_cells(f"run in {num_processes} processes; results in {run_dir}")
     return run_record
+
+
+def _failure(what: str, log: Path) -> str:
+    """`what`, the processes' own errors, and the end of each one's log."""
+    errors = "; ".join(process_errors(log)) or "no process ended in an error of its own"
+    return f"{what} ({errors}); the end of each process's log:\n{tails(log, 20)}"
 
 
 def _show(run_record: dict, run_dir: Path) -> None:
@@ -160,3 +268,7 @@ def _show(run_record: dict, run_dir: Path) -> None:
     display({k: run_record[k] for k in ("metrics", "baselines", "train", "data")}, raw=False)
     for plot in sorted(run_dir.glob("*.png")):
         display(Image(filename=str(plot)))
+
+
+if __name__ == "__main__":  # `accelerate launch -m nbutils.launch <script> <log>` (the runner)
+    run_script(sys.argv[1], sys.argv[2])

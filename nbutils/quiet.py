@@ -15,7 +15,13 @@ warning of those loggers still shows:
   fine-tuning means. The table is replaced by one line saying so, printed (stdout) rather than
   logged. A report naming any other weight (a wrong checkpoint, a size mismatch) is left whole;
 - the Trainer's `mtime may not be reliable on this filesystem`: checkpoints saved within one
-  second of each other (tiny models) are ordered by step number instead, which is right.
+  second of each other (tiny models) are ordered by step number instead, which is right;
+- the Trainer's `There were missing keys in the checkpoint model loaded: [...]` when it loads
+  the best checkpoint back and the keys are only the copies of a tied embedding (T5's
+  `encoder.embed_tokens`, `decoder.embed_tokens`, a tied `lm_head`): `save_pretrained` stores a
+  tied tensor once (`shared.weight`), and loading that sets every copy (they are one tensor).
+  transformers 5.24 silences the message only for `_keys_to_ignore_on_save`, which T5 leaves
+  empty. Any other missing key is still reported.
 
 Progress bars: in JupyterLab tqdm draws widgets, which are live and fine. A notebook executed
 headless (the runner sets `NBUTILS_HEADLESS=1`) would store each widget frozen at its first
@@ -35,6 +41,9 @@ HEADLESS_VARIABLE = "NBUTILS_HEADLESS"
 BITSANDBYTES_KERNEL = "Failed to load CPU gemm_4bit_forward from kernels-community"
 MTIME = "mtime may not be reliable on this filesystem"
 LOAD_REPORT = "LOAD REPORT"
+MISSING_KEYS = "There were missing keys in the checkpoint model loaded: "
+# The copies of a tied input embedding (a PEFT model's keys carry base_model.model.).
+TIED_COPIES = re.compile(r"^(?:base_model\.model\.)?(?:encoder\.embed_tokens|decoder\.embed_tokens|lm_head)\.weight$")
 
 # Weights of a task head that from_pretrained initialises fresh on a pre-trained encoder, and
 # those of the pre-training head it leaves out (BERT, RoBERTa, DistilBERT, DeBERTa-v2, T5, Llama).
@@ -66,12 +75,26 @@ def fresh_head_summary(report: str) -> str | None:
     return line
 
 
+def only_tied_copies(listed: str) -> bool:
+    """Whether a printed list of missing keys (`['a.weight', 'b.weight'].`) names only copies of
+    a tied embedding."""
+    import ast
+
+    try:
+        keys = ast.literal_eval(listed.strip().rstrip("."))
+    except (ValueError, SyntaxError):
+        return False
+    return isinstance(keys, list) and bool(keys) and all(isinstance(k, str) and TIED_COPIES.match(k) for k in keys)
+
+
 class KnownNoise(logging.Filter):
     """Drops the known messages above; a fresh-head LOAD REPORT becomes one printed line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         if message.startswith(BITSANDBYTES_KERNEL) or message.startswith(MTIME):
+            return False
+        if message.startswith(MISSING_KEYS) and only_tied_copies(message[len(MISSING_KEYS):]):
             return False
         if LOAD_REPORT in message:
             line = fresh_head_summary(message)
@@ -84,7 +107,8 @@ class KnownNoise(logging.Filter):
 
 
 # The loggers that emit those messages (a filter on a logger sees only its own records).
-NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "transformers.modeling_utils", "transformers.trainer_utils")
+NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "transformers.modeling_utils", "transformers.trainer_utils",
+                 "transformers.trainer")
 
 
 def install_filters() -> None:

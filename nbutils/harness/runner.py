@@ -184,7 +184,28 @@ def project_parameters(project: Project, profile: str, output_dir: str,
 
 
 class LaunchError(RuntimeError):
-    """A multi-process run exited non-zero; the message ends with its last log line."""
+    """A multi-process run exited non-zero or stalled; the message ends with a process's own
+    error (the runner's summary shows a message's last line)."""
+
+
+# Seconds without a new line from any process after which a launched run is stopped: processes
+# waiting in different collectives wait forever (gloo's own timeout is 30 minutes per
+# collective, and a run that retries waits again). A silent step of a large model can be long,
+# hence the generous default; `--stall-timeout` or this variable sets it.
+STALL_VARIABLE = "NBUTILS_STALL_TIMEOUT"
+STALL_TIMEOUT = 1800.0
+
+
+def stall_timeout(environ=None) -> float:
+    environ = os.environ if environ is None else environ
+    value = environ.get(STALL_VARIABLE, "")
+    try:
+        seconds = float(value) if value else STALL_TIMEOUT
+    except ValueError:
+        raise ValueError(f"{STALL_VARIABLE} must be a number of seconds, got {value!r}") from None
+    if seconds <= 0:
+        raise ValueError(f"{STALL_VARIABLE} must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -220,30 +241,89 @@ def launch_processes(notebook: Path, parameters: dict, run_dir: Path, root: Path
     writes files. Returns the log of this machine's processes (another machine's launch writes
     its own, `launch-node<rank>.log`, so two launches sharing a folder do not clash).
     """
-    import torch
-
     from nbutils.launch import notebook_script
 
     suffix = f"-node{machines.node_rank}" if machines.node_rank else ""
     script = notebook_script(notebook, parameters, run_dir / f"launch{suffix}")
-    log = run_dir / f"launch{suffix}.log"
+    return launch_script(script, run_dir / f"launch{suffix}.log", root, nproc, machines)
+
+
+def _stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """End the launcher and every process it started (their own session: `start_new_session`)."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def launch_script(script: Path, log: Path, root: Path, nproc: int, machines: Machines = Machines(),
+                  stall_after: float | None = None) -> Path:
+    """Run `script` in `nproc` processes (on each of `machines`) with `accelerate launch`; returns
+    `log`. The first process of this machine writes `log`, each other one its own
+    `<log without .log>/rank<R>.log` (`nbutils.launch.rank_log`), and the launcher's own lines
+    `<log without .log>/launcher.log`: every line once.
+
+    A watchdog: when no process has written a line for `stall_after` seconds (`stall_timeout`),
+    all are stopped. A failed or stopped run prints the last lines of every process and raises
+    `LaunchError` ending with the processes' own errors."""
+    import torch
+
+    from nbutils import launch
+
+    stall_after = stall_timeout() if stall_after is None else stall_after
     # `--multi_gpu` selects accelerate's torchrun launcher (`--cpu` would start one process).
     # Without CUDA, ACCELERATE_USE_CPU makes the Trainer join the processes over gloo.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
                *machines.accelerate_options(nproc), "--mixed_precision", "no",
-               "--dynamo_backend", "no"]
+               "--dynamo_backend", "no", "-m", "nbutils.launch", str(script), str(log)]
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
-    with log.open("w") as out:
-        code = subprocess.run(command + [str(script)], cwd=root, env=env, stdout=out,
-                              stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        lines = [line for line in log.read_text().splitlines() if line.strip()]
-        errors = [line for line in lines if "Error" in line or "error:" in line]
-        raise LaunchError(f"{nproc}-process run exited with {code} (log: {log}): "
-                          f"{(errors or lines or [''])[-1].strip()}")
-    return log
+    launch.clear_logs(log)
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in launch.rank_logs(log) if p.is_file())
+
+    launcher_log = log.with_suffix("") / "launcher.log"
+    launcher_log.parent.mkdir(parents=True, exist_ok=True)
+    with launcher_log.open("w") as out:
+        process = subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        size, last_change, stalled = -1, time.monotonic(), False
+        try:
+            while process.poll() is None:
+                now = written()
+                if now != size:
+                    size, last_change = now, time.monotonic()
+                elif time.monotonic() - last_change > stall_after:
+                    stalled = True
+                    _stop(process)
+                    break
+                time.sleep(0.5)
+        finally:
+            if process.poll() is None:  # interrupted (Ctrl-C): leave no process behind
+                _stop(process)
+    code = process.returncode
+    if code == 0 and not stalled:
+        return log
+    print(launch.tails(log), file=sys.stderr, flush=True)
+    # A process's own error last (the summary's line): the others' follow from it (a peer that
+    # died closes the connections the rest were waiting on).
+    errors = sorted(launch.process_errors(log), key=lambda line: "Connection closed" in line or "gloo" in line,
+                    reverse=True)
+    what = (f"no process wrote a line for {stall_after:g} s: all {nproc * machines.nnodes} stopped "
+            f"(processes waiting for each other; {STALL_VARIABLE} or --stall-timeout sets the wait)"
+            if stalled else f"{nproc}-process run exited with {code}")
+    raise LaunchError(f"{what}; logs: {log} and {log.with_suffix('')}/rank*.log\n"
+                      + ("\n".join(errors) if errors else "no process ended in an error of its own"))
 
 
 def headless_kernel_manager(warm: bool = True):
@@ -492,6 +572,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--node-rank", type=int, default=0, help="this machine's rank, 0 on the main one")
     parser.add_argument("--master-addr", default="127.0.0.1", help="address of the main machine (rank 0)")
     parser.add_argument("--master-port", type=int, default=29500, help="port the main machine listens on")
+    parser.add_argument("--stall-timeout", type=float, default=None, metavar="SECONDS",
+                        help=f"with --nproc/--nnodes: stop the processes when none has written a line for "
+                             f"this long (default {STALL_TIMEOUT:g}, or ${STALL_VARIABLE})")
     parser.add_argument("-j", "--jobs", type=_jobs, default=1,
                         help="run this many projects at once, each in its own worker process and "
                              "kernel; a project starts after the projects it needs have finished")
@@ -663,7 +746,9 @@ def report(results: list[Result], command: str, profile: str, root: Path, output
         if r.status == "skipped":
             print(f"SKIPPED {r.project}: {r.error}", file=sys.stderr)
             continue
+        launched = r.notebook.parent / "launch.log"
         where = (f"executed notebook: {os.path.relpath(r.notebook)}" if r.notebook.is_file()
+                 else f"log of the processes: {os.path.relpath(launched)}" if launched.is_file()
                  else "stopped before the notebook ran")
         print(f"FAILED {r.project}: {r.error}\n  {where}", file=sys.stderr)
     return 1 if failed else 0
@@ -685,6 +770,9 @@ def run_command(args: argparse.Namespace, projects: list[Project], known: list[P
                             warm=warm_kernels_pay(len(projects), args.jobs))
     # Set before the worker processes start, so that they and their kernels inherit it.
     share_cores(args.jobs)
+    if args.stall_timeout is not None:
+        os.environ[STALL_VARIABLE] = str(args.stall_timeout)
+    stall_timeout()  # a malformed value stops here, before anything runs
     with headless_environment():
         results = run_projects(projects, dependencies(projects, known), invocation, args.jobs)
     return report(results, args.command, args.profile, root, outputs, order(known))

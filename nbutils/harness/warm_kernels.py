@@ -305,6 +305,12 @@ def serve(path: str, preload: tuple[str, ...]) -> None:
     killing the kernels still running, as a fresh kernel stops when its runner is gone."""
     import importlib
 
+    from nbutils import quiet
+
+    # bitsandbytes logs `Failed to load CPU gemm_4bit_forward ...` when imported (on a CPU with
+    # AVX512-BF16): here, before any notebook's set-up cell could filter it, once per server.
+    # The filters go on first, as a notebook's set-up cell puts them before its own imports.
+    quiet.install_filters()
     for name in preload:
         importlib.import_module(name)
     torch = sys.modules.get("torch")

@@ -15,7 +15,7 @@ TESTS = ROOT / "tests"
 # function, or through one of its module's fixtures) must carry `@pytest.mark.slow`, or read a
 # session smoke run (conftest marks those itself).
 NOTEBOOK_CALLS = {"run_smoke_project", "interrupt_smoke_run", "run_project", "execute_notebook",
-                  "launch_processes", "notebook_launcher", "Popen"}
+                  "launch_processes", "launch_script", "notebook_launcher", "Popen"}
 MODULE_CALLS = {("runner", "main"), ("subprocess", "run"), ("subprocess", "Popen"),
                 ("subprocess", "check_call"), ("subprocess", "check_output")}
 AUTO_MARKED_FIXTURES = {"smoke_run"}

@@ -183,3 +183,21 @@ def test_only_an_ipykernel_command_is_forked(monkeypatch):
 def test_a_notebook_that_launches_its_own_processes_gets_a_fresh_kernel():
     assert runner.launches_processes({"num_processes": 2})
     assert not runner.launches_processes({"num_processes": 1}) and not runner.launches_processes({})
+
+
+def test_a_known_noise_line_logged_by_a_preloaded_import_is_filtered(tmp_path):
+    """bitsandbytes logs `Failed to load CPU gemm_4bit_forward ...` when imported (on a CPU
+    with AVX512-BF16); the server imports it before any notebook's set-up cell filters it, so
+    each run-all worker's server printed it into the console. Here a stand-in module logs it."""
+    from nbutils import quiet
+
+    (tmp_path / "noisy_import.py").write_text(
+        "import logging\n"
+        f"logging.getLogger('bitsandbytes.backends.cpu.ops').warning({quiet.BITSANDBYTES_KERNEL + ': no kernels'!r})\n"
+        "logging.getLogger('bitsandbytes.backends.cpu.ops').warning('another warning')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-m", "nbutils.harness.warm_kernels", str(tmp_path / "server.sock"),
+                           "noisy_import"], stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "another warning" in done.stderr and "gemm_4bit_forward" not in done.stderr

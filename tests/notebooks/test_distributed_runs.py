@@ -23,7 +23,10 @@ comparisons (held-out loss 5.20 against 4.74; FSDP's gradient norm jumps to 21 a
 1%. Not explained yet; the bound above still fails a run that does not learn. Ruled out: the
 4-bit storage dtype (uint8 for DDP, fp32 for FSDP: the same logits, bit for bit), the sharded
 checkpoints (no saves: the same 5.20), gloo's averaging reduce-scatter (averages), the 4-bit
-weights alone (plain LoRA under FSDP also spikes, 6.9 at step 15; held-out 4.92).
+weights alone (plain LoRA under FSDP also spikes, 6.9 at step 15; held-out 4.92); the loss
+scaled by the number of processes (TRL's SFTTrainer divides by the token count of all processes,
+as the Trainer assumes: held-out 5.2021 before and after `distributed.match_loss_to_model`); the
+best-checkpoint race (this recipe loads no best checkpoint).
 """
 
 import json
