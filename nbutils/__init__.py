@@ -60,6 +60,7 @@ leaves it out (`nbutils.harness.<module>`, not in `__all__`)
     harness.bench                  `make bench`: the batching against the original recipe
     harness.bench_distributed      `make bench-distributed`: bytes per process, DDP vs FSDP
     harness.bench_sandbox          `make bench-sandbox`: the text-to-pandas sandbox's speed
+    harness.compare_records        two output folders' run records compared, timings left out
     harness.fixtures               builds the smoke inputs (sample data, tiny models) in .cache/
     harness.kaggle                 `make kaggle`: kernel folders and the wheels dataset
     harness.lab                    `make lab`: a project's notebook prepared for JupyterLab
