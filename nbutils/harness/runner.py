@@ -444,7 +444,8 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
     except Exception as err:
         return Result(project.name, "failed", executed, time.time() - start, error=f"{type(err).__name__}: {err}"[:500])
     # The runner's own files while the notebook runs: beside the run folders, never in them.
-    scratch = run_dir.with_name(f".{run_dir.name}.running")
+    # (One per machine: two "machines" on one disk each launch their own processes.)
+    scratch = run_dir.with_name(f".{run_dir.name}.running" + (f"-node{machines.node_rank}" if machines.node_rank else ""))
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
