@@ -648,7 +648,10 @@ def share_cores(jobs: int, environ=None) -> dict:
     thread per core in every job, oversubscribes the CPU: OpenMP threads spin at each barrier
     while their partner waits for a core, and a smoke project that trains in 20 s alone took
     170 s beside another (2 jobs on 2 cores). Returns what it set. One thread instead of two
-    changes float sums in the last bits (a threshold moved by 5e-9), not the scores."""
+    changes float sums in the last bits (detection thresholds moved by up to 2e-6), and a run
+    that amplifies them can land elsewhere: the strategies study's full fine-tuning at a high
+    learning rate, and with it its headline ROC AUC (0.912 one job at a time, 0.936 two at once),
+    so compare records made with the same JOBS."""
     environ = os.environ if environ is None else environ
     set_here = {}
     if jobs > 1:
