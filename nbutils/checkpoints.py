@@ -75,7 +75,9 @@ def describe_differences(found: list[tuple[str, object, object]]) -> str:
 
 
 def write_identity(folder: str | Path, identity: dict) -> None:
-    (Path(folder) / TRAINING_FILE).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
+    from nbutils.record import write_json  # atomic, as every file a rerun reads back
+
+    write_json(Path(folder) / TRAINING_FILE, identity)
 
 
 def read_identity(folder: str | Path) -> dict | None:
@@ -91,7 +93,6 @@ class Decision:
 
     action: str
     reason: str
-    differences: tuple = ()
 
 
 def decide(stored: dict | None, current: dict, has_checkpoints: bool, resume: bool = True) -> Decision:
@@ -106,8 +107,7 @@ def decide(stored: dict | None, current: dict, has_checkpoints: bool, resume: bo
         return Decision("fresh", f"the checkpoints carry no {TRAINING_FILE}: what trained them is unknown")
     found = differences(stored, current)
     if found:
-        return Decision("fresh", "the checkpoints were trained with other values: " + describe_differences(found),
-                        tuple(found))
+        return Decision("fresh", "the checkpoints were trained with other values: " + describe_differences(found))
     return Decision("resume", "same parameters and process layout")
 
 
