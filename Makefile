@@ -20,7 +20,7 @@ STAMP   := $(VENV)/.setup-done
 
 # The smoke profile never needs the hub; offline, a stray hub lookup fails at once instead of
 # hanging for a minute. Progress bars stay on: in headless runs each writes one plain line when
-# it finishes (nbutils.quiet), so executed notebooks show them done, not frozen at 0%.
+# it finishes (nbutils.run.quiet), so executed notebooks show them done, not frozen at 0%.
 RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
@@ -77,7 +77,7 @@ git-setup:
 
 # Sample data and tiny models for the smoke profile (rebuilt only when their code changes).
 fixtures: setup
-	@HF_HUB_OFFLINE=1 $(PY) -m nbutils.harness.fixtures
+	@HF_HUB_OFFLINE=1 $(PY) -m tests.fixtures
 
 # In JOBS pytest-xdist workers; `--dist loadgroup` keeps the tests of one xdist_group on one
 # worker: the readers of one notebook's smoke run, the tests of a module with module-scoped
@@ -106,33 +106,33 @@ test-latest: fixtures
 	  --deselect tests/test_environment.py::test_installed_versions_match_the_pins
 
 run-all: fixtures
-	$(RUN_ENV) $(PY) -m nbutils.harness.runner run-all --profile $(PROFILE) --jobs $(JOBS)
+	$(RUN_ENV) $(PY) -m tools.runner run-all --profile $(PROFILE) --jobs $(JOBS)
 
 run: fixtures
 	@test -n "$(RUN)" || { echo "usage: make run RUN=<project> [PROFILE=smoke|full] [PARAMS='key=value ...']"; \
-	  $(PY) -m nbutils.harness.runner list --profile $(PROFILE); exit 2; }
-	$(RUN_ENV) $(PY) -m nbutils.harness.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) \
+	  $(PY) -m tools.runner list --profile $(PROFILE); exit 2; }
+	$(RUN_ENV) $(PY) -m tools.runner run $(RUN) --profile $(PROFILE) --nproc $(NPROC) \
 	  --nnodes $(NNODES) --node-rank $(NODE_RANK) --master-addr $(MASTER_ADDR) --master-port $(MASTER_PORT) \
 	  $(foreach p,$(PARAMS),-p $(p))
 
 list: setup
-	@$(PY) -m nbutils.harness.runner list --profile $(PROFILE)
+	@$(PY) -m tools.runner list --profile $(PROFILE)
 
 # Same model, same examples, one pass: padded to 512 in random order vs the project's batching.
 # Minutes on two CPU cores; run it on a quiet machine. Results: outputs/bench/bench.json.
 bench: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench --out outputs/bench/bench.json
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m tools.bench --out outputs/bench/bench.json
 
 # Executions per second of the code sandbox (2 workers, short snippets) and the cost of each of
 # its layers, in one run (about a minute); OLD=<git revision> measures that revision's sandbox in
 # the same run. Results: outputs/bench/sandbox.json.
 bench-sandbox: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_sandbox --out outputs/bench/sandbox.json $(if $(OLD),--old $(OLD))
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m tools.bench_sandbox --out outputs/bench/sandbox.json $(if $(OLD),--old $(OLD))
 
 # What each of 2 training processes (gloo, CPU) holds after one step of the bench's Llama, under
 # DDP and under FSDP, in one launch (about a minute). Results: outputs/bench/distributed.json.
 bench-distributed: setup
-	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m nbutils.harness.bench_distributed --out outputs/bench/distributed.json
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m tools.bench_distributed --out outputs/bench/distributed.json
 
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in
@@ -140,7 +140,7 @@ bench-distributed: setup
 # Without RUN: the stored notebooks (defaults: the full recipe). As root (Kaggle, Colab, most
 # containers) Lab refuses to start without --allow-root: both add it for uid 0.
 lab: fixtures
-	$(if $(RUN),$(PY) -m nbutils.harness.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
+	$(if $(RUN),$(PY) -m tools.lab $(RUN) --profile $(PROFILE) $(foreach p,$(PARAMS),-p $(p)) $(LAB_ARGS),\
 	  $(VENV)/bin/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS) notebooks/)
 
 # Training curves of the runs (report_to=tensorboard) in TensorBoard: http://localhost:6006
@@ -149,12 +149,12 @@ tensorboard: setup
 
 # One folder per project for `kaggle kernels push`, plus the nbutils wheel as a dataset.
 kaggle: setup
-	$(PY) -m nbutils.harness.kaggle --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),full) --out outputs/kaggle
+	$(PY) -m tools.kaggle --profile $(if $(filter command line,$(origin PROFILE)),$(PROFILE),full) --out outputs/kaggle
 
 # Colab installs nbutils from `repository` under [tool.nbutils] in pyproject.toml: after changing
 # it (to a fork), this writes it into every notebook's install cell and the README's badges.
 set-repository: setup
-	$(PY) -m nbutils.harness.repository
+	$(PY) -m tools.repository
 
 clean:
 	rm -rf outputs .cache build dist *.egg-info .pytest_cache

@@ -395,7 +395,7 @@ def eval_batch_size(requested: int, *datasets) -> int:
     test dialogues came back as 64 rows with batch 32 in 2 processes). A batch of at most
     ceil(rows / processes) avoids that; in one process the requested size stands.
     """
-    from nbutils import runtime
+    from nbutils.run import runtime
 
     processes = runtime.processes()
     if processes <= 1:

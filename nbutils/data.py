@@ -322,14 +322,14 @@ def has_non_ascii_letters(text: str) -> bool:
 
 
 def clean_labelled_texts(table, text_column: str, label_column: str, ledger, split: str = "data"):
-    """Apply the malformed-row rule (`nbutils.row_report`) to a table of labelled texts.
+    """Apply the malformed-row rule (`nbutils.run.row_report`) to a table of labelled texts.
 
     Repaired: `\\r\\n` line ends in the text. Dropped: a missing or blank text, a missing label,
     an exact duplicate of an earlier text (a copy could land in both training and test). Noted
     and kept: text with letters outside ASCII (another language?). Returns the kept rows, with
     `row_id` (the row's position in the file, stable across runs for the ensemble notebook).
     """
-    from nbutils.row_report import is_blank, normalise_line_ends
+    from nbutils.run.row_report import is_blank, normalise_line_ends
 
     ledger.add_read(split, len(table))
     texts, keep, seen = [], [], set()

@@ -7,7 +7,7 @@ instruction-tuning (causal LM) ones: `causal_lm_lora_config`, `bnb_4bit_config`,
 Generic ones, for every model: `check_target_modules` (names a module the model lacks and lists
 the ones it has), `add_lora` (QLoRA preparation + adapter), and `seq2seq_lora_config` for
 encoder-decoder models (FLAN-T5, T5). A PEFT model's parameters are counted (4-bit aware) by
-`nbutils.record.count_parameters`, like every model's.
+`nbutils.run.record.count_parameters`, like every model's.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def bnb_4bit_config(quant_type: str = "nf4", double_quant: bool = True, compute_
 
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"bnb_4bit_quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
-    from nbutils.distributed import check_strategy
+    from nbutils.parallel.distributed import check_strategy
 
     storage = {"bnb_4bit_quant_storage": compute_dtype or torch.float32} if check_strategy(distributed) == "fsdp" else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,

@@ -17,7 +17,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 # In pytest-xdist workers: each worker (and the kernels and processes its tests start) gets its
 # share of the cores; see runner.share_cores. Set before any test module imports torch.
-from nbutils.harness.runner import share_cores  # noqa: E402
+from tools.runner import share_cores  # noqa: E402
 
 share_cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
@@ -30,7 +30,7 @@ FAKE_TOKEN = "hf_FAKEsmokeTOKEN0123456789notreal"
 
 def run_smoke_project(name: str, outputs: Path, **overrides):
     """Run one smoke project through the real runner (in-process) into `outputs`."""
-    from nbutils.harness import runner
+    from tools import runner
 
     project = runner.select(runner.discover(ROOT, "smoke"), [name])[0]
     return runner.run_project(project, "smoke", ROOT, outputs, overrides)
@@ -63,21 +63,21 @@ def interrupt_smoke_run(name: str, outputs: Path, until=None, waiting_for: str =
     `overrides` of its parameters), wait until `until()` holds (by default: a complete checkpoint
     in the run's `checkpoints` folder), then kill it at once with `kill_run`: a real interrupt, as
     when a Kaggle or Colab session disappears. Returns the folder the killed run worked in
-    (`<run folder>.incomplete`, see nbutils.setup), where its checkpoints are; a rerun that
+    (`<run folder>.incomplete`, see nbutils.run.setup), where its checkpoints are; a rerun that
     finishes publishes it as `outputs/smoke/<name>`."""
     import json
     import subprocess
     import sys
     import time
 
-    from nbutils import checkpoints
-    from nbutils.setup import attempt_folder
+    from nbutils.run import checkpoints
+    from nbutils.run.setup import attempt_folder
 
     run_dir = attempt_folder(outputs / "smoke" / name)
     if until is None:
         def until():
             return bool(checkpoints.complete_checkpoints(run_dir / "checkpoints"))
-    command = [sys.executable, "-m", "nbutils.harness.runner", "run", name, "--profile", "smoke",
+    command = [sys.executable, "-m", "tools.runner", "run", name, "--profile", "smoke",
                "--root", str(ROOT), "--outputs", str(outputs),
                *[f"-p{key}={json.dumps(value)}" for key, value in (overrides or {}).items()]]  # JSON is YAML
     process = subprocess.Popen(command, cwd=ROOT, start_new_session=True,
@@ -99,7 +99,7 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def cache() -> Path:
     """`.cache/` with the sample data and all tiny models (built once, reused when current)."""
-    from nbutils.harness import fixtures
+    from tests import fixtures
 
     return fixtures.build(ROOT / ".cache", quiet=True)
 
@@ -118,7 +118,7 @@ def shared_smoke_run(notebook: str, shared: Path) -> tuple[int, Path]:
     (the runner's exit code, the outputs/smoke folder)."""
     from filelock import FileLock
 
-    from nbutils.harness import runner
+    from tools import runner
 
     outputs = shared / f"outputs-{notebook}"
     exit_code, folder = shared / f"outputs-{notebook}.exit-code", shared / f"outputs-{notebook}.folder"
@@ -153,7 +153,7 @@ def smoke_run(cache, tmp_path_factory):
 
 def needed_notebook(notebook: str) -> str | None:
     """The notebook whose outputs `notebook` reads (its metadata's `nbutils.needs`), if any."""
-    from nbutils.harness import runner
+    from tools import runner
 
     needs = {need.split("/")[0] for need in runner.notebook_needs(ROOT / "notebooks" / f"{notebook}.ipynb")}
     assert len(needs) <= 1, f"{notebook} needs several notebooks' runs; smoke_run shares only one's folder"

@@ -1,5 +1,6 @@
-"""The package's three tiers: the library and the tasks ship in the wheel, the harness does not,
-and imports only point down the tiers (harness -> tasks -> remedies -> library)."""
+"""The package is what notebooks import: its imports point down its tiers (tasks -> remedies ->
+library, with the library's run plumbing, multi-process and sandbox subpackages), it never
+imports the harness (`tools/`) or the tests' fixtures, and the wheel carries it and nothing else."""
 
 import ast
 import zipfile
@@ -11,11 +12,11 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "nbutils"
 # A tier may import from its own tier and the tiers after it in this list, never before.
-TIERS = ["harness", "tasks", "remedies", "library"]
+TIERS = ["tasks", "remedies", "library"]
 
 
 def tier_of(module: str) -> str:
-    """'nbutils.tasks.ensemble' -> 'tasks'; 'nbutils.data' -> 'library'."""
+    """'nbutils.tasks.ensemble' -> 'tasks'; 'nbutils.data', 'nbutils.run.record' -> 'library'."""
     parts = module.split(".")
     return parts[1] if len(parts) > 2 and parts[1] in TIERS else "library"
 
@@ -46,7 +47,7 @@ def modules():
 
 
 def test_the_tiers_exist_and_hold_modules():
-    for tier in ("harness", "tasks", "remedies"):
+    for tier in ("tasks", "remedies", "run", "parallel", "sandbox"):
         assert (PACKAGE / tier / "__init__.py").is_file()
         assert len(list((PACKAGE / tier).rglob("*.py"))) > 2
 
@@ -69,20 +70,30 @@ def test_a_project_does_not_import_another_projects_home():
 
 def test_the_boundary_check_sees_an_upward_import(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from nbutils.harness import runner\nfrom nbutils import data\n")
-    assert "nbutils.harness.runner" in nbutils_imports(bad)
-    assert tier_of("nbutils.harness.runner") == "harness" and tier_of("nbutils.data") == "library"
+    bad.write_text("from nbutils.tasks import ensemble\nfrom nbutils import data\n")
+    assert "nbutils.tasks.ensemble" in nbutils_imports(bad)
+    assert tier_of("nbutils.tasks.ensemble") == "tasks" and tier_of("nbutils.run.record") == "library"
 
 
-def test_the_wheel_carries_library_and_tasks_but_not_the_harness(tmp_path):
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_package_never_imports_the_harness_or_the_fixtures(path):
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert not {m for m in imported if m.split(".")[0] in ("tools", "tests")}, module_name(path)
+
+
+def test_the_wheel_carries_the_package_and_nothing_else(tmp_path):
     """The wheel `make kaggle` builds is the one notebooks install on Kaggle and Colab."""
-    from nbutils.harness import kaggle
+    from tools import kaggle
 
     wheel = kaggle.build_wheel(ROOT, tmp_path)
     names = zipfile.ZipFile(wheel).namelist()
     assert "nbutils/data.py" in names and "nbutils/remedies/search.py" in names
-    assert "nbutils/tasks/text_to_pandas/code_exec.py" in names
-    assert not [n for n in names if n.startswith("nbutils/harness/")]
+    assert "nbutils/sandbox/code_exec.py" in names
     shipped = {n for n in names if n.endswith(".py")}
-    expected = {str(p.relative_to(ROOT)) for p in modules() if "harness" not in p.parts}
+    expected = {str(p.relative_to(ROOT)) for p in modules()}
     assert shipped == expected

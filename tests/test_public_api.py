@@ -63,21 +63,21 @@ def test_a_module_added_without_a_line_fails_the_check(tmp_path):
             target.write_text(path.read_text())
     (copy / "remedies" / "mixup.py").write_text('"""A new remedy."""\n')
     readme = (ROOT / "README.md").read_text().replace(
-        "| `nbutils/harness/lab.py` |", "| `nbutils/sample_data.py` | (gone) |\n| `nbutils/harness/lab.py` |")
+        "| `nbutils/data.py` |", "| `nbutils/sample_data.py` | (gone) |\n| `nbutils/data.py` |")
     problems = map_problems(copy, readme)
     assert "nbutils/remedies/mixup.py: no line in the README's module map" in problems
     assert "nbutils/remedies/mixup.py: no line in nbutils/__init__.py's docstring" in problems
     assert "nbutils/sample_data.py: named in the README's module map, not in the tree" in problems
 
 
-def test_all_lists_the_library_modules_and_the_subpackages_but_not_the_harness():
+def test_all_lists_the_recipe_modules_and_the_subpackages():
     import nbutils
 
     library = {p.stem for p in PACKAGE.glob("*.py") if p.name != "__init__.py"}
     subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
-    assert set(nbutils.__all__) == library | (subpackages - {"harness"})
+    assert set(nbutils.__all__) == library | subpackages
     assert len(nbutils.__all__) == len(set(nbutils.__all__))
-    for sub in ("remedies", "tasks"):
+    for sub in ("run", "parallel", "sandbox", "remedies", "tasks"):
         package = PACKAGE / sub
         declared = __import__(f"nbutils.{sub}", fromlist=["__all__"]).__all__
         assert set(declared) == {p.stem for p in package.glob("*.py") if p.name != "__init__.py"} | {

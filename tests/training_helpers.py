@@ -8,7 +8,7 @@ import torch
 from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM,
                           AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments)
 
-from nbutils.harness import fixtures
+from tests import fixtures
 
 ENCODERS = ("bert", "distilbert", "roberta", "deberta-v2")
 ALL_ARCHS = ENCODERS + ("t5", "llama")

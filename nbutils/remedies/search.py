@@ -69,7 +69,7 @@ import time
 import warnings
 from pathlib import Path
 
-from nbutils.secrets import get_secret, redact_url
+from nbutils.run.secrets import get_secret, redact_url
 
 # A notebook's parameter name -> the TrainingArguments field it sets.
 ARGUMENT_NAMES = {"batch_size": "per_device_train_batch_size", "epochs": "num_train_epochs",
@@ -351,7 +351,7 @@ NOT_SEARCH_SETTINGS = frozenset({
 def recipe(config: dict) -> dict:
     """The notebook parameters that make a trial what it is: all but `NOT_SEARCH_SETTINGS`, with
     any credential in a URL masked (they are stored with the study)."""
-    from nbutils.secrets import redact_config
+    from nbutils.run.secrets import redact_config
 
     return redact_config({name: value for name, value in config.items() if name not in NOT_SEARCH_SETTINGS})
 

@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from nbutils.metrics import choose_threshold  # noqa: F401  (one helper for every notebook's threshold)
-from nbutils.record import RECORD_FILE
-from nbutils.setup import INCOMPLETE
+from nbutils.run.record import RECORD_FILE
+from nbutils.run.setup import INCOMPLETE
 
 SPLITS = ("validation", "test")
 COLUMNS = ("row_id", "label", "prob_generated")
@@ -103,7 +103,7 @@ def find_runs(runs_dir: str | Path, names: list[str] | tuple = ()) -> tuple[list
     """The finished runs in `runs_dir` (those named, or every subfolder), and why the others
     were left out. A run counts once it has its record and both probability files; a run folder
     only ever holds a finished run (an unfinished one works in `<name>.incomplete`, never read
-    here; see nbutils.setup)."""
+    here; see nbutils.run.setup)."""
     import json
 
     runs_dir = Path(runs_dir)

@@ -4,7 +4,7 @@ The original FLAN-T5 notebook built its training targets from the input dialogue
 learned to copy its prompt), let generation stop at transformers' default of 20 tokens, and never
 scored the test split. The pieces here make each of those explicit and testable:
 `tokenize_function` takes the targets from the summary column, `choose_max_length` picks
-the token limits from the data (`nbutils.row_report.length_report` says what they cut), `set_generation`
+the token limits from the data (`nbutils.run.row_report.length_report` says what they cut), `set_generation`
 fixes the generation length on the model itself (so the Trainer's evaluation, `predict` and a
 later `generate` all use it), and `generation_stats` reports how long the summaries came out and
 how many ran into the limit.
@@ -142,7 +142,7 @@ PLACEHOLDER = "<file_"
 
 
 def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, id_column: str = ""):
-    """Apply the malformed-row rule (`nbutils.row_report`) to every split of dialogue data.
+    """Apply the malformed-row rule (`nbutils.run.row_report`) to every split of dialogue data.
 
     Repaired: `\\r\\n` line ends (SAMSum's) become `\\n`. Dropped: a missing or blank dialogue or
     summary, and a dialogue already seen (in this split or an earlier one, train first: a copy
@@ -151,7 +151,7 @@ def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, i
     """
     from datasets import DatasetDict
 
-    from nbutils.row_report import is_blank, normalise_line_ends
+    from nbutils.run.row_report import is_blank, normalise_line_ends
 
     seen: set = set()
     cleaned = {}

@@ -12,7 +12,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from nbutils import batching
-from nbutils.harness import bench, fixtures
+from tools import bench
+from tests import fixtures
 from training_helpers import tiny_classifier, training_args
 
 MAX_LENGTH = 40

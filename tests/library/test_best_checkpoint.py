@@ -1,5 +1,5 @@
 """The best checkpoint of a sharded (FSDP) run is the one every process records, keeps and
-loads at the end (`nbutils.distributed.checkpoint_folder_first`).
+loads at the end (`nbutils.parallel.distributed.checkpoint_folder_first`).
 
 transformers records the best checkpoint only if its folder exists after the barrier that follows
 `save_model`, and under FSDP with sharded checkpoints `save_model` writes nothing: each process
@@ -27,7 +27,8 @@ import json, os, sys
 import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
-from nbutils import distributed, runtime
+from nbutils.parallel import distributed
+from nbutils.run import runtime
 
 folder, out = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from nbutils import data
-from nbutils.harness import fixtures
+from tests import fixtures
 
 TEXTS = ["Moreover, cities without cars have cleaner air.", "i think alot of stuff lol", "so yeah."]
 

@@ -1,12 +1,13 @@
-"""nbutils.distributed: strategies, FSDP's block units, the launch environment, what each
+"""nbutils.parallel.distributed: strategies, FSDP's block units, the launch environment, what each
 process holds; and the runner's options for several machines. (The multi-process runs are in
 test_distributed_runs.py.)"""
 
 import pytest
 import torch
 
-from nbutils import distributed, runtime
-from nbutils.harness import runner
+from nbutils.parallel import distributed
+from nbutils.run import runtime
+from tools import runner
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +182,7 @@ def test_notebooks_declare_and_pass_the_strategy():
     import nbformat
 
     from conftest import ROOT
-    from nbutils.params import declared_parameters
+    from nbutils.run.params import declared_parameters
 
     for name in ("instruction_tune", "summarize_dialogues", "detect_ai_text"):
         path = ROOT / "notebooks" / f"{name}.ipynb"

@@ -9,7 +9,7 @@ from unittest import mock
 
 import pytest
 
-from nbutils import checkpoints, environment, model_card, quiet
+from nbutils.run import checkpoints, environment, model_card, quiet
 
 # What transformers 5.24 logs when a tiny BERT masked-LM checkpoint gets a classification head
 # (copied from an executed smoke notebook).
@@ -160,7 +160,7 @@ def test_install_switches_progress_bars_only_when_headless(monkeypatch):
 
 def test_headless_runs_use_ipc_kernels():
     """Over TCP every headless kernel logs `Kernel is running over TCP without encryption`."""
-    from nbutils.harness import runner
+    from tools import runner
 
     assert runner.headless_kernel_manager()().transport == "ipc"
 

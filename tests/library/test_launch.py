@@ -1,8 +1,8 @@
-"""nbutils.launch: when a notebook launches its own training processes, and what it runs."""
+"""nbutils.parallel.launch: when a notebook launches its own training processes, and what it runs."""
 
 import pytest
 
-from nbutils import launch
+from nbutils.parallel import launch
 
 
 def test_launches_only_for_several_processes_and_never_from_a_launched_one(monkeypatch):
@@ -100,7 +100,7 @@ def test_a_process_forked_from_a_kernel_displays_into_its_log_not_the_kernel(mon
 # Launched with `accelerate launch` like a notebook's script (runner.launch_script).
 FAILING = """
 import torch.distributed as dist
-from nbutils import runtime
+from nbutils.run import runtime
 rank = runtime.topology().rank
 dist.init_process_group("gloo")
 print(f"process {rank} started", flush=True)
@@ -113,7 +113,7 @@ dist.barrier()
 HANGING = """
 import os, time
 import torch.distributed as dist
-from nbutils import runtime
+from nbutils.run import runtime
 rank = runtime.topology().rank
 dist.init_process_group("gloo")
 open(os.path.join(os.path.dirname(__file__), f"pid{rank}"), "w").write(str(os.getpid()))
@@ -128,7 +128,7 @@ else:
 
 def _launch(tmp_path, source, **options):
     from conftest import ROOT
-    from nbutils.harness import runner
+    from tools import runner
 
     (tmp_path / "launch").mkdir()
     script = tmp_path / "launch" / "script.py"
@@ -138,7 +138,7 @@ def _launch(tmp_path, source, **options):
 
 @pytest.mark.slow
 def test_a_failed_process_shows_its_own_error_and_every_line_is_written_once(tmp_path, capsys):
-    from nbutils.harness import runner
+    from tools import runner
 
     with pytest.raises(runner.LaunchError) as failure:
         _launch(tmp_path, FAILING)
@@ -156,7 +156,7 @@ def test_processes_waiting_for_each_other_are_stopped_with_each_ones_last_lines(
     import os
     import time
 
-    from nbutils.harness import runner
+    from tools import runner
 
     started = time.monotonic()
     with pytest.raises(runner.LaunchError, match="no process wrote a line for 20 s"):
@@ -175,7 +175,7 @@ def test_processes_waiting_for_each_other_are_stopped_with_each_ones_last_lines(
 FROM_A_NOTEBOOK = """
 import sys
 from pathlib import Path
-from nbutils import launch
+from nbutils.parallel import launch
 
 folder = Path(sys.argv[1])
 launch.notebook_file = lambda name: folder / f"{name}.ipynb"
@@ -207,7 +207,7 @@ def test_a_failure_in_processes_launched_from_a_notebook_names_the_processes_err
 def test_a_failed_launched_run_points_to_the_processes_log(tmp_path, capsys):
     """A launched run has no executed notebook: the summary points to its processes' log, not
     to "stopped before the notebook ran"."""
-    from nbutils.harness import runner
+    from tools import runner
 
     run_dir = tmp_path / "outputs" / "smoke" / "detect_ai_text" / "bert"
     run_dir.mkdir(parents=True)

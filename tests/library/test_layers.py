@@ -5,7 +5,8 @@ Like LLaMA-Factory's freeze test, these assert `requires_grad` parameter by para
 import pytest
 import torch.nn as nn
 
-from nbutils import layers, record
+from nbutils import layers
+from nbutils.run import record
 from training_helpers import ALL_ARCHS, tiny_classifier, tiny_native
 
 # Blocks each tiny model has, bottom to top (T5: encoder, then decoder).

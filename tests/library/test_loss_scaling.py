@@ -1,5 +1,5 @@
 """The loss the Trainer logs and trains on is the loss of the batch, whatever the number of
-processes and accumulated batches (`nbutils.distributed.match_loss_to_model`).
+processes and accumulated batches (`nbutils.parallel.distributed.match_loss_to_model`).
 
 transformers 5.24 takes every model whose `forward` has `**kwargs` for one that divides its loss
 by the step's label count (`num_items_in_batch`): it multiplies the loss by the number of
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import ROOT
-from nbutils import distributed
+from nbutils.parallel import distributed
 
 ROWS = 8  # one optimizer step: 2 processes x 4 rows, or 1 process x 4 rows x 2 accumulated
 
@@ -99,7 +99,7 @@ import json, sys
 import torch
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
-from nbutils import distributed
+from nbutils.parallel import distributed
 
 folder, out = sys.argv[1], sys.argv[2]
 torch.manual_seed(0)  # the fresh head the test computes the expected loss with

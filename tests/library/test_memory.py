@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
-from nbutils.harness import fixtures
-from nbutils import lora, memory
+from tests import fixtures
+from nbutils import lora
+from nbutils.parallel import memory
 
 # The tiny Llama (.cache/tiny-models/llama): vocabulary 1256, hidden 32, MLP 64, 2 layers,
 # 2 heads of 16, untied head. Per layer: q, k, v, o 4 x 32 x 32 = 4096; gate, up, down

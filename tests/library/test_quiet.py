@@ -1,10 +1,10 @@
-"""nbutils.quiet: the Trainer's report of a tied embedding's copies as missing keys, when it
+"""nbutils.run.quiet: the Trainer's report of a tied embedding's copies as missing keys, when it
 loads the best checkpoint back, is known noise; any other missing key is still reported."""
 
 import io
 import logging
 
-from nbutils import quiet
+from nbutils.run import quiet
 
 
 def _emit(logger_name, message):

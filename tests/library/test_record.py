@@ -2,7 +2,7 @@
 
 import pytest
 
-from nbutils import record
+from nbutils.run import record
 
 BASE = dict(project="p", profile="smoke", task="t", model="m",
             data={"source": "s", "train": 1, "validation": 1, "test": 1},
@@ -68,7 +68,7 @@ def test_split_hash_reads_a_dataframe_or_a_dict_of_columns_alike():
 
 
 def test_a_data_report_has_the_row_counts_and_reasons():
-    from nbutils import row_report
+    from nbutils.run import row_report
 
     ledger = row_report.RowLedger()
     ledger.add_read("train", 3)
@@ -110,7 +110,7 @@ def test_format_value_is_the_tables_and_the_conclusions_one():
 
 
 def test_json_is_written_whole_and_only_by_the_main_process(tmp_path, monkeypatch):
-    from nbutils import runtime
+    from nbutils.run import runtime
 
     path = record.write_json(tmp_path / "runs" / "full@0.5.json", {"loss": 0.25}, indent=1)
     assert path.read_text() == '{\n "loss": 0.25\n}\n' and list(path.parent.iterdir()) == [path]

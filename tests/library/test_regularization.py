@@ -4,7 +4,7 @@ import pytest
 import torch.nn as nn
 from transformers import AutoConfig, DataCollatorWithPadding, EarlyStoppingCallback, Trainer
 
-from nbutils.harness import fixtures
+from tests import fixtures
 from nbutils import metrics
 from nbutils.regularization import dropout_overrides, early_stopping
 from training_helpers import ALL_ARCHS, tiny_classifier, tokenized_essays, training_args

@@ -8,9 +8,10 @@ from datasets import Dataset
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                           Trainer, TrainerCallback, TrainingArguments)
 
-from nbutils import checkpoints, data, secrets
-from nbutils.harness import fixtures
-from nbutils.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+from nbutils.run import checkpoints, secrets
+from nbutils import data
+from tests import fixtures
+from nbutils.run.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
 
 def _checkpoint(folder, step, complete=True):
@@ -123,7 +124,7 @@ def test_checkpoint_schedule_follows_save_every_steps():
 
 
 def test_device_map_gives_each_ddp_process_its_own_gpu(monkeypatch):
-    from nbutils import runtime
+    from nbutils.run import runtime
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert runtime.device_map() is None  # CPU: the Trainer places the model

@@ -12,11 +12,12 @@ import json
 
 import pytest
 
-from nbutils import data, row_report
+from nbutils import data
+from nbutils.run import row_report
 from nbutils.tasks.instruction_tuning import instructions
-from nbutils.harness import runner
+from tools import runner
 from nbutils.tasks.text_to_pandas import table_context, text_to_code
-from nbutils.harness.samples import text2pandas
+from tests.fixtures.samples import text2pandas
 
 from conftest import ROOT
 

@@ -2,7 +2,7 @@
 parameter, fail, kill and rerun, switch to several processes. What is on disk must be true: the
 record in `output_dir` describes exactly what the checkpoints beside it were trained with.
 
-These drive `nbutils.setup` and `nbutils.checkpoints` with a fake training step (a checkpoint
+These drive `nbutils.run.setup` and `nbutils.run.checkpoints` with a fake training step (a checkpoint
 folder and a record written by hand); tests/notebooks/test_run_sequences.py runs the same
 sequences through whole notebooks."""
 
@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from nbutils import checkpoints, environment, record, setup
+from nbutils.run import checkpoints, environment, record, setup
 
 BASE = {"project": "demo/x", "profile": "smoke", "output_dir": "out/x", "learning_rate": 2.0e-3,
         "epochs": 4.0, "seed": 42, "model_name": "m", "resume": True, "report_to": "none",

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from nbutils import runtime
+from nbutils.run import runtime
 
 
 def fake_gpu(monkeypatch, capability):
@@ -81,7 +81,9 @@ def test_every_module_reads_the_topology_from_runtime(monkeypatch, tmp_path):
     their own reading of the environment."""
     from types import SimpleNamespace
 
-    from nbutils import batching, launch, record
+    from nbutils import batching
+    from nbutils.parallel import launch
+    from nbutils.run import record
     from nbutils.tasks.strategies import study
 
     monkeypatch.delenv(launch.LAUNCHED, raising=False)

@@ -1,4 +1,4 @@
-"""nbutils.setup: a notebook's set-up in one call, and the TrainingArguments keywords shared by
+"""nbutils.run.setup: a notebook's set-up in one call, and the TrainingArguments keywords shared by
 every notebook (the notebooks used to write both out by hand; these pin what they did)."""
 
 import json
@@ -9,7 +9,8 @@ import pytest
 import torch
 from transformers import Seq2SeqTrainingArguments, TrainingArguments
 
-from nbutils import batching, checkpoints, environment, setup
+from nbutils import batching
+from nbutils.run import checkpoints, environment, setup
 
 FAKE_TOKEN = "hf_surfaceTestTokenNeverPrinted"
 
@@ -106,7 +107,7 @@ def _run(tmp_path, precision=None, seed=42):
 
 
 def test_training_arguments_equal_what_the_detection_notebook_wrote_by_hand(tmp_path):
-    """The keywords the detection notebook passed before nbutils.setup existed."""
+    """The keywords the detection notebook passed before nbutils.run.setup existed."""
     run = _run(tmp_path)
     recipe = dict(num_train_epochs=2, learning_rate=3e-5, per_device_train_batch_size=8, logging_steps=20)
     by_hand = dict(output_dir=str(run.dir / "checkpoints"), **recipe, **checkpoints.schedule(0),

@@ -38,8 +38,8 @@ import pytest
 import torch
 
 from conftest import ROOT, kill_run
-from nbutils import checkpoints, record
-from nbutils.harness import runner
+from nbutils.run import checkpoints, record
+from tools import runner
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def _project(name):
 
 
 def _runner_command(name, outputs, *options):
-    return [sys.executable, "-m", "nbutils.harness.runner", "run", name, "--profile", "smoke", "--root", str(ROOT),
+    return [sys.executable, "-m", "tools.runner", "run", name, "--profile", "smoke", "--root", str(ROOT),
             "--outputs", str(outputs), *[f"-p{k}={v}" for k, v in FSDP.items()], *options]
 
 

@@ -30,7 +30,7 @@ import json
 
 import pytest
 
-from nbutils.harness import runner
+from tools import runner
 
 from conftest import ROOT
 

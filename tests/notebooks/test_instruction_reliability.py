@@ -11,7 +11,7 @@ import json
 import pytest
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import checkpoints, record
+from nbutils.run import checkpoints, record
 
 VARIANTS = ("llama2_7b", "qwen2_5_0_5b_instruct")
 QLORA = "instruction_tune/llama2_7b"  # its smoke params save a checkpoint every 5 optimizer steps

@@ -32,7 +32,7 @@ def _output_texts(nb) -> list[str]:
 def test_prepare_writes_the_values_into_the_parameters_cell_with_absolute_paths(cache, tmp_path):
     """The profile's values are written into the parameters cell itself: no injected cell below it
     silently overrides what a learner edits there. The copy and its run folder are Lab's own."""
-    from nbutils.harness import lab
+    from tools import lab
 
     copy = lab.prepare("detect_ai_text/bert", "smoke", ROOT, tmp_path, {"epochs": 1})
     assert copy == tmp_path / "smoke-lab" / "detect_ai_text" / "bert.ipynb"
@@ -52,7 +52,7 @@ def test_prepare_writes_the_values_into_the_parameters_cell_with_absolute_paths(
 
 
 def test_write_values_keeps_annotations_comments_and_multiline_values():
-    from nbutils.harness import lab
+    from tools import lab
 
     source = ('a: int = 1  # one\nb: dict = {\n    "x": 1,\n}  # a mapping\nc = "keep"\n')
     written = lab.write_values(source, {"a": 5, "b": {"y": [1, 2]}})
@@ -60,7 +60,7 @@ def test_write_values_keeps_annotations_comments_and_multiline_values():
 
 
 def test_absolute_paths_leave_names_and_hub_ids_alone(tmp_path):
-    from nbutils.harness import lab
+    from tools import lab
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "x.csv").write_text("a\n")
@@ -74,7 +74,7 @@ def test_absolute_paths_leave_names_and_hub_ids_alone(tmp_path):
 
 
 def test_lab_runs_smoke_offline_and_live():
-    from nbutils.harness import lab
+    from tools import lab
 
     env = lab.lab_environment("smoke", {"PATH": "/bin", "NBUTILS_HEADLESS": "1"})
     assert env["HF_HUB_OFFLINE"] == "1" and "NBUTILS_HEADLESS" not in env
@@ -85,7 +85,7 @@ def test_lab_runs_smoke_offline_and_live():
 def test_lab_allows_root_only_as_root(uid, monkeypatch):
     """As root (Kaggle, Colab, most containers) Lab stops with `Running as root is not
     recommended. Use --allow-root`."""
-    from nbutils.harness import lab
+    from tools import lab
 
     monkeypatch.setattr(lab.os, "geteuid", lambda: uid)
     assert ("--allow-root" in lab.lab_command(ROOT / "notebooks" / "x.ipynb", ROOT)) is (uid == 0)
@@ -111,8 +111,8 @@ def test_a_prepared_notebook_runs_twice_then_edited_in_one_kernel_started_in_its
     files in the run folder, a model card, no nested folders, the headless run folder untouched."""
     from nbclient import NotebookClient
 
-    from nbutils import checkpoints, record
-    from nbutils.harness import lab
+    from nbutils.run import checkpoints, record
+    from tools import lab
 
     copy = lab.prepare("detect_ai_text/bert", "smoke", ROOT, tmp_path,
                        {"epochs": 1, "max_samples": 300, "report_to": "tensorboard"})
@@ -177,10 +177,10 @@ def test_setup_checks_inputs_before_making_the_run_folder_and_quiets_output_firs
     the noise filters are in place before transformers is imported."""
     nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
     code = [c.source for c in nb.cells if c.cell_type == "code"]
-    # nb.setup.start checks the inputs before it makes the run folder (tests/test_setup.py).
-    setup = next(i for i, s in enumerate(code) if "nb.setup.start(project, output_dir" in s)
+    # nb.run.setup.start checks the inputs before it makes the run folder (tests/test_setup.py).
+    setup = next(i for i, s in enumerate(code) if "nb.run.setup.start(project, output_dir" in s)
     assert "inputs=dict(data_source=data_source, " in code[setup] and "model_name=model_name" in code[setup]
-    quiet = code.index("from nbutils import quiet\n\nquiet.install()")
+    quiet = code.index("from nbutils.run import quiet\n\nquiet.install()")
     first_transformers = next(i for i, s in enumerate(code) if "from transformers import" in s)
     assert quiet < first_transformers
     parameters = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))

@@ -3,8 +3,8 @@ by the runner. Started from inside the notebook (`num_processes: 2`, as on Kaggl
 tests/harness/test_kaggle.py::test_prepared_notebook_runs_in_a_simulated_kaggle."""
 
 from conftest import ROOT
-from nbutils import checkpoints, record
-from nbutils.harness import runner
+from nbutils.run import checkpoints, record
+from tools import runner
 
 
 def test_two_process_run_trains_and_records_two_processes(cache, tmp_path, smoke_run):

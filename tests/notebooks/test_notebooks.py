@@ -43,7 +43,7 @@ def test_first_code_cell_installs_nbutils_where_missing(path):
     """Every notebook runs unedited on Kaggle (wheel dataset, internet off) and Colab."""
     import tomllib
 
-    from nbutils.harness.kaggle import install_cell
+    from tools.kaggle import install_cell
 
     repository = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["nbutils"]["repository"]
     nb = nbformat.read(ROOT / path, as_version=4)
@@ -66,8 +66,8 @@ def test_set_repository_writes_a_fork_into_every_notebook_and_the_readme(tmp_pat
     every Colab badge name the fork, and nothing else in the notebooks changes."""
     import shutil
 
-    from nbutils.harness import repository
-    from nbutils.harness.kaggle import install_cell
+    from tools import repository
+    from tools.kaggle import install_cell
 
     shutil.copytree(ROOT / "notebooks", tmp_path / "notebooks")
     shutil.copy(ROOT / "README.md", tmp_path)

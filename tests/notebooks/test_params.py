@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from nbutils.harness import runner
-from nbutils.params import ParameterError, check_parameters, declared_parameters, notebook_parameters
+from tools import runner
+from nbutils.run.params import ParameterError, check_parameters, declared_parameters, notebook_parameters
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PARAM_FILES = sorted((ROOT / "params").rglob("*.yaml"))
@@ -110,7 +110,7 @@ def test_int_is_accepted_for_float():
 
 
 PARAMETERS_CELL = "epochs: int = 2  # passes\nlr: float = 0.1  # rate\n"
-CHECK_CELL = "from nbutils.params import notebook_parameters\n\nconfig = notebook_parameters(globals())\n"
+CHECK_CELL = "from nbutils.run.params import notebook_parameters\n\nconfig = notebook_parameters(globals())\n"
 
 
 def test_in_notebook_check_catches_injected_unknown_names():

@@ -3,7 +3,7 @@
 import ast
 
 from conftest import ROOT
-from nbutils.harness import runner
+from tools import runner
 
 
 def full_parameters(project_name):

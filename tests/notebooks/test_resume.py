@@ -3,18 +3,14 @@
 That comparison is also the determinism check: the resumed process re-reads the data, re-splits
 it and trains on from restored states, and must land on the session run's numbers (a separate
 "same seed, same numbers" rerun cost a whole extra run; the hub token is checked in every
-session run's outputs by tests/notebooks/test_secrets.py). The session run's kernel is warm
-(forked from a server that imported the libraries, nbutils.harness.warm_kernels) and the
-resumed runs' kernels are fresh, so the same comparison shows that a warm kernel changes no
-number."""
+session run's outputs by tests/notebooks/test_secrets.py)."""
 
 import json
 
 import pytest
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import checkpoints, record
-from nbutils.harness import warm_kernels
+from nbutils.run import checkpoints, record
 
 PROJECT = "detect_ai_text/bert"
 
@@ -26,8 +22,7 @@ def _run(outputs, **overrides):
 
 
 def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_run, tmp_path, monkeypatch):
-    reference = record.read_record(smoke_run("detect_ai_text")[1] / PROJECT)  # a warm kernel's
-    monkeypatch.setenv(warm_kernels.SWITCH, "0")  # fresh kernels from here on
+    reference = record.read_record(smoke_run("detect_ai_text")[1] / PROJECT)
     # SIGKILL the runner and its kernel once the first checkpoint is complete, as when a Kaggle
     # or Colab session disappears.
     work = interrupt_smoke_run(PROJECT, tmp_path)  # where the killed run left its checkpoints

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_smoke_project
-from nbutils import record
-from nbutils.harness import runner
+from nbutils.run import record
+from tools import runner
 
 BACKBONES = ("bert", "deberta", "distilbert", "roberta")
 

@@ -1,7 +1,7 @@
 """End to end: the fine-tuning strategies study on its smoke profile, through papermill, offline.
 
 The tiny backbone is a BERT the fixtures briefly pre-trained with masked-LM on the project's
-general text (`nbutils.harness.tiny_pretraining`): the random tiny models' MLM heads predict at chance,
+general text (`tests.fixtures.tiny_pretraining`): the random tiny models' MLM heads predict at chance,
 so forgetting measured through them would be noise.
 """
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import checkpoints, record
+from nbutils.run import checkpoints, record
 from nbutils.tasks.strategies import study
 
 PROJECT = "finetuning_strategies"

@@ -11,8 +11,9 @@ import torch
 from transformers import TrainerCallback
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import batching, checkpoints, data, lora, record
-from nbutils.harness import fixtures
+from nbutils import batching, data, lora
+from nbutils.run import checkpoints, record
+from tests import fixtures
 from nbutils.tasks import summarization
 
 NOTEBOOK = "summarize_dialogues"

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from conftest import interrupt_smoke_run, run_smoke_project
-from nbutils import checkpoints, data, record
+from nbutils.run import checkpoints, record
+from nbutils import data
 from nbutils.tasks.text_to_pandas import text_to_code
-from nbutils.harness.samples import text2pandas
+from tests.fixtures.samples import text2pandas
 
 NOTEBOOK = "text_to_pandas"
 

@@ -7,7 +7,7 @@ import pytest
 from datasets import ClassLabel, Dataset, Value
 
 from nbutils.remedies import augment, sources
-from nbutils.harness import fixtures
+from tests import fixtures
 
 TEXT = "Cars pollute the air. Buses carry more people! Parks could replace parking lots."
 

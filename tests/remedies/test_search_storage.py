@@ -16,7 +16,7 @@ import pytest
 from transformers import TrainerCallback
 
 from conftest import ROOT
-from nbutils import record, secrets
+from nbutils.run import record, secrets
 from nbutils.remedies import search
 from search_worker import SPACE, make_trainer, run
 

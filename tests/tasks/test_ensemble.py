@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ROOT, run_smoke_project
 from nbutils.tasks import ensemble
-from nbutils import record
-from nbutils.harness import runner
+from nbutils.run import record
+from tools import runner
 from nbutils.tasks.ensemble import EnsembleError
 
 VALIDATION_IDS = np.arange(0, 80)

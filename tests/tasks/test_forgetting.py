@@ -8,10 +8,11 @@ import pytest
 import torch
 from transformers import AutoModelForMaskedLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from nbutils.harness import fixtures, tiny_pretraining
+from tests import fixtures
+from tests.fixtures import tiny_pretraining
 from nbutils.tasks.strategies import forgetting
 from nbutils import lora
-from nbutils.harness.samples import detection, general_text
+from tests.fixtures.samples import detection, general_text
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,12 @@ import torch
 
 from conftest import ROOT
 from nbutils.tasks.instruction_tuning import causal_lm, instructions
-from nbutils.harness import fixtures, runner
-from nbutils import lora, record, row_report
+from tests import fixtures
+from tools import runner
+from nbutils import lora
+from nbutils.run import record, row_report
 from nbutils.tasks.instruction_tuning.instructions import InstructionDataError
-from nbutils.harness.samples import instructions as sample
+from tests.fixtures.samples import instructions as sample
 
 MAX_LENGTH = 192  # the smoke profile's
 
@@ -84,7 +86,7 @@ def test_sample_lengths_have_the_real_long_right_tail(cache):
 def test_sample_texts_feed_the_tokenizer_corpus(cache):
     from transformers import AutoTokenizer
 
-    from nbutils.harness import samples
+    from tests.fixtures import samples
 
     assert set(sample.texts()) <= set(samples.corpus(0))
     tok = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "llama"))
@@ -258,7 +260,7 @@ def _pairs(n=None, path="guanaco_llama2_1k.jsonl", fmt="text"):
     from nbutils import data
 
     table = data.load_table(str(ROOT / ".cache" / "sample-data" / path))
-    from nbutils.row_report import RowLedger
+    from nbutils.run.row_report import RowLedger
 
     # The sample has the real set's malformed rows: the notebook's rule repairs or drops them.
     pairs, _ = instructions.to_prompt_completion(table if n is None else table.select(range(n)), fmt,

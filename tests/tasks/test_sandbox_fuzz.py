@@ -15,11 +15,12 @@ import re
 
 import pytest
 
-from nbutils.tasks.text_to_pandas import code_exec, table_context
-from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox
-from nbutils.tasks.text_to_pandas.result_compare import parse_reply, results_match, validated_reply
-from nbutils.harness.samples import text2pandas
-from nbutils.tasks.text_to_pandas.sandbox_allowlist import ALLOWED_ATTRIBUTES
+from nbutils.sandbox import code_exec
+from nbutils.tasks.text_to_pandas import table_context
+from nbutils.sandbox.code_exec import ExecutionEvaluator, Sandbox
+from nbutils.sandbox.result_compare import parse_reply, results_match, validated_reply
+from tests.fixtures.samples import text2pandas
+from nbutils.sandbox.allowlist import ALLOWED_ATTRIBUTES
 
 SEED = 20261201
 TABLE = {"df": {"columns": ["name", "team", "points"],

@@ -20,7 +20,7 @@ import warnings
 from collections import Counter
 
 from conftest import ROOT
-from nbutils.tasks.text_to_pandas.sandbox_allowlist import refusal
+from nbutils.sandbox.allowlist import refusal
 
 PANDASEVAL = ROOT.parent / "shared" / "data" / "pandaseval" / "PandasEval.jsonl"
 

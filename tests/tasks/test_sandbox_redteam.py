@@ -31,8 +31,8 @@ from pathlib import Path
 
 import pytest
 
-from nbutils.tasks.text_to_pandas import code_exec
-from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox
+from nbutils.sandbox import code_exec
+from nbutils.sandbox.code_exec import ExecutionEvaluator, Sandbox
 
 SECRET = "SECRET-7f3a9c-planted-in-a-file"
 TOKEN = "hf_TOKEN-41d2e8-planted-in-an-environment"
@@ -691,12 +691,12 @@ def test_the_attacks_are_real(tmp_path):
 def test_without_seccomp_the_sandbox_refuses_unless_the_user_accepts_the_risk(monkeypatch):
     """Where the kernel cannot contain the children (macOS, no seccomp), nothing runs unless
     `allow_uncontained`; then the containment says what is missing."""
-    from nbutils.tasks.text_to_pandas import sandbox_jail
+    from nbutils.sandbox import jail as sandbox_jail
 
     # The worker is a fresh interpreter: it boots with a filter that cannot be built.
     monkeypatch.setattr(code_exec, "_BOOT", (
         "import sys; sys.path[:0] = {paths!r}\n"
-        "from nbutils.tasks.text_to_pandas import code_exec, sandbox_jail\n"
+        "from nbutils.sandbox import code_exec, jail as sandbox_jail\n"
         "def unavailable():\n    raise sandbox_jail.ContainmentUnavailable('seccomp is Linux-only; this is simulated')\n"
         "code_exec.build_filter = unavailable\ncode_exec._worker_main(allow_uncontained={allow!r})"))
     with pytest.raises(sandbox_jail.ContainmentUnavailable,

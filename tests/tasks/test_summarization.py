@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from conftest import ROOT, run_smoke_project
-from nbutils import baselines, data, lora, metrics, record, row_report, runtime
-from nbutils.harness import fixtures, runner
+from nbutils import baselines, data, lora, metrics
+from nbutils.run import record, row_report, runtime
+from tests import fixtures
+from tools import runner
 from nbutils.tasks import summarization
-from nbutils.harness.samples import dialogues
+from tests.fixtures.samples import dialogues
 
 TEMPLATE = summarization.DEFAULT_TEMPLATE
 
@@ -146,7 +148,7 @@ def test_prompt_template_must_hold_the_dialogue_field():
 def test_empty_rows_and_repeated_dialogues_are_dropped_and_named_by_split_and_id():
     from datasets import DatasetDict
 
-    from nbutils.row_report import BadRowsError, RowLedger
+    from nbutils.run.row_report import BadRowsError, RowLedger
 
     splits = DatasetDict(train=_table([{"id": "11", "dialogue": "A: hi\r\nB: <file_photo>", "summary": "A greets."},
                                        {"id": "12", "dialogue": "B: yo", "summary": "  "},

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from nbutils.tasks.text_to_pandas import code_exec, table_context
+from nbutils.sandbox import code_exec
+from nbutils.tasks.text_to_pandas import table_context
 
 CONTEXT = "df = pd.DataFrame(columns=['player', 'year', 'team', 'points'])"
 

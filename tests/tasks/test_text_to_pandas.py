@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, run_smoke_project
-from nbutils.tasks.text_to_pandas import code_exec, table_context, text_to_code
-from nbutils import data, record
-from nbutils.harness import runner
+from nbutils.sandbox import code_exec
+from nbutils.tasks.text_to_pandas import table_context, text_to_code
+from nbutils import data
+from nbutils.run import record
+from tools import runner
 from nbutils import tokenizer_coverage as coverage
-from nbutils.tasks.text_to_pandas.code_exec import ExecutionEvaluator, Sandbox, canonical, results_match
-from nbutils.harness.samples import text2pandas
+from nbutils.sandbox.code_exec import ExecutionEvaluator, Sandbox, canonical, results_match
+from tests.fixtures.samples import text2pandas
 
 TABLE = {"df": {"columns": ["name", "team", "points"],
                 "rows": [["Ann", "red", 10], ["Bob", "red", 25], ["Cid", "blue", 7], ["Dee", "blue", 31]]}}
@@ -359,7 +361,7 @@ CODE = ["df.groupby('team').agg({'points': 'sum', 'games': 'mean'})", "df[df['po
 def t5_tokenizer(cache):
     from transformers import AutoTokenizer
 
-    from nbutils.harness import fixtures
+    from tests import fixtures
 
     return AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "t5"))
 
@@ -404,7 +406,7 @@ def test_a_byte_level_tokenizer_needs_nothing(cache):
     """The CodeT5 case: a byte-level BPE vocabulary encodes every character."""
     from transformers import AutoTokenizer
 
-    from nbutils.harness import fixtures
+    from tests import fixtures
 
     tokenizer = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "roberta"))
     report = coverage.check_coverage(tokenizer, CODE)
@@ -416,7 +418,7 @@ def test_new_embeddings_start_at_the_mean(cache, t5_tokenizer):
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from nbutils.harness import fixtures
+    from tests import fixtures
 
     model = AutoModelForSeq2SeqLM.from_pretrained(fixtures.tiny_model_dir(cache, "t5"))
     before = model.get_input_embeddings().weight.detach().clone()
@@ -435,7 +437,7 @@ def test_new_embeddings_start_at_the_mean(cache, t5_tokenizer):
 def test_label_padding_is_masked_with_minus_100(cache, t5_tokenizer):
     from transformers import AutoModelForSeq2SeqLM, DataCollatorForSeq2Seq
 
-    from nbutils.harness import fixtures
+    from tests import fixtures
 
     model = AutoModelForSeq2SeqLM.from_pretrained(fixtures.tiny_model_dir(cache, "t5"))
     targets = ["df['a'].sum()", "df[df['team'] == 'Rockets']['player'].count()"]

@@ -4,7 +4,7 @@
   notebooks' shortcut) lets padding logic treat every real EOS as padding, so the model is
   never trained to end an answer and generates until `max_new_tokens`.
 - `sequence_lengths`: how long the examples are in tokens (with their prompts, for
-  `nbutils.row_report.length_report`: how many `max_length` cuts, which then lose their EOS).
+  `nbutils.run.row_report.length_report`: how many `max_length` cuts, which then lose their EOS).
 - `token_loss`: mean loss per completion token over a held-out split, and its perplexity,
   exp(mean token loss): the model scored on reference answers, never on its own output; only
   completion positions reach the vocabulary projection, in chunks of bounded size.

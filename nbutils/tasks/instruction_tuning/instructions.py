@@ -226,13 +226,13 @@ def to_prompt_completion(table, fmt: str, skip_invalid: bool = False, ledger=Non
 
     Returns (dataset with `prompt` and `completion` columns, skipped rows as (index, reason)).
     A malformed row raises `InstructionDataError`, or with `skip_invalid` is left out and listed.
-    With a `nbutils.row_report.RowLedger` the malformed-row rule applies instead: `\r\n` line
+    With a `nbutils.run.row_report.RowLedger` the malformed-row rule applies instead: `\r\n` line
     ends and empty trailing turns (text format) are repaired and counted, other malformed rows
     are dropped with their reason, and the caller checks the ledger's share.
     """
     from datasets import Dataset
 
-    from nbutils.row_report import normalise_line_ends
+    from nbutils.run.row_report import normalise_line_ends
 
     if ledger is not None:
         ledger.add_read(split, len(table))

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from nbutils.record import format_value, write_json
+from nbutils.run.record import format_value, write_json
 
 DESCRIPTIONS = {
     "full": "full fine-tuning",

@@ -185,7 +185,7 @@ def detect_data_format(columns, requested: str, input_column: str, question_colu
 
 def clean_rows(split, split_name: str, fmt: str, ledger, question_column: str, context_column: str,
                answer_column: str, input_column: str = "Input", source_answer_column: str = ""):
-    """Apply the malformed-row rule (`nbutils.row_report`) to one split, in either form.
+    """Apply the malformed-row rule (`nbutils.run.row_report`) to one split, in either form.
 
     Repaired: `\\r\\n` line ends. Dropped: an `Input` not in the `table: ...` / `question: ...`
     form (single-column), an empty question or answer, a reference answer that does not parse
@@ -197,7 +197,7 @@ def clean_rows(split, split_name: str, fmt: str, ledger, question_column: str, c
 
     from datasets import Dataset
 
-    from nbutils.row_report import is_blank, normalise_line_ends
+    from nbutils.run.row_report import is_blank, normalise_line_ends
     from nbutils.tasks.text_to_pandas.table_context import context_from_schema, parse_schema_text
 
     ledger.add_read(split_name, len(split))

@@ -1,0 +1,333 @@
+"""A notebook's set-up in one call, and the Trainer settings that are infrastructure, not recipe.
+
+Every training notebook began with the same lines: seed, find out where it runs (Kaggle, Colab,
+local), stop on a missing local input before making any folder, make the run folder, choose the
+precision this hardware and model allow, read the hub token, print one line saying all that.
+`start` does them, in that order, and returns a `Run`:
+
+    run = setup.start(project, output_dir, config, seed=seed, precision=precision,
+                      inputs=dict(data_source=data_source, model_name=model_name))
+    run.dir, run.env, run.precision, run.token, run.compute_dtype
+    ...
+    run.finish()   # the notebook's last cell: the finished run replaces the earlier one
+
+A run works in its own folder, `<output_dir>.incomplete` (`run.dir`), and `finish` moves it
+into `output_dir` (`run.final`) whole, once its record is written. So `output_dir` always holds
+one complete run: a failed or killed run leaves the earlier one as it was, beside a clearly
+named incomplete one. The checkpoints there carry what trained them (`checkpoints.TRAINING_FILE`):
+a rerun with the same parameters resumes them (a finished run: nothing is trained, and the
+record says so); a run with other values trains afresh, and the earlier run stays whole until
+it is replaced.
+
+`training_arguments` returns the TrainingArguments keywords every notebook sets the same way
+(checkpoint schedule and retention, the NaN filter `StopOnNonFiniteLoss` needs off, length
+grouping, pinned memory, reporting, precision, seed), merged with the keywords given, which
+win: the notebook writes only its recipe (learning rate, epochs, batch sizes, ...), and a
+strategy that adds its own settings (several processes, a sharded model) passes them on:
+
+    TrainingArguments(**setup.training_arguments(
+        run, save_every_steps=save_every_steps, best_metric="roc_auc", report_to=report_to,
+        learning_rate=learning_rate, num_train_epochs=epochs, ...))
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nbutils.run import checkpoints, environment, runtime, secrets
+
+CHECKPOINTS = "checkpoints"  # the run folder's subfolder the Trainer checkpoints into
+# What a run keeps to be continued: checkpoints, the strategies study's finished runs and a
+# hyperparameter search's study database. A rerun with the same parameters starts from them.
+RESUME_STATE = (CHECKPOINTS, "runs", "hpo.sqlite3")
+INCOMPLETE = ".incomplete"  # suffix of the folder a run works in until it finishes
+
+
+def attempt_folder(final: str | Path) -> Path:
+    """The folder a run of `final` works in until it finishes (`Run.finish`)."""
+    final = Path(final)
+    return final.with_name(final.name + INCOMPLETE)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Where a run writes and what it runs on. The token is left out of `repr`: never printed."""
+
+    project: str
+    dir: Path  # the folder this run works in (`<final>.incomplete`), created by `start`
+    env: environment.Environment
+    precision: dict = field(default_factory=dict)  # Trainer flags {"bf16": ..., "fp16": ...}; {}: none chosen
+    seed: int | None = None
+    token: str | None = field(default=None, repr=False)  # the hub token, passed on, never shown
+    token_name: str | None = "HF_TOKEN"  # the secret `token` was read from (None: none read)
+    final: Path | None = None  # the run folder (`output_dir`) that `finish` publishes `dir` as
+    # What the run found and did: "previous_train" (the training figures of the finished run
+    # whose checkpoints this one continues), "resumed" {folder: finished steps or 0}.
+    state: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def compute_dtype(self):
+        """The torch dtype of the chosen precision: 16-bit weights load in it, 4-bit layers compute in it."""
+        return runtime.compute_dtype(self.precision)
+
+    @property
+    def trained_nothing(self) -> bool:
+        """Did every `trainer.train` of this run continue a finished checkpoint (no step taken)?"""
+        resumed = self.state.get("resumed", {})
+        return bool(resumed) and all(resumed.values())
+
+    def resume_from(self, resume: bool = True, folder: str | Path = CHECKPOINTS) -> str | None:
+        """The checkpoint `trainer.train(resume_from_checkpoint=...)` continues from (None: the
+        start); prints what it decided (see `checkpoints.resume_checkpoint`). Every process
+        calls it; each reads the same folder."""
+        _wait_for_everyone()  # the main process has made the folder (`start`)
+        checkpoint = checkpoints.resume_checkpoint(self.dir / folder, resume)
+        self.state.setdefault("resumed", {})[str(folder)] = checkpoints.finished_steps(checkpoint)
+        return checkpoint
+
+    def describe(self, **notes) -> str:
+        """The environment line: where, on what, in which precision, whether a token is set."""
+        parts = [f"environment: {self.env.describe()}"]
+        if self.precision:
+            parts += [f"device: {runtime.describe_device()}", f"precision: {self.precision}"]
+        parts += [f"{name.replace('_', ' ')}: {value}" for name, value in notes.items()]
+        if self.token_name:
+            parts.append(f"hub token: {secrets.describe(self.token)}")
+        parts.append(f"run folder: {self.final or self.dir}")
+        return "; ".join(parts)
+
+    def finish(self) -> Path:
+        """Publish the run: its folder replaces `final` whole (the notebook's last cell).
+
+        Only a run that wrote its record is published. Every process calls it; the main one
+        moves the folders once all have arrived.
+        """
+        from nbutils.run.record import RECORD_FILE
+
+        final = self.final or self.dir
+        _wait_for_everyone()
+        if runtime.is_main_process() and self.dir != final:
+            if not (self.dir / RECORD_FILE).is_file():
+                raise RuntimeError(f"{self.dir} has no {RECORD_FILE}: a run without its record is not published")
+            replaced = final.with_name(final.name + ".replaced")
+            shutil.rmtree(replaced, ignore_errors=True)
+            if final.exists():
+                final.rename(replaced)
+            self.dir.rename(final)
+            shutil.rmtree(replaced, ignore_errors=True)
+            print(f"run finished: {final}")
+        _wait_for_everyone()
+        return final
+
+
+def _wait_for_everyone() -> None:
+    """A barrier in a run of several processes (every process calls the same ones, in order)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _carry_over(source: Path, target: Path) -> None:
+    """Bring a finished run's resume state (`RESUME_STATE`) into a new run's folder, the
+    finished run left as it is. Folders as hard links, no bytes copied: the Trainer writes each
+    checkpoint into a new folder and the study replaces its files whole (`record.write_json`),
+    so no file of the finished run is written through a link. A database changes in place: copied."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    for name in RESUME_STATE:
+        if (source / name).is_dir():
+            shutil.copytree(source / name, target / name, copy_function=link)
+        elif (source / name).is_file():
+            shutil.copy2(source / name, target / name)
+
+
+def prepare_folder(final: Path, identity: dict, resume: bool = True) -> tuple[Path, dict]:
+    """Choose and make the folder a run works in, from what `final` and its incomplete
+    folder hold; returns it and what it found (`Run.state`). Main process only.
+
+    - an incomplete run with this identity is continued (resume = False: emptied first);
+    - one with another identity is kept, renamed `<final>.incomplete-<its hash>`, and this
+      run starts afresh;
+    - a finished run in `final` with this identity: its resume state is carried into the new
+      folder (`_carry_over`), so the Trainer finds its checkpoints finished and trains nothing;
+    - `final` with another identity (or none) is left whole until `finish` replaces it.
+    """
+    work = attempt_folder(final)
+    state: dict = {}
+    stored = checkpoints.read_identity(work)
+    if work.exists() and stored != identity and not any((work / n).exists() for n in RESUME_STATE):
+        shutil.rmtree(work)  # a failed attempt that trained nothing: nothing there to keep
+    elif work.exists() and stored != identity:
+        kept = work.with_name(f"{work.name}-{_digest(stored) if stored else 'unknown'}")
+        shutil.rmtree(kept, ignore_errors=True)
+        work.rename(kept)
+        why = (checkpoints.describe_differences(checkpoints.differences(stored, identity)) if stored
+               else f"no {checkpoints.TRAINING_FILE}")
+        print(f"an unfinished run trained with other values ({why}) is kept in {kept}; this run starts afresh")
+    elif work.exists() and not resume:
+        shutil.rmtree(work)
+    if not work.exists():
+        work.mkdir(parents=True)
+        finished = checkpoints.read_identity(final)
+        decision = checkpoints.decide(finished, identity, any((final / n).exists() for n in RESUME_STATE), resume)
+        if decision.action == "resume":
+            _carry_over(final, work)
+            try:
+                from nbutils.run.record import read_record
+
+                state["previous_train"] = read_record(final).get("train")
+            except (OSError, ValueError):
+                pass
+        elif final.exists() and decision.reason != "no checkpoint":
+            print(f"{final} holds an earlier run; training afresh ({decision.reason}). "
+                  f"It stays whole until this run finishes and replaces it.")
+    checkpoints.write_identity(work, identity)
+    return work, state
+
+
+def _digest(identity: dict) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def check_publishing(config: dict, token: str | None, token_name: str | None) -> None:
+    """Stop at set-up on a push to the hub that could only fail after training."""
+    if not config.get("push_to_hub"):
+        return
+    if not config.get("hub_repo_id"):
+        raise ValueError("push_to_hub is true but hub_repo_id is empty: name the repository to push to "
+                         "(hub_repo_id: your-name/model-name), or set push_to_hub false")
+    if not token:
+        raise ValueError(f"push_to_hub is true but no hub token was found ({token_name or 'HF_TOKEN'} in the "
+                         "environment or the Kaggle/Colab secrets): set it, or set push_to_hub false")
+
+
+# A checkpoint of full fine-tuning holds the weights and AdamW's two moments, all fp32: at most
+# three times the size of the model's weight files (LoRA's holds far less). Two are kept.
+CHECKPOINT_BYTES_PER_WEIGHT_BYTE, CHECKPOINTS_KEPT = 3, 2
+
+
+def check_disk(folder: Path, model_name: str, free_bytes: int | None = None) -> str | None:
+    """A warning where the free space at `folder` is less than the checkpoints of a local model
+    `model_name` could take (an upper bound: full fine-tuning); None where it fits or the model
+    is not a local folder (a hub id's size is not known before it downloads)."""
+    model = Path(model_name).expanduser() if model_name else None
+    if model is None or not model.is_dir():
+        return None
+    weights = sum(p.stat().st_size for p in model.glob("*.safetensors")) or sum(
+        p.stat().st_size for p in model.glob("*.bin"))
+    needed = weights * CHECKPOINT_BYTES_PER_WEIGHT_BYTE * CHECKPOINTS_KEPT
+    probe = folder
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free if free_bytes is None else free_bytes
+    if free >= needed:
+        return None
+    return (f"only {free / 1e9:.1f} GB free at {probe}, and {CHECKPOINTS_KEPT} checkpoints of {model} may take up "
+            f"to {needed / 1e9:.1f} GB (full fine-tuning: weights and optimizer state; LoRA needs far less)")
+
+
+def start(project: str, output_dir: str, config: dict | None = None, *, seed: int | None = None,
+          precision: str | None = None, fp16_safe: bool | None = None, precision_model: str = "",
+          trust_remote_code: bool = False, inputs: dict | None = None, cpu_threads: int = 0,
+          token_name: str | None = "HF_TOKEN", notes: dict | None = None, show: bool = True) -> Run:
+    """Set a notebook's run up and return it.
+
+    - `config`: the notebook's checked parameters (`params.notebook_parameters`): they decide
+      whether checkpoints in the run folder may be resumed (`checkpoints.training_identity`),
+      and a push to the hub without a repository or a token stops here, before training.
+    - `seed`: seeds Python, NumPy and torch (`transformers.set_seed`); None leaves them alone.
+    - `cpu_threads`: torch threads when there is no GPU (0: torch's default).
+    - `inputs`: local inputs by parameter name (`data_source=...`); a missing one stops here,
+      before the run folder exists, with how to run the notebook at small scale.
+    - `precision`: "auto", "fp32", "bf16" or "fp16" -> `run.precision`, the Trainer flags. "auto"
+      picks fp16 only where the model tolerates it: `fp16_safe` says so, or `precision_model`
+      names a checkpoint whose config is read to decide (T5 and Qwen2 overflow in fp16).
+      None: no precision (a notebook that trains nothing).
+    - `token_name`: the secret read from the environment or the Kaggle/Colab store (None: none).
+    - `notes`: more items for the printed environment line, e.g. {"activation checkpointing": True}.
+    """
+    config = dict(config or {})
+    if seed is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+    if cpu_threads:
+        import torch
+
+        if not torch.cuda.is_available():
+            torch.set_num_threads(cpu_threads)
+    env = environment.detect()
+    if inputs:
+        environment.require_inputs(project, **inputs)
+    token = secrets.get_secret(token_name) if token_name else None
+    check_publishing(config, token, token_name)
+    final = environment.run_folder(output_dir, env)
+    warning = check_disk(final.parent, str(config.get("model_name", "")))
+    if warning and runtime.is_main_process():
+        print("WARNING:", warning)
+    identity = checkpoints.training_identity(config)
+    state: dict = {}
+    if runtime.is_main_process():
+        try:
+            work, state = prepare_folder(final, identity, bool(config.get("resume", True)))
+        except OSError as err:
+            raise OSError(f"output_dir {output_dir!r}: cannot write the run folder {final.parent} ({err})") from err
+    else:  # the main process makes the folder; the others write nothing
+        work = attempt_folder(final)
+    flags = {}
+    if precision is not None:
+        model_type = runtime.model_type_of(precision_model, token, trust_remote_code) if precision_model else None
+        flags = runtime.training_precision(precision, fp16_safe=fp16_safe, model_type=model_type)
+    run = Run(project=project, dir=work, env=env, precision=flags, seed=seed, token=token,
+              token_name=token_name, final=final, state=state)
+    if show:
+        print(run.describe(**(notes or {})))
+    return run
+
+
+def training_arguments(run: Run, *, save_every_steps: int = 0, evaluate: bool = True,
+                       best_metric: str | None = None, report_to: str = "none",
+                       length_grouping: bool = True, folder: str | Path = CHECKPOINTS, **recipe) -> dict:
+    """TrainingArguments (or Seq2SeqTrainingArguments, SFTConfig) keywords: the shared
+    infrastructure, then `recipe`, whose keywords win.
+
+    - checkpoints into `run.dir / folder`, every epoch or every `save_every_steps` optimizer
+      steps (`checkpoints.schedule`); with `evaluate`, evaluation follows the same schedule;
+    - `best_metric`: the checkpoint with the best validation score of it is loaded at the end,
+      and the best and the last are kept (a rerun of a finished run then resumes at its end and
+      trains nothing); without one, only the last is kept;
+    - `logging_nan_inf_filter=False`, so `callbacks.StopOnNonFiniteLoss` sees a NaN loss;
+    - `length_grouping`: batches of examples of similar length (`batching.length_grouping`);
+      False leaves the sampler to the recipe;
+    - pinned memory where there is a GPU, `report_to`, the run's precision flags and seed.
+    """
+    import torch
+
+    from nbutils import batching
+
+    settings = {"output_dir": str(run.dir / folder),
+                **checkpoints.schedule(save_every_steps, evaluate=evaluate),
+                "logging_nan_inf_filter": False,  # let StopOnNonFiniteLoss see a NaN loss
+                "report_to": report_to,
+                "dataloader_pin_memory": torch.cuda.is_available(),
+                **run.precision}
+    if length_grouping:
+        settings.update(batching.length_grouping())  # little padding: similar lengths per batch
+    if run.seed is not None:
+        settings["seed"] = run.seed
+    if best_metric:
+        settings.update(save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=best_metric)
+    else:
+        settings["save_total_limit"] = 1
+    return {**settings, **recipe}
