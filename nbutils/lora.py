@@ -56,26 +56,24 @@ def causal_lm_lora_config(r: int, alpha: float, dropout: float, target_modules,
 
 
 def bnb_4bit_config(quant_type: str = "nf4", double_quant: bool = True, compute_dtype=None,
-                    distributed: str = "ddp"):
+                    storage_dtype=None):
     """`BitsAndBytesConfig` for QLoRA: 4-bit base weights, computed in `compute_dtype`.
 
     The QLoRA recipe is NF4 with double quantization (the quantization constants quantized
     too, about 0.4 bits per weight saved). bitsandbytes 0.50 also runs this on a CPU.
 
-    `distributed="fsdp"` (QLoRA with FSDP): the packed 4-bit weights are stored in tensors of
-    `compute_dtype` (`bnb_4bit_quant_storage`; bf16 on an A100/L4/H100, fp16 on a T4) instead
-    of uint8, so that FSDP can shard them like the model's other floating-point weights: it
-    flattens a block's parameters into one buffer of one dtype, and accelerate leaves uint8
-    4-bit weights out of the sharding (each process would then hold all of them).
+    `storage_dtype` (QLoRA with FSDP: `run.quant_storage`, the compute dtype): the packed 4-bit
+    weights are stored in tensors of that dtype (`bnb_4bit_quant_storage`) instead of uint8, so
+    that FSDP can shard them like the model's other floating-point weights: it flattens a
+    block's parameters into one buffer of one dtype, and accelerate leaves uint8 4-bit weights
+    out of the sharding (each process would then hold all of them). None: uint8.
     """
     import torch
     from transformers import BitsAndBytesConfig
 
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"bnb_4bit_quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
-    from nbutils.parallel.distributed import check_strategy
-
-    storage = {"bnb_4bit_quant_storage": compute_dtype or torch.float32} if check_strategy(distributed) == "fsdp" else {}
+    storage = {"bnb_4bit_quant_storage": storage_dtype} if storage_dtype is not None else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant,
                               bnb_4bit_compute_dtype=compute_dtype or torch.float32, **storage)

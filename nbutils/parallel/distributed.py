@@ -516,3 +516,15 @@ def describe(distributed: str, model=None) -> str:
     if used == "fsdp" and model is not None:
         text += f"; each {', '.join(block_classes(model))} sharded across the processes"
     return text
+
+
+def prepare(trainer):
+    """The notebook's one multi-process call, right after creating the Trainer, in every
+    process: the strategy its arguments ask for (`apply`), and under FSDP the model sharded now
+    (`prepare_for_evaluation`), so it can be scored before training too. With one process it
+    only makes the Trainer take the model's loss for what it is. Returns the Trainer."""
+    apply(trainer)
+    prepare_for_evaluation(trainer)
+    if runtime.topology().processes > 1 and runtime.is_main_process():
+        print(describe("fsdp" if getattr(trainer, "is_fsdp_enabled", False) else "ddp", trainer.model))
+    return trainer

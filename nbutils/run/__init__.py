@@ -11,6 +11,13 @@ import importlib
 __all__ = ['callbacks', 'checkpoints', 'environment', 'model_card', 'params', 'quiet', 'record', 'row_report', 'runtime', 'secrets', 'setup']
 
 
+def start(namespace, **options):
+    """The set-up cell's one call (`nbutils.run.setup.start_notebook`): returns the `Run`."""
+    from nbutils.run.setup import start_notebook
+
+    return start_notebook(namespace, **options)
+
+
 def __getattr__(name: str):
     # PEP 562: `nbutils.run.<module>` is imported on first use, so `import nbutils` stays instant.
     if name in __all__:

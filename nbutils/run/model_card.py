@@ -162,3 +162,21 @@ def publish(folder: str | Path, push_to_hub: bool, repo_id: str, private: bool, 
     url = push_folder(folder, repo_id, token, private, api)
     print(f"uploaded {folder} to {repo_id} ({'private' if private else 'public'}): {url}")
     return url
+
+
+def publish_run(run, folders: dict, upload: str | Path) -> str | None:
+    """The notebooks' model-card cell: a card in each saved folder that exists (`folders`:
+    folder -> its library, "transformers" or "peft"), from the run's record on disk, then
+    `upload` pushed to the Hub where the parameters ask for it (`publish`). The main process
+    writes; the others return None."""
+    from nbutils.run.record import read_record
+
+    if not run.is_main:
+        return None
+    record = read_record(run.dir)
+    for folder, library in folders.items():
+        if Path(folder).is_dir():
+            print("model card:", write_card(folder, record, library_name=library))
+    config = run.config
+    return publish(upload, config.get("push_to_hub", False), config.get("hub_repo_id", ""),
+                   config.get("hub_private", True), run.token)

@@ -254,5 +254,32 @@ def write_record(record: dict, output_dir: str | Path) -> Path:
     return write_json(Path(output_dir) / RECORD_FILE, record)
 
 
+def trained(run, trainer, train_output, memory_estimate: dict | None = None, **more) -> dict:
+    """The record's `train` block of a Trainer's run: time and throughput (`train_summary`),
+    tokens and padding (`batching.train_token_summary`), the memory estimate made before
+    loading, and what each training process held (`distributed.summary`: every process must
+    call this, it gathers). `more`: the project's own training figures."""
+    from nbutils import batching
+    from nbutils.parallel import distributed
+
+    block = {**train_summary(train_output), **batching.train_token_summary(trainer, train_output), **more}
+    if memory_estimate is not None:
+        block["memory_estimate"] = memory_estimate
+    block["distributed"] = distributed.summary(trainer.model, run.strategy)
+    return block
+
+
+def write(run, **fields) -> dict:
+    """Build the run's record (`make_record`, with the run's project, profile, seed and
+    parameters) and write it into the run folder; returns it. Every process calls it; the
+    main one writes."""
+    config = run.config
+    record = make_record(project=config["project"], profile=config["profile"], seed=config.get("seed"),
+                         config=config, run=run, **fields)
+    if run.is_main:
+        print("run record:", write_record(record, run.dir))
+    return record
+
+
 def read_record(output_dir: str | Path) -> dict:
     return json.loads((Path(output_dir) / RECORD_FILE).read_text())

@@ -67,6 +67,35 @@ class Run:
     # What the run found and did: "previous_train" (the training figures of the finished run
     # whose checkpoints this one continues), "resumed" {folder: finished steps or 0}.
     state: dict = field(default_factory=dict, repr=False, compare=False)
+    config: dict = field(default_factory=dict, repr=False, compare=False)  # the checked parameters
+
+    @property
+    def launched(self) -> dict | None:
+        """The run record of the processes this kernel launched (`num_processes` > 1); None where
+        this kernel runs the notebook itself."""
+        return self.state.get("launched")
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that writes files (every process of a single-process run)."""
+        return runtime.is_main_process()
+
+    @property
+    def strategy(self) -> str:
+        """"ddp" or "fsdp": how several training processes share the model (`distributed`)."""
+        return str(self.config.get("distributed", "ddp"))
+
+    @property
+    def quant_storage(self):
+        """The dtype 4-bit weights are packed into (`lora.bnb_4bit_config`): where the parameters
+        ask for fsdp, the compute dtype, so FSDP can shard them like every other weight; else
+        None (bitsandbytes' uint8)."""
+        return self.compute_dtype if self.strategy == "fsdp" else None
+
+    @property
+    def processes(self) -> int:
+        """Training processes of this run: `num_processes`, or those a launcher started."""
+        return max(int(self.config.get("num_processes", 1) or 1), runtime.processes())
 
     @property
     def compute_dtype(self):
@@ -87,6 +116,53 @@ class Run:
         checkpoint = checkpoints.resume_checkpoint(self.dir / folder, resume)
         self.state.setdefault("resumed", {})[str(folder)] = checkpoints.finished_steps(checkpoint)
         return checkpoint
+
+    def training_arguments(self, arguments_class, model=None, **recipe):
+        """`arguments_class(...)`: TrainingArguments (or Seq2SeqTrainingArguments, SFTConfig) of
+        the recipe as the notebook writes it, with what is not recipe added (`infrastructure`:
+        checkpoint retention, NaN filter, pinned memory, reporting, precision, seed, and the
+        strategy's keywords given the `model`)."""
+        return arguments_class(**{**recipe, **infrastructure(self, model, recipe)})
+
+    def estimate_memory(self, task: str, **recipe) -> dict:
+        """What training will hold per process, from the model's config alone, before any weight
+        is loaded (`nbutils.parallel.memory`), for this run's model, precision, processes and
+        strategy; printed once. `recipe`: LoRA, 4-bit, batch size, sequence length, ..."""
+        from nbutils.parallel import memory
+
+        estimate = memory.estimate_training_memory(
+            self.config["model_name"], task, precision=memory.precision_of(self.precision),
+            distributed=self.strategy, processes=self.processes,
+            trust_remote_code=bool(self.config.get("trust_remote_code", False)), token=self.token, **recipe)
+        if self.is_main:
+            print(memory.describe(estimate))
+        return estimate
+
+    def save_model(self, trainer, folder: str | Path, *also) -> Path | None:
+        """The trained model (or adapter) and its tokenizer into `folder`, in safetensors, written
+        once: a model sharded across processes is gathered first. `also`: more objects saved
+        beside it with their `save_pretrained` (a generation config). Every process calls it."""
+        from nbutils.parallel import distributed
+
+        saved = distributed.save_model(trainer, folder)
+        if self.is_main:
+            for thing in also:
+                thing.save_pretrained(folder)
+        return saved
+
+    def save_pretrained(self, model, folder: str | Path, tokenizer=None, **options) -> Path | None:
+        """`model.save_pretrained(folder, **options)` (and the tokenizer's), written once, a sharded
+        model gathered first. Every process calls it."""
+        from nbutils.parallel import distributed
+
+        return distributed.save_pretrained(model, folder, tokenizer, **options)
+
+    def save_table(self, table, name: str, **options) -> Path:
+        """A pandas table as `name` (CSV) in the run folder, written once."""
+        path = self.dir / name
+        if self.is_main:
+            table.to_csv(path, **{"index": False, **options})
+        return path
 
     def describe(self, **notes) -> str:
         """The environment line: where, on what, in which precision, whether a token is set."""
@@ -180,15 +256,18 @@ def prepare_folder(final: Path, identity: dict, resume: bool = True) -> tuple[Pa
         decision = checkpoints.decide(finished, identity, any((final / n).exists() for n in RESUME_STATE), resume)
         if decision.action == "resume":
             _carry_over(final, work)
-            try:
-                from nbutils.run.record import read_record
-
-                state["previous_train"] = read_record(final).get("train")
-            except (OSError, ValueError):
-                pass
         elif final.exists() and decision.reason != "no checkpoint":
             print(f"{final} holds an earlier run; training afresh ({decision.reason}). "
                   f"It stays whole until this run finishes and replaces it.")
+    if checkpoints.read_identity(final) == identity:
+        # Where this run continues the finished one (carried over now, or by an earlier attempt
+        # that failed before training), its record keeps that run's training figures.
+        try:
+            from nbutils.run.record import read_record
+
+            state["previous_train"] = read_record(final).get("train")
+        except (OSError, ValueError):
+            pass
     checkpoints.write_identity(work, identity)
     return work, state
 
@@ -290,10 +369,91 @@ def start(project: str, output_dir: str, config: dict | None = None, *, seed: in
         model_type = runtime.model_type_of(precision_model, token, trust_remote_code) if precision_model else None
         flags = runtime.training_precision(precision, fp16_safe=fp16_safe, model_type=model_type)
     run = Run(project=project, dir=work, env=env, precision=flags, seed=seed, token=token,
-              token_name=token_name, final=final, state=state)
+              token_name=token_name, final=final, state=state, config=config)
     if show:
         print(run.describe(**(notes or {})))
     return run
+
+
+def start_notebook(namespace, *, inputs: tuple[str, ...] = (), trains: bool = True, fp16_safe: bool | None = None,
+                   precision_from_model: bool = False, token_name: str | None = "HF_TOKEN",
+                   notes: dict | None = None, notebook: str | None = None) -> Run:
+    """The set-up cell's one call: `run = nb.run.start(globals(), inputs=("data_source", "model_name"))`.
+
+    In order: check the parameters (`params.notebook_parameters`: a misspelt name or a wrong
+    type stops here); quiet the known log noise (`quiet.install`); with `num_processes` > 1,
+    start that many processes, each running this notebook, show their result and make this
+    kernel's later cells no-ops (it must happen before this kernel imports torch's CUDA side:
+    the processes are forks of it); otherwise `start`: seed, where the run is, the local
+    `inputs` (parameter names) checked before any folder is made, the run folder, the precision
+    (`precision_from_model`: decided from the checkpoint's config), the hub token.
+    `trains=False`: a notebook that trains nothing (no seed, precision or token).
+    """
+    from nbutils.parallel import distributed, launch
+    from nbutils.run import params, quiet
+
+    config = params.notebook_parameters(namespace)
+    quiet.install()
+    if "distributed" in config:
+        distributed.check_strategy(config["distributed"])  # before any process starts
+    project = config["project"]
+    processes = config.get("num_processes", 1)
+    if launch.wanted(processes):
+        record = launch.run_in_processes(notebook or project.split("/")[0], config, processes)
+        final = environment.run_folder(config["output_dir"])
+        return Run(project=project, dir=final, env=environment.detect(), final=final,
+                   state={"launched": record}, config=config)
+    run = start(project, config["output_dir"], config,
+                seed=config.get("seed") if trains else None,
+                precision=config.get("precision", "auto") if trains else None, fp16_safe=fp16_safe,
+                precision_model=config["model_name"] if precision_from_model else "",
+                trust_remote_code=bool(config.get("trust_remote_code", False)),
+                inputs={name: config[name] for name in inputs}, cpu_threads=int(config.get("cpu_threads", 0)),
+                token_name=token_name if trains else None, notes=notes)
+    return run
+
+
+def infrastructure(run: Run, model=None, recipe: dict | None = None) -> dict:
+    """The TrainingArguments keywords that are not the recipe, the same in every notebook, for
+    the `recipe` keywords a notebook writes (they decide retention, the schedule's form and the
+    strategy's activation checkpointing). Where a key is in both, this one is applied last:
+
+    - checkpoints into `run.dir/checkpoints`; where the recipe keeps the best checkpoint
+      (`load_best_model_at_end`), the best and the last are kept (a rerun of a finished run
+      resumes at its end and trains nothing), else the last;
+    - with the `save_every_steps` parameter (a session that may vanish), saving, and evaluating
+      where the recipe evaluates, every that many optimizer steps instead of every epoch;
+    - `logging_nan_inf_filter=False`, so `callbacks.StopOnNonFiniteLoss` sees a NaN loss;
+      `logging_steps` and `report_to` from the parameters;
+    - pinned memory where there is a GPU, the run's precision flags and seed;
+    - given the `model`, the strategy's keywords for several processes
+      (`distributed.training_arguments`: none for ddp; FSDP2's for fsdp, which takes over the
+      recipe's `activation_checkpointing`).
+    """
+    import torch
+
+    from nbutils.parallel import distributed
+
+    recipe = recipe or {}
+    config = run.config
+    settings = {"output_dir": str(run.dir / CHECKPOINTS),
+                "save_total_limit": 2 if recipe.get("load_best_model_at_end") else 1,
+                "logging_nan_inf_filter": False,  # let StopOnNonFiniteLoss see a NaN loss
+                "report_to": config.get("report_to", "none"),
+                "dataloader_pin_memory": torch.cuda.is_available(),
+                **run.precision}
+    if "logging_steps" in config:
+        settings["logging_steps"] = config["logging_steps"]
+    if run.seed is not None:
+        settings["seed"] = run.seed
+    if config.get("save_every_steps"):
+        evaluates = recipe.get("eval_strategy", "no") != "no"
+        settings.update(checkpoints.schedule(config["save_every_steps"], evaluate=evaluates))
+    if model is not None:
+        settings.update(distributed.training_arguments(run.strategy, model,
+                                                       bool(recipe.get("activation_checkpointing", False)),
+                                                       processes=run.processes))
+    return settings
 
 
 def training_arguments(run: Run, *, save_every_steps: int = 0, evaluate: bool = True,

@@ -182,3 +182,22 @@ def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, i
         kept = kept.remove_columns([dialogue_column, summary_column])
         cleaned[name] = kept.add_column(dialogue_column, dialogues).add_column(summary_column, summaries)
     return DatasetDict(cleaned)
+
+
+def write_record(run, trainer, train_output, *, splits, fingerprint: str, lengths: dict, report: dict,
+                 metrics: dict, baselines: dict, parameters: dict, memory_estimate: dict | None = None) -> dict:
+    """The run's record (`nbutils.run.record`): the data (source, fingerprint, split sizes and
+    hashes, token lengths, the data report), the test metrics with ROUGE-Lsum the headline, the
+    untuned model first among the baselines (the summary table compares with the first), and
+    how training went. Written into the run folder; returned."""
+    from nbutils.run import record
+
+    config = run.config
+    return record.write(
+        run, task="dialogue-summarization", model=config["model_name"],
+        data={"source": config["data_source"], "fingerprint": fingerprint, "train": len(splits["train"]),
+              "split_hashes": record.split_hashes(splits, config.get("id_column") or None),  # ids, or row contents
+              "validation": len(splits["validation"]), "test": len(splits["test"]),
+              "evaluated_split": "test", "lengths": lengths, "report": report},
+        metrics=metrics, primary_metric="rougeLsum", baselines=baselines,
+        train=record.trained(run, trainer, train_output, memory_estimate), parameters=parameters)

@@ -213,15 +213,24 @@ def test_block_classes_of_a_model_fsdp_has_sharded_keep_their_names():
     assert distributed.block_classes(model) == ["Block"]
 
 
-def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype():
+def _run(tmp_path, precision: dict, **config):
+    from nbutils.run import environment, setup
+
+    return setup.Run(project="x", dir=tmp_path, env=environment.detect(), precision=precision, config=config)
+
+
+def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path):
+    """`run.quant_storage`, the storage the notebooks pass: the compute dtype where the
+    parameters ask for fsdp, bitsandbytes' packed bytes (uint8) otherwise."""
     from nbutils import lora
 
-    sharded = lora.bnb_4bit_config("nf4", True, torch.bfloat16, distributed="fsdp")
+    bf16, fp16 = {"bf16": True, "fp16": False}, {"bf16": False, "fp16": True}
+    fsdp = _run(tmp_path, bf16, distributed="fsdp")
+    sharded = lora.bnb_4bit_config("nf4", True, fsdp.compute_dtype, fsdp.quant_storage)
     assert sharded.bnb_4bit_quant_storage == torch.bfloat16 and sharded.bnb_4bit_compute_dtype == torch.bfloat16
-    assert lora.bnb_4bit_config("nf4", True, torch.float16, "fsdp").bnb_4bit_quant_storage == torch.float16
-    assert lora.bnb_4bit_config("nf4", True, torch.bfloat16).bnb_4bit_quant_storage == torch.uint8  # ddp: packed bytes
-    with pytest.raises(ValueError, match="distributed must be one of"):
-        lora.bnb_4bit_config("nf4", True, torch.bfloat16, "zero3")
+    assert _run(tmp_path, fp16, distributed="fsdp").quant_storage == torch.float16
+    ddp = _run(tmp_path, bf16, distributed="ddp")
+    assert lora.bnb_4bit_config("nf4", True, ddp.compute_dtype, ddp.quant_storage).bnb_4bit_quant_storage == torch.uint8
 
 
 def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16():
@@ -236,8 +245,9 @@ def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16
     assert params["model_name"] == "NousResearch/Llama-2-13b-hf"
     assert params["num_processes"] == 2 and params["distributed"] == "fsdp" and params["load_in_4bit"]
     assert not params["optim"].startswith("paged")  # bitsandbytes' paged optimizers take no DTensors
+    run = _run(ROOT, {"bf16": True, "fp16": False}, **params)
     config = lora.bnb_4bit_config(params["bnb_4bit_quant_type"], params["bnb_4bit_use_double_quant"],
-                                  torch.bfloat16, params["distributed"])
+                                  run.compute_dtype, run.quant_storage)
     assert config.bnb_4bit_quant_storage == torch.bfloat16
 
 

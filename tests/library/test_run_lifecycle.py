@@ -225,3 +225,23 @@ def test_a_rerun_carries_the_resume_state_over_and_never_writes_through_to_the_f
     record.write_json(again.dir / "runs" / "full.json", {"roc_auc": 0.5})
     assert (final / "hpo.sqlite3").read_bytes() == b"study"
     assert json.loads((final / "runs" / "full.json").read_text()) == {"roc_auc": 0.9}
+
+
+def test_a_rerun_that_failed_before_training_and_is_run_again_keeps_the_finished_runs_figures(local):
+    """Run; rerun with the same parameters, which fails in its set-up after the finished run's
+    checkpoints were carried over; run again. That third run continues the failed attempt's
+    folder, trains nothing, and its record keeps the finished run's training figures, never
+    None (seen when a notebook's set-up cell failed once and was run again)."""
+    run = _start(BASE)
+    run.resume_from(True)
+    _train(run)
+    _record(run, BASE)
+    run.finish()
+    _start(BASE)  # fails here, say: the attempt's folder holds the carried-over checkpoints
+    run = _start(BASE)
+    run.resume_from(True)
+    assert run.trained_nothing
+    _record(run, BASE)
+    run.finish()
+    train = record.read_record(run.final)["train"]
+    assert train["resumed_finished"] is True and train["runtime_s"] == 12.5

@@ -168,21 +168,4 @@ def test_executed_smoke_notebooks_carry_none_of_the_known_noise(smoke_run, noteb
         assert not widgets, f"{path.relative_to(outputs)}: progress widgets, frozen in a stored notebook"
 
 
-TRAINING_NOTEBOOKS = [n for n in NOTEBOOKS if n != "detect_ensemble"]
 
-
-@pytest.mark.parametrize("notebook", TRAINING_NOTEBOOKS)
-def test_setup_checks_inputs_before_making_the_run_folder_and_quiets_output_first(notebook):
-    """A stored notebook run as it is stops at a missing input before creating any folder, and
-    the noise filters are in place before transformers is imported."""
-    nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
-    code = [c.source for c in nb.cells if c.cell_type == "code"]
-    # nb.run.setup.start checks the inputs before it makes the run folder (tests/test_setup.py).
-    setup = next(i for i, s in enumerate(code) if "nb.run.setup.start(project, output_dir" in s)
-    assert "inputs=dict(data_source=data_source, " in code[setup] and "model_name=model_name" in code[setup]
-    quiet = code.index("from nbutils.run import quiet\n\nquiet.install()")
-    first_transformers = next(i for i, s in enumerate(code) if "from transformers import" in s)
-    assert quiet < first_transformers
-    parameters = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert 'report_to: str = "none"' in parameters
-    assert sum("report_to=report_to" in s for s in code) == 1
