@@ -55,7 +55,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_ru
     for key in record.TRAINING_FIGURES:
         assert again.record["train"][key] == resumed.record["train"][key] and again.record["train"][key]
 
-    # The README's own next step: change training parameters and run again. It trains afresh
+    # docs/reliability.md's own example: change training parameters and run again. It trains afresh
     # with them (never on the finished checkpoint and its old schedule), and the record, the
     # checkpoints' identity and the trainer state all describe that training.
     changed = _run(tmp_path, epochs=1, learning_rate=1.0e-3)
