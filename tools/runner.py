@@ -182,6 +182,26 @@ def project_parameters(project: Project, profile: str, output_dir: str,
     return {**merged, **runner_set}
 
 
+def notebook_defaults(notebook: Path) -> dict:
+    """The defaults of a notebook's parameters cell (plain annotated literals: tests/notebooks/
+    test_params.py keeps them so), as a run gets them before its parameter files."""
+    import ast
+
+    cells = [c for c in json.loads(notebook.read_text())["cells"]
+             if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParameterError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
+    source = "".join(cells[0]["source"])
+    return {node.target.id: ast.literal_eval(node.value) for node in ast.parse(source).body
+            if isinstance(node, ast.AnnAssign) and node.value is not None}
+
+
+def recipe_parameters(project: Project, profile: str, output_dir: str = "out") -> dict:
+    """Everything a run of `project` gets: the notebook's defaults, then its merged, checked
+    parameter files and the runner's own values."""
+    return {**notebook_defaults(project.notebook), **project_parameters(project, profile, output_dir)}
+
+
 class LaunchError(RuntimeError):
     """A multi-process run exited non-zero or stalled; the message ends with a process's own
     error (the runner's summary shows a message's last line)."""

@@ -1,20 +1,13 @@
 """The full recipes do what their parameter files say, with defaults taken from the sources."""
 
-import ast
-
 from conftest import ROOT
 from tools import runner
 
 
 def full_parameters(project_name):
     """What a full run of `project_name` gets: the notebook's defaults, then the params files."""
-    import nbformat
-
     project = next(p for p in runner.discover(ROOT, "full") if p.name == project_name)
-    nb = nbformat.read(project.notebook, as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    defaults = {node.target.id: ast.literal_eval(node.value) for node in ast.parse(cell.source).body}
-    return {**defaults, **runner.project_parameters(project, "full", "outputs/full/x")}
+    return runner.recipe_parameters(project, "full", "outputs/full/x")
 
 
 def test_qlora_recipe_uses_the_qlora_papers_learning_rate():
