@@ -67,16 +67,40 @@ def bnb_4bit_config(quant_type: str = "nf4", double_quant: bool = True, compute_
     that FSDP can shard them like the model's other floating-point weights: it flattens a
     block's parameters into one buffer of one dtype, and accelerate leaves uint8 4-bit weights
     out of the sharding (each process would then hold all of them). None: uint8.
+
+    The notebooks load the model in the compute dtype (`dtype=`), so storage, load dtype and
+    compute dtype are one, as the published FSDP-QLoRA recipes have them (the bitsandbytes
+    FSDP-QLoRA guide, PEFT's `fsdp_config_qlora.yaml` with `run_peft_qlora_fsdp.sh`, answer.ai's
+    fsdp_qlora): bf16 by default in all three. So a storage dtype other than the compute dtype,
+    or fp16, is refused: none of them stores the 4-bit weights in fp16 (PEFT's guide and
+    answer.ai's fp16 mode keep them in fp32). On a GPU, bf16 must be native (an A100, L4 or H100;
+    a T4 only emulates it, several times slower): a T4 trains 13B QLoRA on one GPU instead
+    (`instruction_tune/llama2_13b_qlora`). On a CPU (the smoke runs) everything is fp32.
     """
     import torch
     from transformers import BitsAndBytesConfig
 
     if quant_type not in QUANT_TYPES:
         raise ValueError(f"bnb_4bit_quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
-    storage = {"bnb_4bit_quant_storage": storage_dtype} if storage_dtype is not None else {}
+    compute_dtype = compute_dtype or torch.float32
+    storage = {}
+    if storage_dtype is not None:
+        from nbutils.run import runtime
+
+        if storage_dtype != compute_dtype or compute_dtype == torch.float16 or (
+                torch.cuda.is_available() and not (compute_dtype == torch.bfloat16 and runtime.native_bf16())):
+            device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "this CPU"
+            raise ValueError(
+                f"QLoRA under FSDP (load_in_4bit with distributed: fsdp) stores, loads and computes in bf16 "
+                f"on a GPU with native bf16 (A100, L4, H100), as the published FSDP-QLoRA recipes do; here "
+                f"precision gives {str(compute_dtype).replace('torch.', '')} (storage "
+                f"{str(storage_dtype).replace('torch.', '')}) on {device}. Set precision: bf16 on such a "
+                f"GPU; on a T4 train on one GPU instead (instruction_tune/llama2_13b_qlora: 13B QLoRA "
+                f"fits one 15 GB T4)")
+        storage = {"bnb_4bit_quant_storage": storage_dtype}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant,
-                              bnb_4bit_compute_dtype=compute_dtype or torch.float32, **storage)
+                              bnb_4bit_compute_dtype=compute_dtype, **storage)
 
 
 FINETUNING = ("lora", "full")

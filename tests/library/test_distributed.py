@@ -213,10 +213,10 @@ def test_block_classes_of_a_model_fsdp_has_sharded_keep_their_names():
     assert distributed.block_classes(model) == ["Block"]
 
 
-def _run(tmp_path, precision: dict, **config):
+def _run(tmp_path, flags: dict, **config):
     from nbutils.run import environment, setup
 
-    return setup.Run(project="x", dir=tmp_path, env=environment.detect(), precision=precision, config=config)
+    return setup.Run(project="x", dir=tmp_path, env=environment.detect(), precision=flags, config=config)
 
 
 def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path):
@@ -231,6 +231,28 @@ def test_qlora_under_fsdp_stores_4bit_weights_in_the_compute_dtype(tmp_path):
     assert _run(tmp_path, fp16, distributed="fsdp").quant_storage == torch.float16
     ddp = _run(tmp_path, bf16, distributed="ddp")
     assert lora.bnb_4bit_config("nf4", True, ddp.compute_dtype, ddp.quant_storage).bnb_4bit_quant_storage == torch.uint8
+    fp32 = _run(tmp_path, {"bf16": False, "fp16": False}, distributed="fsdp")  # a CPU: fp32 throughout
+    assert lora.bnb_4bit_config("nf4", True, fp32.compute_dtype, fp32.quant_storage).bnb_4bit_quant_storage == torch.float32
+
+
+def test_qlora_under_fsdp_refuses_fp16_and_emulated_bf16(monkeypatch):
+    """The published FSDP-QLoRA recipes store, load and compute in bf16; a T4 has fp16 and only
+    emulates bf16: both stop before loading, naming the precision and the one-GPU variant."""
+    from nbutils import lora
+    from nbutils.run import runtime
+
+    with pytest.raises(ValueError, match=r"precision gives float16 \(storage float16\) on this CPU.*llama2_13b_qlora"):
+        lora.bnb_4bit_config("nf4", True, torch.float16, torch.float16)
+    with pytest.raises(ValueError, match=r"precision gives bfloat16 \(storage float32\)"):
+        lora.bnb_4bit_config("nf4", True, torch.bfloat16, torch.float32)  # storage must be the compute dtype
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    monkeypatch.setattr(runtime, "native_bf16", lambda: False)
+    with pytest.raises(ValueError, match=r"precision gives bfloat16 \(storage bfloat16\) on Tesla T4"):
+        lora.bnb_4bit_config("nf4", True, torch.bfloat16, torch.bfloat16)
+    assert lora.bnb_4bit_config("nf4", True, torch.float16).bnb_4bit_compute_dtype == torch.float16  # one T4
+    monkeypatch.setattr(runtime, "native_bf16", lambda: True)
+    assert lora.bnb_4bit_config("nf4", True, torch.bfloat16, torch.bfloat16).bnb_4bit_quant_storage == torch.bfloat16
 
 
 def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16():
@@ -245,6 +267,7 @@ def test_the_13b_fsdp_qlora_variant_resolves_and_shards_its_4bit_weights_in_bf16
     assert params["model_name"] == "NousResearch/Llama-2-13b-hf"
     assert params["num_processes"] == 2 and params["distributed"] == "fsdp" and params["load_in_4bit"]
     assert not params["optim"].startswith("paged")  # bitsandbytes' paged optimizers take no DTensors
+    assert params["precision"] == "bf16"  # bf16 GPUs only: storage = load dtype = compute dtype
     run = _run(ROOT, {"bf16": True, "fp16": False}, **params)
     config = lora.bnb_4bit_config(params["bnb_4bit_quant_type"], params["bnb_4bit_use_double_quant"],
                                   run.compute_dtype, run.quant_storage)
