@@ -1,6 +1,8 @@
 """The memory estimate printed before a model is loaded (issue 19): parameter counts from the
 config alone on the meta device, and bytes per process for weights, gradients and AdamW state
-under DDP and FSDP, checked against figures computed by hand for the tiny Llama."""
+under DDP and FSDP, checked against figures computed by hand for the tiny Llama; and its peak
+(issue 28): the load-time peak, the CUDA context, activations and logits, checked by hand for
+Llama-2-7B and 13B QLoRA in one and two processes."""
 
 from __future__ import annotations
 
@@ -42,10 +44,13 @@ def test_the_meta_device_count_equals_the_real_models(cache, arch, task, auto, o
 
 def test_the_tiny_llama_counts_by_hand(cache):
     meta = memory.meta_model(str(fixtures.tiny_model_dir(cache, "llama")), "causal_lm")
-    assert memory.parameter_layout(meta) == {"total": P, "trainable": P, "quantized": 0, "lora": False}
+    embeddings = 1256 * 32  # the largest parameter (and the head, of the same shape)
+    assert memory.parameter_layout(meta) == {"total": P, "trainable": P, "quantized": 0, "lora": False,
+                                             "largest": embeddings}
     config = lora.causal_lm_lora_config(8, 16, 0.1, ["q_proj", "v_proj"], [])
     layout = memory.parameter_layout(meta, config, quantize=True)
-    assert layout == {"total": P + LORA_QV_R8, "trainable": LORA_QV_R8, "quantized": LINEAR_IN_LAYERS, "lora": True}
+    assert layout == {"total": P + LORA_QV_R8, "trainable": LORA_QV_R8, "quantized": LINEAR_IN_LAYERS, "lora": True,
+                      "largest": embeddings}
 
 
 def test_lora_and_4bit_counts_match_peft_and_bitsandbytes_on_the_real_model(cache):
@@ -120,7 +125,13 @@ def test_the_estimate_reads_as_a_few_lines(cache):
     text = memory.describe(result)
     assert "FSDP over 2 processes: each holds 1/2" in text and "2,048 trainable in fp32" in text
     assert "weights in 4-bit" in text and "AdamW state" in text and "8 KiB" in text  # 8192 bytes
-    assert "activations (not counted)" in text and "batch 4 x 128 tokens" in text
+    assert "activations (rough)" in text and "batch 4 x 128 tokens" in text
+    # Batch and length known: activations and logits counted, nothing left out.
+    assert text.startswith("memory estimate before loading") and "left out" not in text
+    assert not result["lower_bound"] and result["left_out"] == []
+    unknown = memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "llama")), "causal_lm")
+    assert memory.describe(unknown).startswith("memory estimate (lower bound) before loading")
+    assert unknown["left_out"] == ["activations", "logits"] and "left out: activations, logits" in memory.describe(unknown)
 
 
 def test_bad_settings_are_named(monkeypatch):
@@ -170,3 +181,92 @@ def test_the_estimate_shows_none_of_the_librarys_notes_on_the_model(cache):
         memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "t5")), "seq2seq_lm",
                                         lora_config=config)
     assert not [str(w.message) for w in caught]
+
+
+# Llama-2-7B and 13B (NousResearch/Llama-2-{7,13}b-hf's config.json: vocabulary 32000, untied
+# head, fp16 checkpoint), QLoRA r 64 on q_proj and v_proj, NF4 with double quantization, fp16
+# compute, activation checkpointing, batch 4 x 1024 tokens. Every figure below by hand.
+LLAMA2 = {"7B": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32),
+          "13B": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40)}
+NF4_DQ = 0.5 + 1 / 64 + 4 / (64 * 256)  # bytes per 4-bit weight: 0.515869...
+GiB = 2 ** 30
+
+
+def llama2(size):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**LLAMA2[size], num_key_value_heads=LLAMA2[size]["num_attention_heads"],
+                       vocab_size=32000, max_position_embeddings=4096, dtype="float16")
+
+
+def by_hand(size, processes):
+    h, m, n = (LLAMA2[size][k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    heads = LLAMA2[size]["num_attention_heads"]
+    quantized = n * (4 * h * h + 3 * h * m)  # q, k, v, o and gate, up, down in every layer
+    plain = 2 * 32000 * h + (2 * n + 1) * h  # embeddings, head, RMSNorms: stay in fp16
+    adapter = n * 2 * 64 * (h + h)  # r 64 on q_proj and v_proj, A and B
+    shards = processes  # FSDP with 2 processes; 1: everything whole
+    state = ((plain * 2 + quantized * NF4_DQ + adapter * 4) / shards
+             + (adapter * 2 if processes == 1 else 0)  # the adapter's fp16 working copy (not under FSDP)
+             + adapter * 4 / shards + adapter * 8 / shards)  # fp32 gradients, AdamW's two moments
+    s, b = 1024, 4
+    activations = n * 2 * s * b * h + s * b * h * (34 + 5 * heads * s / h)  # 16-bit, checkpointed
+    logits = b * s * 32000 * 4 * 3  # three fp32 copies at the loss
+    context = 512 * 2 ** 20
+    load = plain * 2 + quantized * NF4_DQ + 32000 * h * 2 + context  # whole, in every process
+    return {"quantized": quantized, "plain": plain, "adapter": adapter, "total": state,
+            "activations": activations, "logits": logits, "training_peak": state + activations + logits + context,
+            "load_peak": load}
+
+
+@pytest.mark.parametrize("size", ["7B", "13B"])
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_peak_of_llama2_qlora_by_hand(size, processes):
+    config = lora.causal_lm_lora_config(64, 16, 0.1, ["q_proj", "v_proj"], [])
+    result = memory.estimate_training_memory(
+        llama2(size), "causal_lm", precision="fp16", weight_dtype="fp16", lora_config=config,
+        quantized_4bit=True, distributed="fsdp" if processes > 1 else "ddp", processes=processes,
+        batch_size=4, seq_len=1024, checkpointing=True, cuda_context=True)
+    hand = by_hand(size, processes)
+    assert result["parameters"] == {"total": hand["quantized"] + hand["plain"] + hand["adapter"],
+                                    "trainable": hand["adapter"], "quantized_4bit": hand["quantized"]}
+    got = result["bytes_per_process"]
+    for key in ("total", "activations", "logits", "training_peak", "load_peak"):
+        assert got[key] == pytest.approx(hand[key], abs=2), key
+    assert got["cuda_context"] == 512 * 2 ** 20
+    assert got["peak"] == max(got["training_peak"], got["load_peak"])
+    assert not result["lower_bound"]
+
+
+def test_the_figures_the_issue_quotes():
+    """Issue 28: 7B QLoRA's model state is 4.16 GiB; 13B's 7.6 GiB; 4 x 1024 tokens of a 32k
+    vocabulary make 0.5 GB of fp32 logits per copy; under FSDP each process loads the whole 4-bit
+    13B model, about 7 GiB, not the README's 3.5 GB per T4: the load, not training, is the peak."""
+    config = lora.causal_lm_lora_config(64, 16, 0.1, ["q_proj", "v_proj"], [])
+    seven = memory.estimate_training_memory(llama2("7B"), "causal_lm", precision="bf16", weight_dtype="bf16",
+                                            lora_config=config, quantized_4bit=True, cuda_context=False)
+    assert seven["bytes_per_process"]["total"] / GiB == pytest.approx(4.16, abs=0.005)
+    thirteen = by_hand("13B", 1)
+    assert thirteen["total"] / GiB == pytest.approx(7.59, abs=0.005)
+    assert by_hand("7B", 1)["logits"] / 3 == 4 * 1024 * 32000 * 4 == pytest.approx(0.52e9, rel=0.01)
+    fsdp = memory.estimate_training_memory(
+        llama2("13B"), "causal_lm", precision="bf16", weight_dtype="bf16", lora_config=config, quantized_4bit=True,
+        distributed="fsdp", processes=2, batch_size=1, seq_len=1024, checkpointing=True, cuda_context=True)
+    got = fsdp["bytes_per_process"]
+    whole_4bit = by_hand("13B", 2)["plain"] * 2 + by_hand("13B", 2)["quantized"] * NF4_DQ
+    assert whole_4bit / GiB == pytest.approx(6.71, abs=0.01)
+    assert got["load_peak"] > got["training_peak"] and fsdp["peak_at"] == "loading"
+    assert got["total"] < whole_4bit / 2 + 0.4 * GiB  # training holds about half of it
+
+
+def test_a_classifier_has_no_logit_term_and_a_seq2seq_models_logits_span_the_target(cache):
+    bert = memory.estimate_training_memory(str(fixtures.tiny_model_dir(cache, "bert")), "sequence_classification",
+                                           num_labels=2, batch_size=8, seq_len=64, cuda_context=False)
+    assert bert["bytes_per_process"]["logits"] == 0 and bert["left_out"] == []
+    t5 = str(fixtures.tiny_model_dir(cache, "t5"))
+    without = memory.estimate_training_memory(t5, "seq2seq_lm", batch_size=8, seq_len=64, cuda_context=False)
+    assert without["left_out"] == ["logits"] and without["lower_bound"]  # the target length is not known
+    vocab = memory.load_config(t5).vocab_size
+    with_target = memory.estimate_training_memory(t5, "seq2seq_lm", batch_size=8, seq_len=64, target_len=16,
+                                                  cuda_context=False)
+    assert with_target["bytes_per_process"]["logits"] == 8 * 16 * vocab * 4 * 3
