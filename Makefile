@@ -25,7 +25,7 @@ RUN_ENV := $(if $(filter smoke,$(PROFILE)),HF_HUB_OFFLINE=1)
 
 LATEST  := .venv-latest
 
-.PHONY: help setup git-setup fixtures test test-fast test-latest run-all run list bench bench-sandbox bench-distributed lab tensorboard kaggle set-repository clean distclean
+.PHONY: help setup git-setup fixtures test test-fast test-latest run-all run list bench bench-sandbox bench-distributed gpu-check gpu-wheels lab tensorboard kaggle set-repository clean distclean
 
 help:
 	@echo "make run-all [PROFILE=smoke|full] [JOBS=n]   run every project's notebook headless (papermill), JOBS at once (default: the cores)"
@@ -35,6 +35,8 @@ help:
 	@echo "make bench                          padding/batching benchmark: original recipe vs nbutils.batching"
 	@echo "make bench-sandbox                  text-to-pandas sandbox: executions/s and the cost of each layer"
 	@echo "make bench-distributed              bytes each of 2 training processes holds: DDP vs FSDP"
+	@echo "make gpu-check [TINY=1] [WHEELS=1] [ARGS=..]  every full recipe on this GPU: peak memory vs the estimate, tokens/s, MFU"
+	@echo "make gpu-wheels                     download the wheels a lent GPU machine lacks into $(GPU_WHEELS) (Python 3.12, x86_64)"
 	@echo "make test [JOBS=n]                  unit tests + smoke runs of every notebook, in JOBS workers (default: the cores)"
 	@echo "make test-fast                      the unit tests only (-m 'not slow': no notebook runs, no launched processes)"
 	@echo "make test-latest                    the test suite against the newest library releases (not pinned)"
@@ -133,6 +135,28 @@ bench-sandbox: setup
 # DDP and under FSDP, in one launch (about a minute). Results: outputs/bench/distributed.json.
 bench-distributed: setup
 	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(PY) -m tools.bench_distributed --out outputs/bench/distributed.json
+
+# Every full recipe at real width on this machine's GPU(s), a few optimizer steps each: peak memory
+# (allocated, reserved) beside the notebook's memory estimate, tokens/s, MFU, a finite loss; one
+# table, and JSON in outputs/gpu-check/gpu_check.json. TINY=1: the same code at tiny width on a CPU
+# (CI runs it). WHEELS=1: first install the carried wheels from $(GPU_WHEELS) (no index). It runs
+# without the project's venv, on the machine's own torch and transformers, where there is none:
+# a lent GPU machine has torch, transformers, peft and accelerate, not the notebooks' other tools.
+# ARGS passes more (--only PROJECT ..., --steps N, --budget-s S).
+GPU_WHEELS := .cache/gpu-wheels
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	HF_HUB_OFFLINE=1 TQDM_DISABLE=1 $(GPU_PY) -m tools.gpu_check $(if $(TINY),--tiny) \
+	  $(if $(WHEELS),--install-wheels $(GPU_WHEELS)) $(ARGS)
+
+# The wheels a lent GPU machine lacks (tools/gpu_check.py GPU_WHEELS: bitsandbytes, trl, datasets
+# and datasets' dill and multiprocess), for its Python 3.12 on x86_64 Linux, about 43 MB: carry
+# $(GPU_WHEELS) with the working tree (it is ignored, under .cache/).
+gpu-wheels: setup
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_24_x86_64 --dest $(GPU_WHEELS) \
+	  $$($(PY) -c "from tools.gpu_check import GPU_WHEELS; print(*GPU_WHEELS)")
+	@du -sh $(GPU_WHEELS)
 
 # With RUN: a copy of the project's notebook prepared with PROFILE's parameters (paths made
 # absolute, so they resolve in the notebook's folder, where Lab starts the kernel), opened in

@@ -164,11 +164,12 @@ def load_yaml(path: Path) -> dict:
 
 
 def project_parameters(project: Project, profile: str, output_dir: str,
-                       overrides: dict | None = None) -> dict:
-    """Merged, checked parameters for one run, including the ones the runner sets itself."""
+                       overrides: dict | None = None, declared: dict | None = None) -> dict:
+    """Merged, checked parameters for one run, including the ones the runner sets itself.
+    `declared`: the notebook's parameters and type names (default: read with papermill)."""
     if not project.notebook.is_file():
         raise ParameterError(f"{project.name}: notebook {project.notebook} does not exist")
-    declared = declared_parameters(project.notebook)
+    declared = declared_parameters(project.notebook) if declared is None else declared
     merged: dict = {}
     for path in project.param_files:
         values = load_yaml(path)
@@ -182,24 +183,35 @@ def project_parameters(project: Project, profile: str, output_dir: str,
     return {**merged, **runner_set}
 
 
-def notebook_defaults(notebook: Path) -> dict:
-    """The defaults of a notebook's parameters cell (plain annotated literals: tests/notebooks/
-    test_params.py keeps them so), as a run gets them before its parameter files."""
+def _parameters_cell(notebook: Path) -> list:
+    """The annotated assignments of a notebook's parameters cell (tests/notebooks/test_params.py
+    keeps it to plain `name: type = literal  # help` lines, and papermill reads the same)."""
     import ast
 
     cells = [c for c in json.loads(notebook.read_text())["cells"]
              if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ParameterError(f"{notebook}: expected one cell tagged 'parameters', found {len(cells)}")
-    source = "".join(cells[0]["source"])
-    return {node.target.id: ast.literal_eval(node.value) for node in ast.parse(source).body
-            if isinstance(node, ast.AnnAssign) and node.value is not None}
+    return [node for node in ast.parse("".join(cells[0]["source"])).body
+            if isinstance(node, ast.AnnAssign) and node.value is not None]
+
+
+def notebook_defaults(notebook: Path) -> dict:
+    """The defaults of a notebook's parameters cell, as a run gets them before its parameter files."""
+    import ast
+
+    return {node.target.id: ast.literal_eval(node.value) for node in _parameters_cell(notebook)}
 
 
 def recipe_parameters(project: Project, profile: str, output_dir: str = "out") -> dict:
-    """Everything a run of `project` gets: the notebook's defaults, then its merged, checked
-    parameter files and the runner's own values."""
-    return {**notebook_defaults(project.notebook), **project_parameters(project, profile, output_dir)}
+    """Everything a run of `project` gets: the notebook's defaults, then its merged parameter
+    files (checked against the cell's names and types, read without papermill: `make
+    gpu-check` runs where only the training stack is installed) and the runner's own values."""
+    import ast
+
+    declared = {node.target.id: ast.unparse(node.annotation) for node in _parameters_cell(project.notebook)}
+    return {**notebook_defaults(project.notebook),
+            **project_parameters(project, profile, output_dir, declared=declared)}
 
 
 class LaunchError(RuntimeError):
