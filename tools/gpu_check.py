@@ -135,6 +135,7 @@ TINY = {"hidden_size": 64, "d_model": 64, "dim": 64, "intermediate_size": 128, "
         "num_hidden_layers": 2, "num_layers": 2, "num_decoder_layers": 2, "n_layers": 2,
         "num_attention_heads": 4, "num_heads": 4, "n_heads": 4, "d_kv": 16, "vocab_size": 512}
 TINY_LENGTH, TINY_TARGET, TINY_BATCH, TINY_STEPS = 32, 16, 2, 2
+GIB, MIB = 2 ** 30, 2 ** 20
 # Samples of the real data's lengths that the shapes are drawn from (tools.bench's profiles).
 SAMSUM_TRAIN_ROWS, GUANACO_ROWS = 14732, 1000
 
@@ -770,9 +771,6 @@ def worker(project: str, directory: Path, tiny: bool, steps: int) -> int:
 # The table
 
 
-GIB, MIB = 2 ** 30, 2 ** 20
-
-
 def _size(n, cuda: bool) -> str:
     """GiB on a GPU; MiB at tiny width on a CPU, where GiB would all read 0.00."""
     if not isinstance(n, (int, float)):
@@ -904,6 +902,76 @@ def check(options) -> dict:
             "seconds": round(time.perf_counter() - started, 1), "columns": columns(cuda), "rows": rows}
 
 
+# GPUs for `--estimate`: whether bf16 is native, and the memory they have (NVIDIA's datasheets:
+# a T4 has 16 GB, of which about 15 GiB are usable; an L4 24 GB; an A100 40 or 80 GB).
+ESTIMATE_GPUS = {"t4": (False, 15.0 * GIB), "l4": (True, 22.0 * GIB), "a100-40gb": (True, 39.4 * GIB),
+                 "h100": (True, 79.1 * GIB)}
+
+
+def estimate_row(spec: Spec, gpu: str, rows: int | None = None) -> dict:
+    """The notebook's own memory estimate for this row on `gpu` (no GPU needed): at the recipe's
+    lengths and `rows` per forward pass (default: the recipe's batch size, what the notebook
+    passes), in the precision "auto" picks there (bf16 where native; else fp16 where the model
+    is safe in it, else fp32), per process."""
+    from nbutils.parallel import memory
+    from nbutils.run import runtime
+
+    native_bf16, capacity = ESTIMATE_GPUS[gpu]
+    config = model_config(spec.model_name, spec.task)
+    precision = spec.precision
+    if precision == "auto":
+        precision = "bf16" if native_bf16 else "fp16" if runtime.model_fp16_safe(config.model_type) else "fp32"
+    if precision == "bf16" and not native_bf16 and spec.load_in_4bit and spec.distributed == "fsdp":
+        return {"project": spec.project, "gpu": gpu, "status": "refused",
+                "reason": "QLoRA under FSDP needs native bf16 (nbutils.lora)"}
+    lora_config = None
+    if spec.lora:
+        from nbutils import lora
+
+        lora_config = (lora.causal_lm_lora_config(spec.lora["r"], spec.lora["alpha"], spec.lora["dropout"],
+                                                  spec.lora["targets"], spec.lora["modules_to_save"],
+                                                  config.tie_word_embeddings) if spec.trainer == "sft" else
+                       lora.seq2seq_lora_config(spec.lora["r"], spec.lora["alpha"], spec.lora["dropout"],
+                                                spec.lora["targets"]))
+    weights = precision if spec.weights == "compute" else memory.checkpoint_dtype(config)
+    result = memory.estimate_training_memory(
+        config, spec.task, precision=precision, weight_dtype=weights, distributed=spec.distributed,
+        processes=spec.processes, lora_config=lora_config, quantized_4bit=spec.load_in_4bit,
+        double_quant=spec.double_quant, batch_size=rows or spec.batch_size, seq_len=spec.length,
+        target_len=spec.target_length or None, checkpointing=spec.checkpointing, cuda_context=True)
+    peak = result["bytes_per_process"]["peak"]
+    return {"project": spec.project, "gpu": gpu, "status": "fits" if peak <= capacity else "does not fit",
+            "precision": precision, "processes": spec.processes, "peak": peak, "capacity": capacity,
+            "estimate": result}
+
+
+def print_estimates(gpu: str, only: list[str] | None = None) -> None:
+    """`--estimate`: each row's estimated peak per GPU. SFT rows twice: at the recipe's batch
+    (what the notebook prints before loading) and as its batching runs them with sdpa attention
+    (transformers' default; packed rows, one per forward pass: `nbutils.batching.forward_layout`)."""
+    from nbutils import batching
+
+    for spec in recipe_specs(ROOT, only):
+        if spec.no_training:
+            continue
+        shapes = [spec.batch_size]
+        if spec.trainer == "sft":
+            shapes.append(batching.forward_layout("sdpa", spec.batch_size * spec.accumulation, spec.accumulation)[0])
+        figures = []
+        for rows in shapes:
+            row = estimate_row(spec, gpu, rows)
+            if "peak" not in row:
+                figures = [f"{row['status']}: {row['reason']}"]
+                break
+            shape = f"{rows}x{spec.length}" + (f"+{spec.target_length}" if spec.target_length else "")
+            figures.append(f"{row['peak'] / GIB:5.1f} GiB at {shape} ({row['status']})")
+        processes = f", {spec.processes} processes" if spec.processes > 1 else ""
+        precision = f" {row['precision']}{processes}:" if "peak" in row else ""
+        print(f"{spec.project:<40}{precision} {'; '.join(figures)}")
+    print(f"(estimates, not measured: nbutils.parallel.memory, per GPU, at the recipes' lengths; "
+          f"{gpu}: {ESTIMATE_GPUS[gpu][1] / GIB:.1f} GiB usable)")
+
+
 # What a lent GPU machine lacks (it has torch, transformers, peft and accelerate): `make
 # gpu-wheels` downloads these wheels for Python 3.12 on x86_64 Linux (about 43 MB), and
 # `--install-wheels DIR` installs them there without an index. Without their dependencies
@@ -935,6 +1003,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the JSON goes")
     parser.add_argument("--install-wheels", metavar="DIR", type=Path,
                         help="first pip-install the carried wheels in DIR (no index): " + ", ".join(GPU_WHEELS))
+    parser.add_argument("--estimate", choices=sorted(ESTIMATE_GPUS), metavar="GPU",
+                        help="print the notebooks' memory estimate of every row on this GPU kind "
+                             f"({', '.join(sorted(ESTIMATE_GPUS))}) and exit: nothing is trained")
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # one process of a multi-process row
     parser.add_argument("--worker-dir", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
@@ -953,6 +1024,9 @@ def main(argv: list[str] | None = None) -> int:
         return worker(options.worker, Path(options.worker_dir), options.tiny, options.steps)
     if options.install_wheels:
         install_wheels(options.install_wheels)
+    if options.estimate:
+        print_estimates(options.estimate, options.only)
+        return 0
     result = check(options)
     cuda = result["device"]["kind"] == "cuda"
     print()

@@ -26,8 +26,9 @@ Where the batch size and length are known, the peak while training adds:
 
 - **activations**: a rough figure (Korthikanti et al. 2022: about s·b·h·(34 + 5·a·s/h) bytes
   per layer in 16 bit, without FlashAttention, so rather high where attention runs in a fused
-  kernel); with activation checkpointing, one 16-bit tensor per layer plus one layer's worth
-  recomputed in the backward pass;
+  kernel; a decoder's layers at the target's length, attending to it and to the source); with
+  activation checkpointing, one 16-bit tensor per layer plus one layer's worth recomputed in the
+  backward pass;
 - **logits**: batch x length x vocabulary, three fp32 copies at once (`LOGIT_COPIES`): the loss
   upcasts the logits to fp32 and keeps their log-softmax for the backward pass, whose gradient
   arrives and leaves in fp32 too. For a sequence-to-sequence model the length is the target's
@@ -239,33 +240,45 @@ def estimate(layout: dict, precision: str = "fp32", weight_dtype="fp32", distrib
     }
 
 
-def _activation_figures(config, batch_size, seq_len, precision):
-    """(without, with activation checkpointing) bytes per process, or None where unknown."""
+def _activation_figures(config, batch_size, seq_len, precision, target_len=None):
+    """(without, with activation checkpointing) bytes per process, or None where unknown. An
+    encoder-decoder's decoder layers run at `target_len` and attend to the source too (its
+    encoder's length for both where `target_len` is unknown)."""
     try:
         hidden, layers, heads = config.hidden_size, config.num_hidden_layers, config.num_attention_heads
     except AttributeError:
         return None
     if not (batch_size and seq_len):
         return None
-    layers *= 2 if getattr(config, "is_encoder_decoder", False) else 1
     scale = BYTES[dtype_name(precision)] / 2  # the formula counts 16-bit activations
-    s, b, h = seq_len, batch_size, hidden
-    one_layer = s * b * h * (34 + 5 * heads * s / h)
-    return layers * one_layer * scale, (layers * 2 * s * b * h + one_layer) * scale
+    b, h = batch_size, hidden
+
+    def layer(s, attended):  # one layer's activations: s positions attending to `attended`
+        return s * b * h * (34 + 5 * heads * attended / h)
+
+    stack = [(layers, seq_len, seq_len)]
+    if getattr(config, "is_encoder_decoder", False):
+        target = target_len or seq_len
+        decoder_layers = getattr(config, "num_decoder_layers", None) or layers
+        stack.append((decoder_layers, target, target + seq_len))  # self- and cross-attention
+    full = sum(n * layer(s, a) for n, s, a in stack)
+    kept = sum(n * 2 * s * b * h for n, s, _ in stack) + max(layer(s, a) for _, s, a in stack)
+    return full * scale, kept * scale
 
 
 def activation_bytes(config, batch_size: int | None = None, seq_len: int | None = None,
-                     precision: str = "bf16", checkpointing: bool = False) -> float | None:
+                     precision: str = "bf16", checkpointing: bool = False,
+                     target_len: int | None = None) -> float | None:
     """Rough activation bytes per process (see the module docstring), or None where the batch
     size, the length or the model's width is unknown."""
-    figures = _activation_figures(config, batch_size, seq_len, precision)
+    figures = _activation_figures(config, batch_size, seq_len, precision, target_len)
     return None if figures is None else figures[1 if checkpointing else 0]
 
 
 def activation_note(config, batch_size: int | None = None, seq_len: int | None = None,
-                    precision: str = "bf16", checkpointing: bool = False) -> str:
+                    precision: str = "bf16", checkpointing: bool = False, target_len: int | None = None) -> str:
     """One line on activations, with the rough figure when the batch size and length are known."""
-    figures = _activation_figures(config, batch_size, seq_len, precision)
+    figures = _activation_figures(config, batch_size, seq_len, precision, target_len)
     if figures is None:
         return ("activations (not counted: batch size or length unknown) grow with batch x length x "
                 "layers x hidden; activation checkpointing keeps about one tensor per layer and "
@@ -350,9 +363,10 @@ def estimate_training_memory(model_name, task: str, *, precision: str = "fp32", 
     model = meta_model(config, task, trust_remote_code)
     result = estimate(parameter_layout(model, lora_config, quantized_4bit, prepare), precision,
                       weight_dtype, distributed, processes, quantized_4bit, double_quant,
-                      activation_bytes=activation_bytes(config, batch_size, seq_len, precision, checkpointing),
+                      activation_bytes=activation_bytes(config, batch_size, seq_len, precision, checkpointing,
+                                                        target_len),
                       logit_bytes=logit_bytes(config, task, batch_size, seq_len, target_len),
                       cuda_context=cuda_context)
     result["model"] = model_name if isinstance(model_name, str) else getattr(config, "name_or_path", "")
-    result["activations"] = activation_note(config, batch_size, seq_len, precision, checkpointing)
+    result["activations"] = activation_note(config, batch_size, seq_len, precision, checkpointing, target_len)
     return result

@@ -270,3 +270,14 @@ def test_a_classifier_has_no_logit_term_and_a_seq2seq_models_logits_span_the_tar
     with_target = memory.estimate_training_memory(t5, "seq2seq_lm", batch_size=8, seq_len=64, target_len=16,
                                                   cuda_context=False)
     assert with_target["bytes_per_process"]["logits"] == 8 * 16 * vocab * 4 * 3
+
+
+def test_a_decoders_activations_run_at_the_target_length(cache):
+    config = memory.load_config(str(fixtures.tiny_model_dir(cache, "t5")))
+    h, a = config.hidden_size, config.num_attention_heads
+    enc, dec = config.num_layers, config.num_decoder_layers
+    b, s, t = 8, 64, 16
+    full = enc * s * b * h * (34 + 5 * a * s / h) + dec * t * b * h * (34 + 5 * a * (t + s) / h)
+    assert memory.activation_bytes(config, b, s, "bf16", target_len=t) == pytest.approx(full)
+    kept = 2 * b * h * (enc * s + dec * t) + max(s * b * h * (34 + 5 * a * s / h), t * b * h * (34 + 5 * a * (t + s) / h))
+    assert memory.activation_bytes(config, b, s, "fp32", checkpointing=True, target_len=t) == pytest.approx(2 * kept)

@@ -96,6 +96,18 @@ def test_the_carried_wheels_are_named_and_checked_before_installing(tmp_path):
         gpu_check.install_wheels(tmp_path)
 
 
+def test_the_estimate_mode_prints_every_row_per_gpu_without_training(capsys):
+    assert gpu_check.main(["--estimate", "t4", "--only", "instruction_tune"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.startswith("instruction")}
+    # The 13B QLoRA recipe fits one T4: at the recipe's batch and as its batching runs (one packed row).
+    assert "fp16:" in lines["instruction_tune/llama2_13b_qlora"]
+    assert lines["instruction_tune/llama2_13b_qlora"].count("(fits)") == 2
+    assert "refused: QLoRA under FSDP needs native bf16" in lines["instruction_tune/llama2_13b_fsdp_qlora"]
+    row = gpu_check.estimate_row(next(s for s in gpu_check.recipe_specs(ROOT, ["instruction_tune/llama2_13b_qlora"])),
+                                 "t4", rows=1)
+    assert row["estimate"]["bytes_per_process"]["peak"] == row["peak"] < 10 * gpu_check.GIB
+
+
 @pytest.mark.slow  # it launches the two processes of the FSDP row
 def test_tiny_mode_runs_every_row_and_measures_it(tmp_path, monkeypatch, capsys):
     for name in NOT_ON_THE_GPU_MACHINE:
