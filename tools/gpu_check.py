@@ -27,6 +27,8 @@ with its message) and the command goes on.
 
     python -m tools.gpu_check                        # every full recipe on this machine's GPU(s)
     python -m tools.gpu_check --only instruction_tune/llama2_7b text_to_pandas
+    python -m tools.gpu_check --like t4              # ... in the precision a T4 would get (fp16/fp32)
+    python -m tools.gpu_check --estimate t4          # the estimate per GPU only: nothing is trained
     python -m tools.gpu_check --tiny                 # the same code at tiny width on a CPU (CI)
 
 `--tiny` keeps every recipe setting that a CPU can run and shrinks the rest: each architecture
@@ -516,6 +518,23 @@ def missing_packages(spec: Spec) -> list[str]:
     return sorted(name for name in needed if importlib.util.find_spec(name) is None)
 
 
+def like_t4(spec: Spec) -> Spec:
+    """The row in the precision its notebook picks on a T4 (no bf16 there): fp16 where the model
+    is safe in it, else fp32, so a bigger GPU measures the memory a T4 would need. A recipe
+    that asks for bf16 itself is not for a T4."""
+    from nbutils.run import runtime
+
+    t4 = dataclasses.replace(spec, notes=list(spec.notes))
+    if spec.precision == "bf16":
+        t4.no_training = "asks for bf16: not a T4 recipe (--like t4)"
+        return t4
+    if spec.precision == "auto":
+        safe = runtime.model_fp16_safe(MODELS[spec.model_name]["model_type"])
+        t4.precision = "fp16" if safe else "fp32"
+        t4.notes.append(f"--like t4: {t4.precision}, as 'auto' picks on a T4")
+    return t4
+
+
 def skip_reason(spec: Spec, gpus: int | None, elapsed: float, budget_s: float) -> str:
     """Why this row cannot run here ("" where it can). `gpus`: the GPUs here, None on a CPU
     (a tiny check runs several processes there, over gloo)."""
@@ -863,6 +882,8 @@ def check(options) -> dict:
     rows, measured = [], {}
     for spec in recipe_specs(ROOT, options.only):
         spec = tiny_spec(spec) if options.tiny and not spec.no_training else spec
+        if options.like == "t4" and not spec.no_training:
+            spec = like_t4(spec)
         row = {"project": spec.project, "model": spec.model_name or "-", "notes": spec.notes,
                "settings": dataclasses.asdict(spec)}
         elapsed = time.perf_counter() - started
@@ -898,7 +919,8 @@ def check(options) -> dict:
         rows.append(row)
         print(f"gpu-check: {spec.project}: {row['status']} in {row['seconds']} s"
               + (f" ({row['reason']})" if row["status"] != "ok" else ""), flush=True)
-    return {"tiny": options.tiny, "device": device(), "versions": versions(), "cuda_context_bytes": context,
+    return {"tiny": options.tiny, "like": options.like, "device": device(), "versions": versions(),
+            "cuda_context_bytes": context,
             "seconds": round(time.perf_counter() - started, 1), "columns": columns(cuda), "rows": rows}
 
 
@@ -1003,6 +1025,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default=DEFAULT_OUT, help="where the JSON goes")
     parser.add_argument("--install-wheels", metavar="DIR", type=Path,
                         help="first pip-install the carried wheels in DIR (no index): " + ", ".join(GPU_WHEELS))
+    parser.add_argument("--like", choices=["t4"],
+                        help="train each row in the precision its notebook picks on that GPU (t4: fp16, "
+                             "or fp32 for T5 and Qwen2), to measure the memory a T4 would need")
     parser.add_argument("--estimate", choices=sorted(ESTIMATE_GPUS), metavar="GPU",
                         help="print the notebooks' memory estimate of every row on this GPU kind "
                              f"({', '.join(sorted(ESTIMATE_GPUS))}) and exit: nothing is trained")
@@ -1013,6 +1038,8 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         options.steps = TINY_STEPS if options.tiny else 4
     if options.steps < 2:
         parser.error("--steps must be at least 2: the first step is a warm-up and not timed")
+    if options.tiny and options.like:
+        parser.error("--like picks a GPU's precision: it does not go with --tiny (a CPU trains in fp32)")
     if options.budget_s is None:
         options.budget_s = 0 if options.tiny else DEFAULT_BUDGET_S
     return options

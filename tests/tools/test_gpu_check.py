@@ -88,6 +88,16 @@ def test_rows_that_cannot_run_here_say_why(monkeypatch):
     assert "trains no model" in gpu_check.skip_reason(specs["detect_ensemble"], 1, 0, 450)
 
 
+def test_like_t4_trains_in_what_auto_picks_on_a_t4():
+    specs = {s.project: s for s in gpu_check.recipe_specs(ROOT)}
+    assert gpu_check.like_t4(specs["instruction_tune/llama2_13b_qlora"]).precision == "fp16"
+    assert gpu_check.like_t4(specs["summarize_dialogues/flan_t5_base"]).precision == "fp32"  # T5 overflows fp16
+    assert gpu_check.like_t4(specs["instruction_tune/qwen2_5_0_5b_instruct"]).precision == "fp32"
+    assert "not a T4 recipe" in gpu_check.like_t4(specs["instruction_tune/llama2_13b_fsdp_qlora"]).no_training
+    with pytest.raises(SystemExit):
+        gpu_check.parse_arguments(["--tiny", "--like", "t4"])
+
+
 def test_the_carried_wheels_are_named_and_checked_before_installing(tmp_path):
     names = [w.split("==")[0] for w in gpu_check.GPU_WHEELS]
     assert {"bitsandbytes", "trl", "datasets"} <= set(names)
