@@ -1010,8 +1010,14 @@ def install_wheels(folder: Path) -> None:
     if missing:
         raise SystemExit(f"gpu-check: --install-wheels {folder}: no wheel for {', '.join(missing)} there "
                          f"(make gpu-wheels fetches them: {' '.join(GPU_WHEELS)})")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels],
-                   check=True)
+    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", *wheels]
+    if subprocess.run(command).returncode:
+        # Where the interpreter's site-packages cannot be written: the user's, made visible here.
+        subprocess.run(command + ["--user"], check=True)
+        import site
+
+        site.addsitedir(site.getusersitepackages())
+    importlib.invalidate_caches()
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:

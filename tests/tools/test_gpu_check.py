@@ -35,7 +35,7 @@ PUBLISHED = {
 # What a lent GPU machine does not have (it has the training stack only): the check must not
 # import any of these.
 NOT_ON_THE_GPU_MACHINE = ("papermill", "nbformat", "nbconvert", "IPython", "sklearn", "matplotlib", "optuna",
-                          "rouge_score", "evaluate")
+                          "rouge_score", "evaluate", "scipy")
 
 
 @pytest.mark.parametrize("name", sorted(gpu_check.MODELS))
