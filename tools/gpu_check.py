@@ -912,9 +912,10 @@ def check(options) -> dict:
         except Exception as err:  # the row fails, the command goes on
             message = f"{type(err).__name__}: {err}".splitlines()
             row = {**row, "status": "failed", "reason": " ".join(message)[:500]}
-            if cuda:
-                gc.collect()
-                torch.cuda.empty_cache()
+        # Out of the except block: its traceback no longer holds the failed row's model.
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
         row["seconds"] = round(time.perf_counter() - row_started, 1)
         rows.append(row)
         print(f"gpu-check: {spec.project}: {row['status']} in {row['seconds']} s"
