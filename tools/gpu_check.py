@@ -620,7 +620,9 @@ def run_row(spec: Spec, tiny: bool, steps: int, work: Path) -> dict:
     row = {"precision": precision, "weights_dtype": str(load_dtype).replace("torch.", ""),
            "activation_checkpointing": checkpointing}
 
-    quantization = (lora.bnb_4bit_config(spec.quant_type, spec.double_quant, compute, spec.distributed)
+    # As `run.quant_storage`: under FSDP the 4-bit weights are packed into the compute dtype.
+    storage = compute if spec.distributed == "fsdp" else None
+    quantization = (lora.bnb_4bit_config(spec.quant_type, spec.double_quant, compute, storage)
                     if spec.load_in_4bit else None)
     state = random_state_dict(config, spec.task, torch_dtype(checkpoint), "cuda" if cuda else "cpu")
     model_class = type(memory.meta_model(config, spec.task))
@@ -676,7 +678,7 @@ def run_row(spec: Spec, tiny: bool, steps: int, work: Path) -> dict:
         else:
             trainer = Trainer(model=model, args=TrainingArguments(**arguments), train_dataset=data)
         rows_per_forward = spec.batch_size
-    parallel.apply(trainer)
+    parallel.prepare(trainer)  # the notebooks' one multi-process call: FSDP really on, or a stop
     clock = step_clock(cuda)
     trainer.add_callback(clock)
     trainer.remove_callback(PrinterCallback)  # the table says it; no log line per step
