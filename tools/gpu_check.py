@@ -882,7 +882,14 @@ def check(options) -> dict:
     gpus = torch.cuda.device_count() if cuda else 0
     started = time.perf_counter()
     rows, measured = [], {}
+
+    def so_far() -> dict:
+        return {"tiny": options.tiny, "like": options.like, "device": device(), "versions": versions(),
+                "cuda_context_bytes": context, "seconds": round(time.perf_counter() - started, 1),
+                "columns": columns(cuda), "rows": rows}
+
     for spec in recipe_specs(ROOT, options.only):
+        write_json(options.out, so_far())  # before every row: a command stopped at its time limit keeps them
         spec = tiny_spec(spec) if options.tiny and not spec.no_training else spec
         if options.like == "t4" and not spec.no_training:
             spec = like_t4(spec)
@@ -922,9 +929,14 @@ def check(options) -> dict:
         rows.append(row)
         print(f"gpu-check: {spec.project}: {row['status']} in {row['seconds']} s"
               + (f" ({row['reason']})" if row["status"] != "ok" else ""), flush=True)
-    return {"tiny": options.tiny, "like": options.like, "device": device(), "versions": versions(),
-            "cuda_context_bytes": context,
-            "seconds": round(time.perf_counter() - started, 1), "columns": columns(cuda), "rows": rows}
+    return so_far()
+
+
+def write_json(path, result: dict) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return out
 
 
 # GPUs for `--estimate`: whether bf16 is native, and the memory they have (NVIDIA's datasheets:
@@ -1070,10 +1082,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{result['device']['name']}; torch {result['versions']['torch']}, transformers "
           f"{result['versions']['transformers']}; {result['seconds']} s"
           + ("" if cuda else "; tiny width on a CPU: memory is the process's resident set, not GPU memory"))
-    out = Path(options.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"gpu-check results: {out}")
+    print(f"gpu-check results: {write_json(options.out, result)}")
     return 0
 
 
