@@ -175,27 +175,46 @@ def test_runner_rejects_a_node_rank_outside_the_machines(capsys):
     assert "--node-rank must be in 0..1" in capsys.readouterr().err
 
 
-def test_notebooks_declare_and_pass_the_strategy():
-    """The training notebooks declare `distributed` (ddp by default), check it before they
-    launch, pass its arguments to their trainer, record what each process held and save the
-    consolidated model."""
+@pytest.mark.parametrize("name", ["instruction_tune", "summarize_dialogues", "detect_ai_text"])
+def test_notebooks_declare_and_pass_the_strategy(name):
+    """The training notebooks declare `distributed` (ddp by default); their set-up call checks
+    it before it launches (`nb.run.start`, see the next test), their TrainingArguments get its
+    keywords given the model (`run.training_arguments`), each Trainer has it applied (FSDP
+    really on, on CPUs too, or a stop: `nb.parallel.prepare`), the record holds what each
+    process held (the task's `write_record`, through `record.trained`) and the saved model is
+    consolidated (`run.save_model`, `run.save_pretrained`)."""
+    import importlib
+    import inspect
+    import re
+
     import nbformat
 
     from conftest import ROOT
     from nbutils.run.params import declared_parameters
 
-    for name in ("instruction_tune", "summarize_dialogues", "detect_ai_text"):
-        path = ROOT / "notebooks" / f"{name}.ipynb"
-        declared = declared_parameters(path)
-        assert "distributed" in declared, name
-        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-        assert 'distributed: str = "ddp"' in source
-        assert source.index("parallel.check_strategy(distributed)") < source.index("launch.run_in_processes")
-        assert "parallel.training_arguments(distributed, " in source
-        assert "parallel.apply(trainer)" in source  # FSDP really on (CPUs), or a stop
-        assert "parallel.summary(trainer.model, distributed)" in source
-        assert '"distributed": distributed_summary' in source
-        assert "parallel.save_model(trainer" in source or "parallel.save_pretrained(trainer.model" in source
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    assert declared_parameters(path)["distributed"] == "str"
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert 'distributed: str = "ddp"' in source
+    assert "run = nb.run.start(globals()" in source
+    assert re.search(r"run\.training_arguments\(\s*\w+, \w*model\b", source), "the strategy's keywords need the model"
+    assert "nb.parallel.prepare(trainer)" in source
+    task = re.search(r"\b(\w+)\.write_record\(\s*run, trainer, train_output\b", source)
+    assert task, "the record is written by the task's module, given the trainer"
+    module = importlib.import_module(f"nbutils.tasks.{task.group(1)}")
+    assert "record.trained(run, trainer, train_output" in inspect.getsource(module.write_record)
+    assert "run.save_model(trainer" in source or "run.save_pretrained(trainer.model" in source
+
+
+def test_the_set_up_call_stops_a_misspelt_strategy_before_it_launches(monkeypatch):
+    from nbutils.parallel import launch
+    from nbutils.run import setup
+
+    monkeypatch.setattr(launch, "run_in_processes", lambda *args: pytest.fail("launched with a bad strategy"))
+    namespace = {"__annotations__": {"project": str, "output_dir": str, "num_processes": int, "distributed": str},
+                 "project": "demo/x", "output_dir": "out", "num_processes": 2, "distributed": "zero3"}
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        setup.start_notebook(namespace)
 
 
 def test_block_classes_of_a_model_fsdp_has_sharded_keep_their_names():

@@ -200,3 +200,33 @@ def test_resume_from_finds_the_last_complete_checkpoint(tmp_path, capsys):
     assert run.resume_from(False) is None
     assert run.resume_from(True, "elsewhere") is None
     assert "resuming from" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("save_every_steps", [0, 5])
+@pytest.mark.parametrize("packing", [True, False])
+def test_the_instruction_notebooks_sft_config_is_what_it_wrote_before(tmp_path, save_every_steps, packing):
+    """The held-out loss per epoch draws the loss curve only: with `save_every_steps` the
+    checkpoints move to those steps and the evaluation stays per epoch; the last checkpoint is
+    kept. The batching decision's keywords (packed: the evaluation's batch size too) win over
+    the recipe's `eval_batch_size`, as they did."""
+    from trl import SFTConfig
+
+    run = _configured(tmp_path, save_every_steps=save_every_steps)
+    decided = ({"max_length": 192, "packing": True, "packing_strategy": "bfd", "padding_free": True,
+                "per_device_train_batch_size": 1, "gradient_accumulation_steps": 9, "per_device_eval_batch_size": 1}
+               if packing else {"max_length": 192, "packing": False, "padding_free": False,
+                                **batching.length_grouping(), "per_device_train_batch_size": 16,
+                                "gradient_accumulation_steps": 1})
+    recipe = dict(num_train_epochs=3, learning_rate=2e-2, lr_scheduler_type="cosine", warmup_steps=0.05,
+                  weight_decay=0.001, max_grad_norm=0.3, optim="adamw_torch", activation_checkpointing=False,
+                  completion_only_loss=True, eval_packing=False, use_cpu=True)
+    settings = setup.training_arguments(run, save_every_steps=save_every_steps, evaluate=False, report_to="none",
+                                        length_grouping=False, per_device_eval_batch_size=32, eval_strategy="epoch",
+                                        logging_steps=5, **recipe)
+    before = SFTConfig(**{**settings, **decided})
+    now = run.training_arguments(SFTConfig, **recipe, **{"per_device_eval_batch_size": 32, **decided},
+                                 eval_strategy="epoch", save_strategy="epoch")
+    assert now.to_dict() == before.to_dict()
+    assert now.eval_strategy == "epoch" and now.save_total_limit == 1
+    assert now.save_strategy == ("steps" if save_every_steps else "epoch")
+    assert now.per_device_eval_batch_size == (1 if packing else 32)
