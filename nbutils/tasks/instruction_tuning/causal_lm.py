@@ -115,42 +115,48 @@ def label_checks(dataset, tokenizer, stop_ids=None) -> dict:
             "masked_label_fraction": masked / total if total else 0.0}
 
 
-def _final_hidden_states(model, ids, mask, keep):
-    """The last layer's hidden states at the positions `keep` (a boolean batch x length mask),
-    as (positions, hidden), without the model projecting them onto the vocabulary.
+def _label_losses(model, ids, mask, keep, wanted, chunk_tokens: int) -> list[float]:
+    """Summed cross-entropy of the labels `wanted` at the positions `keep` (a boolean batch x
+    length mask), one sum per chunk, without the model building its logits.
 
     The model is asked for logits at `keep` only (`logits_to_keep`, a boolean mask, in
-    transformers 5), and a pre-hook on its output layer takes the hidden states it receives and
-    hands it zero rows instead, so no logits are built here at all."""
+    transformers 5), and a pre-hook on its output layer takes the hidden states it receives,
+    projects them onto the vocabulary `chunk_tokens` rows at a time (0: all at once) and hands
+    the layer zero rows instead. The projection runs inside the model's forward, where the
+    output layer's weights are in place: under FSDP2 the output layer shares a unit with the
+    input embeddings, and calling it on its own after the forward leaves that unit in a state
+    from which `train()` can no longer switch the optimizer over to the shards ("A parameter in
+    the optimizer couldn't be switched to its sharded version": full fine-tuning scored before
+    training)."""
     import torch
+    import torch.nn.functional as F
 
     head = model.get_output_embeddings()
-    captured = []
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)  # Gemma 2
+    calls, sums = [], []
 
-    def take(module, args):
-        captured.append(args[0])
+    def score(module, args):
+        calls.append(1)
+        hidden = args[0].reshape(-1, args[0].shape[-1])
+        step = chunk_tokens or len(wanted)
+        for begin in range(0, len(wanted), step):
+            logits = module.forward(hidden[begin:begin + step]).float()  # forward(): not this hook again
+            if cap:
+                logits = torch.tanh(logits / cap) * cap
+            sums.append(float(F.cross_entropy(logits, wanted[begin:begin + step], reduction="sum")))
+            del logits
         return (args[0][:0],) + tuple(args[1:])
 
-    handle = head.register_forward_pre_hook(take)
+    handle = head.register_forward_pre_hook(score)
     try:
         model(input_ids=ids, attention_mask=mask, logits_to_keep=keep)
     finally:
         handle.remove()
-    if len(captured) != 1:
+    if len(calls) != 1:
         raise RuntimeError(f"{type(model).__name__}: expected one call of its output layer, got "
-                           f"{len(captured)}; the chunked loss needs a model whose logits are "
+                           f"{len(calls)}; the chunked loss needs a model whose logits are "
                            "output_layer(hidden states)")
-    return captured[0].reshape(-1, captured[0].shape[-1]), head
-
-
-def _logits(head, hidden, config):
-    """Logits of a chunk of hidden states, with the final soft-capping some models (Gemma 2)
-    apply after their output layer."""
-    import torch
-
-    logits = head(hidden).float()
-    cap = getattr(config, "final_logit_softcapping", None)
-    return torch.tanh(logits / cap) * cap if cap else logits
+    return sums
 
 
 def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=None,
@@ -168,14 +174,12 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=Non
     per copy, and a plain cross-entropy makes two or three copies.
     """
     import torch
-    import torch.nn.functional as F
 
     if chunk_tokens < 0:
         raise ValueError(f"chunk_tokens must be 0 (no chunking) or positive, got {chunk_tokens!r}")
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
-    config = getattr(model, "config", None)
     total, count = 0.0, 0
     with torch.no_grad(), _autocast(device, dtype):
         for start in range(0, len(dataset), batch_size):
@@ -195,13 +199,9 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=Non
             keep[:, :-1] = targets != -100
             if not keep.any():
                 continue
-            hidden, head = _final_hidden_states(model, ids.to(device), mask.to(device), keep.to(device))
             wanted = targets[targets != -100].to(device)  # row-major, as the mask selects
-            step = chunk_tokens or len(wanted)
-            for begin in range(0, len(wanted), step):
-                logits = _logits(head, hidden[begin:begin + step], config)
-                total += float(F.cross_entropy(logits, wanted[begin:begin + step], reduction="sum"))
-                del logits
+            for chunk in _label_losses(model, ids.to(device), mask.to(device), keep.to(device), wanted, chunk_tokens):
+                total += chunk
             count += len(wanted)
     if was_training:
         model.train()
