@@ -175,27 +175,29 @@ def test_runner_rejects_a_node_rank_outside_the_machines(capsys):
     assert "--node-rank must be in 0..1" in capsys.readouterr().err
 
 
-def test_notebooks_declare_and_pass_the_strategy():
-    """The training notebooks declare `distributed` (ddp by default), check it before they
-    launch, pass its arguments to their trainer, record what each process held and save the
-    consolidated model."""
+@pytest.mark.parametrize("name", ["instruction_tune", "summarize_dialogues", "detect_ai_text"])
+def test_notebooks_declare_the_strategy_and_leave_the_wiring_to_the_run(name):
+    """The training notebooks declare `distributed` (ddp by default); `nb.run.start` checks it
+    before it launches any process (`setup.start_notebook`), `run.training_arguments` adds its
+    arguments given the model, `nb.parallel.prepare(trainer)` makes the Trainer run it, the
+    project's record says what each process held (`record.trained`, through the task module's
+    `write_record`), and the model is saved consolidated (`run.save_model` / `run.save_pretrained`)."""
+    import re
+
     import nbformat
 
     from conftest import ROOT
     from nbutils.run.params import declared_parameters
 
-    for name in ("instruction_tune", "summarize_dialogues", "detect_ai_text"):
-        path = ROOT / "notebooks" / f"{name}.ipynb"
-        declared = declared_parameters(path)
-        assert "distributed" in declared, name
-        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
-        assert 'distributed: str = "ddp"' in source
-        assert source.index("parallel.check_strategy(distributed)") < source.index("launch.run_in_processes")
-        assert "parallel.training_arguments(distributed, " in source
-        assert "parallel.apply(trainer)" in source  # FSDP really on (CPUs), or a stop
-        assert "parallel.summary(trainer.model, distributed)" in source
-        assert '"distributed": distributed_summary' in source
-        assert "parallel.save_model(trainer" in source or "parallel.save_pretrained(trainer.model" in source
+    path = ROOT / "notebooks" / f"{name}.ipynb"
+    assert "distributed" in declared_parameters(path), name
+    source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    assert 'distributed: str = "ddp"' in source
+    assert "run = nb.run.start(globals()" in source
+    assert re.search(r"run\.training_arguments\(\s*\w+, \w*model\b", source), "the strategy needs the model"
+    assert "nb.parallel.prepare(trainer)" in source
+    assert re.search(r"\w+\.write_record\(\s*run, trainer, train_output\b", source)
+    assert "run.save_model(trainer" in source or "run.save_pretrained(trainer.model" in source
 
 
 def test_block_classes_of_a_model_fsdp_has_sharded_keep_their_names():
