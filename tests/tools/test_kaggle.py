@@ -191,7 +191,7 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles, 
     # two processes with accelerate.notebook_launcher, they trained one DDP run, and the kernel
     # showed the result and skipped the cells those processes had already run.
     cells = nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells
-    launch_at = next(i for i, c in enumerate(cells) if "launch.run_in_processes" in c.source)
+    launch_at = next(i for i, c in enumerate(cells) if "run = nb.run.start(globals()" in c.source)
     assert "trained in 2 processes" in "".join(o.get("text", "") for o in cells[launch_at].outputs)
     later = [c for c in cells[launch_at + 1:] if c.cell_type == "code"]
     assert later and not any(c.outputs for c in later), "the kernel ran cells the processes had run"
