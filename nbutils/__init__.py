@@ -53,6 +53,7 @@ Remedies: optional techniques a recipe turns on with a parameter (`nbutils.remed
     remedies.sources                       extra training sources, checked for overlap with the held-out rows
 
 Tasks: one home per project, the helpers only its notebook needs (`nbutils.tasks.<module>`)
+    tasks.detection                        detect_ai_text: its run record
     tasks.ensemble                         detect_ensemble: combining detection runs, stacking
     tasks.summarization                    summarize_dialogues: prompts, targets, lengths, generation
     tasks.instruction_tuning.causal_lm     instruction_tune: labels, stop tokens, held-out loss, generation

@@ -425,7 +425,8 @@ def infrastructure(run: Run, model=None, recipe: dict | None = None, folder: str
     - with the `save_every_steps` parameter (a session that may vanish), saving every that many
       optimizer steps instead of every epoch; where the recipe keeps the best checkpoint,
       evaluating on the same steps (each checkpoint needs its score), else the recipe's own
-      evaluation schedule stays (an evaluation for the loss curves only);
+      evaluation schedule stays (an evaluation for the loss curves only); a recipe that saves
+      nothing (`save_strategy="no"`: a cross-validation fold) stays so;
     - `logging_nan_inf_filter=False`, so `callbacks.StopOnNonFiniteLoss` sees a NaN loss;
       `logging_steps` and `report_to` from the parameters;
     - pinned memory where there is a GPU, the run's precision flags, and the run's seed unless
@@ -450,7 +451,7 @@ def infrastructure(run: Run, model=None, recipe: dict | None = None, folder: str
         settings["logging_steps"] = config["logging_steps"]
     if run.seed is not None and "seed" not in recipe:
         settings["seed"] = run.seed
-    if config.get("save_every_steps"):
+    if config.get("save_every_steps") and recipe.get("save_strategy") != "no":
         settings.update(checkpoints.schedule(config["save_every_steps"],
                                              evaluate=bool(recipe.get("load_best_model_at_end"))))
     if model is not None:

@@ -349,3 +349,53 @@ def fingerprint(runs: list[Run]) -> str:
             digest.update(f"{run.name}/{path.name}\n".encode())
             digest.update(path.read_bytes())
     return f"sha256:{digest.hexdigest()}"
+
+
+def runs_folder(run, runs_dir: str = "") -> Path:
+    """Where the detection runs to combine are, for this `run` (`nbutils.run.setup.Run`):
+    `runs_dir` where it is set (on Kaggle, a relative one under /kaggle/working, as any run
+    folder); else on Kaggle the attached detection kernels' outputs, gathered into one folder
+    (`kaggle_runs_dir`); else the detect_ai_text runs of the same profile beside this run's own
+    (`default_runs_dir`)."""
+    from nbutils.run import environment
+
+    if runs_dir:
+        return environment.run_folder(runs_dir, run.env)
+    if run.env.name == "kaggle":  # each detection run is a kernel of its own, attached as an input
+        return kaggle_runs_dir(run.env, run.final, run.project)
+    return default_runs_dir(run.final, run.project)
+
+
+METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
+
+
+def write_record(run, runs_dir: str | Path, runs: list[Run], left_out: dict, tables: dict[str, SplitScores],
+                 results: dict[str, dict], best: str, stacker: dict, seconds: float) -> dict:
+    """The run's record (`nbutils.run.record`), written into the run folder and returned.
+
+    Its top-level metrics are the stacker's (this project's model, `stacker`: its summary);
+    every method's are under `metrics["methods"]`; the best single model (`best`, chosen on
+    validation ROC AUC), the mean and the rank average are its baselines. The data fingerprint
+    hashes the probability files read; the split hashes are those of the essays' row ids, the
+    same as in the detection runs' records. The stacker's training rows are the validation
+    split's; it trains in `seconds`, one weight per run and an intercept, and has no epochs.
+    """
+    from nbutils.run import record
+
+    names = [r.name for r in runs]
+    rows = len(tables["validation"].labels)
+    return record.write(
+        run, task="ai-text-detection-ensemble", model=f"stacked logistic regression over {', '.join(names)}",
+        data={"source": str(runs_dir), "fingerprint": fingerprint(runs),
+              "train": rows, "validation": rows, "test": len(tables["test"].labels),
+              "split_hashes": {s: record.split_hash({"row_id": tables[s].row_ids}) for s in SPLITS},
+              "runs": {r.name: {"project": r.record.get("project"), "model": r.record.get("model"),
+                                "roc_auc": r.record.get("metrics", {}).get("roc_auc")} for r in runs},
+              "left_out": left_out},
+        metrics={**{k: results[STACK][k] for k in METRIC_NAMES}, "threshold": results[STACK]["threshold"],
+                 "methods": results, "best_single": best, "stacker": stacker},
+        primary_metric="roc_auc",
+        baselines={"best_single_model": {**results[best], "run": best}, MEAN: results[MEAN], RANK: results[RANK]},
+        train={"runtime_s": round(seconds, 3), "samples_per_s": round(rows / max(seconds, 1e-9), 3),
+               "epochs": None, "processes": 1},
+        parameters={"trainable": len(names) + 1, "total": len(names) + 1})

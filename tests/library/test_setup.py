@@ -117,6 +117,51 @@ def test_training_arguments_equal_what_the_detection_notebook_wrote_by_hand(tmp_
     assert setup.training_arguments(run, best_metric="roc_auc", **recipe) == by_hand
 
 
+# The detection notebook's recipe keywords, as make_trainer writes them.
+DETECTION_RECIPE = dict(num_train_epochs=2, learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1,
+                        weight_decay=0.01, per_device_train_batch_size=8, per_device_eval_batch_size=32,
+                        gradient_accumulation_steps=1, ddp_find_unused_parameters=False)
+DETECTION_SELECTION = dict(eval_strategy="epoch", save_strategy="epoch", load_best_model_at_end=True,
+                           metric_for_best_model="roc_auc")
+
+
+def _configured_run(tmp_path, **config):
+    return setup.Run(project="demo", dir=tmp_path / "run", env=environment.Environment("local", tmp_path),
+                     precision={"bf16": False, "fp16": False}, seed=42,
+                     config={"logging_steps": 20, "report_to": "none", **config})
+
+
+@pytest.mark.parametrize("save_every_steps", [0, 5])
+@pytest.mark.parametrize("folder", ["checkpoints", "search"])
+def test_the_detection_recipe_written_out_gets_the_arguments_the_shared_keywords_gave_it(
+        tmp_path, save_every_steps, folder):
+    """The detection notebook writes its recipe out (`run.training_arguments`) where it had the
+    shared keywords (`setup.training_arguments`) add evaluation, saving and the best checkpoint:
+    the same TrainingArguments, for the final training and the search's trials (their own
+    checkpoint folder), saving every epoch or every `save_every_steps` optimizer steps."""
+    run = _configured_run(tmp_path, save_every_steps=save_every_steps)
+    before = TrainingArguments(**setup.training_arguments(
+        run, folder=folder, save_every_steps=save_every_steps, best_metric="roc_auc", report_to="none",
+        logging_steps=20, **DETECTION_RECIPE))
+    now = run.training_arguments(TrainingArguments, None, folder=folder, **DETECTION_RECIPE,
+                                 **batching.length_grouping(), **DETECTION_SELECTION)
+    assert now.to_dict() == before.to_dict()
+    assert now.output_dir == str(run.dir / folder)
+
+
+def test_a_fold_that_saves_nothing_saves_nothing_with_save_every_steps_too(tmp_path):
+    """A cross-validation fold trains a fixed budget (`cv.FIXED_BUDGET`: no evaluation, no
+    checkpoint): `save_every_steps` must not turn checkpoints back on for it."""
+    from nbutils.remedies import cv
+
+    run = _configured_run(tmp_path, save_every_steps=5)
+    args = run.training_arguments(TrainingArguments, None, folder="cv",
+                                  **(DETECTION_RECIPE | DETECTION_SELECTION | cv.FIXED_BUDGET))
+    assert args.save_strategy == "no" and args.eval_strategy == "no" and not args.load_best_model_at_end
+    final = run.training_arguments(TrainingArguments, None, **DETECTION_RECIPE, **DETECTION_SELECTION)
+    assert final.save_strategy == "steps" and final.save_steps == 5 and final.eval_steps == 5
+
+
 def test_training_arguments_without_a_best_metric_keep_only_the_last_checkpoint(tmp_path):
     """What the instruction-tuning and strategies notebooks wrote: no checkpoint chosen by a score."""
     run = _run(tmp_path, seed=3)

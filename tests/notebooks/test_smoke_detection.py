@@ -6,6 +6,7 @@ for a few epochs on the sample essays must beat chance clearly on the held-out t
 
 import json
 
+import nbformat
 import pandas as pd
 import pytest
 
@@ -94,8 +95,6 @@ def test_backbones_score_the_same_test_essays(runs):
 
 
 def test_executed_notebook_shows_plots_inline(runs):
-    import nbformat
-
     nb = nbformat.read(runs[1] / "detect_ai_text" / "bert" / "detect_ai_text.ipynb", as_version=4)
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
               if "image/png" in o.get("data", {})]
@@ -128,6 +127,19 @@ def test_non_binary_label_column_is_rejected(cache, tmp_path):
     result = _run_bad(tmp_path, label_column="prompt_name")
     assert result.status == "failed"
     assert "label column 'prompt_name' must hold exactly two classes" in result.error
+
+
+@pytest.mark.slow
+def test_freezing_with_gradual_unfreezing_stops_in_the_set_up_cell(cache, tmp_path):
+    """Two settings that exclude each other stop the run in the set-up cell, before any process
+    is launched or any data is read."""
+    result = _run_bad(tmp_path, freeze_to=2, gradual_unfreezing=True)
+    assert result.status == "failed"
+    assert "freeze_to and gradual_unfreezing exclude each other" in result.error
+    executed = nbformat.read(result.notebook, as_version=4)
+    failed = [c.source for c in executed.cells if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert len(failed) == 1 and "run = nb.run.start(globals()" in failed[0]
 
 
 # --- Fine-tuning technique variants (params/detect_ai_text/smoke/<backbone>_<technique>.yaml).

@@ -330,6 +330,16 @@ def test_default_runs_dir_is_the_detection_folder_beside_this_run(tmp_path):
         ensemble.default_runs_dir(tmp_path / "elsewhere", "detect_ensemble")
 
 
+def test_runs_folder_is_runs_dir_where_set_else_the_detection_folder_beside_this_run(tmp_path):
+    from nbutils.run import environment, setup
+
+    final = tmp_path / "smoke" / "detect_ensemble"
+    run = setup.Run(project="detect_ensemble", dir=setup.attempt_folder(final),
+                    env=environment.Environment("local", tmp_path), final=final)
+    assert ensemble.runs_folder(run) == tmp_path / "smoke" / "detect_ai_text"
+    assert ensemble.runs_folder(run, str(tmp_path / "mine")) == tmp_path / "mine"
+
+
 # --- the project: ordered after the detection runs, and its smoke run ---------------------
 
 

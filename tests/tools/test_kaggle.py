@@ -191,7 +191,7 @@ def test_prepared_notebook_runs_in_a_simulated_kaggle(cache, tmp_path, bundles, 
     # two processes with accelerate.notebook_launcher, they trained one DDP run, and the kernel
     # showed the result and skipped the cells those processes had already run.
     cells = nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells
-    launch_at = next(i for i, c in enumerate(cells) if "launch.run_in_processes" in c.source)
+    launch_at = next(i for i, c in enumerate(cells) if "run = nb.run.start(globals()" in c.source)
     assert "trained in 2 processes" in "".join(o.get("text", "") for o in cells[launch_at].outputs)
     later = [c for c in cells[launch_at + 1:] if c.cell_type == "code"]
     assert later and not any(c.outputs for c in later), "the kernel ran cells the processes had run"
@@ -257,6 +257,7 @@ def test_a_title_over_50_characters_is_a_clear_error():
 
 def test_ensemble_gathers_the_attached_detection_runs_on_kaggle(tmp_path):
     """Each detection kernel's /kaggle/working is mounted as /kaggle/input/<kernel>/."""
+    from nbutils.run import setup
     from nbutils.tasks import ensemble
 
     env = environment.detect({environment.KAGGLE_ROOT_VARIABLE: str(tmp_path), "KAGGLE_KERNEL_RUN_TYPE": "Batch"})
@@ -267,5 +268,8 @@ def test_ensemble_gathers_the_attached_detection_runs_on_kaggle(tmp_path):
     run_dir = environment.run_folder("outputs/full/detect_ensemble", env)
     gathered = ensemble.kaggle_runs_dir(env, run_dir, "detect_ensemble")
     assert sorted(p.name for p in gathered.iterdir()) == ["bert", "roberta"]
+    # What the notebook asks (runs_dir empty) finds them there.
+    run = setup.Run(project="detect_ensemble", dir=setup.attempt_folder(run_dir), env=env, final=run_dir)
+    assert ensemble.runs_folder(run) == gathered
     assert (gathered / "bert" / "metrics.json").is_file()
     assert gathered.is_relative_to(tmp_path / "working")
