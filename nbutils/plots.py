@@ -1,7 +1,8 @@
 """Plots every run leaves in its folder and shows inline: loss curves, confusion matrix, ROC.
 
 Each function saves a PNG to `path` and returns the figure, so a notebook cell both writes
-the file for the run record and displays it. A legend names a model as the README's table
+the file for the run record and displays it. In a run of several processes every process draws
+and the main one writes the file, so the cell needs no guard and no two processes write it. A legend names a model as the README's table
 does, by the last part of its hub id or folder (`bert-base-uncased`, not
 `google-bert/bert-base-uncased` or a long absolute path that covers the axis label).
 """
@@ -26,6 +27,10 @@ def short_name(model: str) -> str:
 
 
 def _save(fig, path) -> None:
+    from nbutils.run import runtime
+
+    if not runtime.is_main_process():
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

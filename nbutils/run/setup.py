@@ -117,12 +117,13 @@ class Run:
         self.state.setdefault("resumed", {})[str(folder)] = checkpoints.finished_steps(checkpoint)
         return checkpoint
 
-    def training_arguments(self, arguments_class, model=None, **recipe):
+    def training_arguments(self, arguments_class, model=None, *, folder: str | Path = CHECKPOINTS, **recipe):
         """`arguments_class(...)`: TrainingArguments (or Seq2SeqTrainingArguments, SFTConfig) of
         the recipe as the notebook writes it, with what is not recipe added (`infrastructure`:
         checkpoint retention, NaN filter, pinned memory, reporting, precision, seed, and the
-        strategy's keywords given the `model`)."""
-        return arguments_class(**{**recipe, **infrastructure(self, model, recipe)})
+        strategy's keywords given the `model`). `folder`: where the checkpoints go, under the
+        run folder (a notebook that trains several models gives each its own)."""
+        return arguments_class(**{**recipe, **infrastructure(self, model, recipe, folder)})
 
     def estimate_memory(self, task: str, **recipe) -> dict:
         """What training will hold per process, from the model's config alone, before any weight
@@ -413,19 +414,22 @@ def start_notebook(namespace, *, inputs: tuple[str, ...] = (), trains: bool = Tr
     return run
 
 
-def infrastructure(run: Run, model=None, recipe: dict | None = None) -> dict:
+def infrastructure(run: Run, model=None, recipe: dict | None = None, folder: str | Path = CHECKPOINTS) -> dict:
     """The TrainingArguments keywords that are not the recipe, the same in every notebook, for
     the `recipe` keywords a notebook writes (they decide retention, the schedule's form and the
     strategy's activation checkpointing). Where a key is in both, this one is applied last:
 
-    - checkpoints into `run.dir/checkpoints`; where the recipe keeps the best checkpoint
+    - checkpoints into `run.dir / folder`; where the recipe keeps the best checkpoint
       (`load_best_model_at_end`), the best and the last are kept (a rerun of a finished run
       resumes at its end and trains nothing), else the last;
-    - with the `save_every_steps` parameter (a session that may vanish), saving, and evaluating
-      where the recipe evaluates, every that many optimizer steps instead of every epoch;
+    - with the `save_every_steps` parameter (a session that may vanish), saving every that many
+      optimizer steps instead of every epoch; where the recipe keeps the best checkpoint,
+      evaluating on the same steps (each checkpoint needs its score), else the recipe's own
+      evaluation schedule stays (an evaluation for the loss curves only);
     - `logging_nan_inf_filter=False`, so `callbacks.StopOnNonFiniteLoss` sees a NaN loss;
       `logging_steps` and `report_to` from the parameters;
-    - pinned memory where there is a GPU, the run's precision flags and seed;
+    - pinned memory where there is a GPU, the run's precision flags, and the run's seed unless
+      the recipe gives its own (a study that trains each model once per seed);
     - given the `model`, the strategy's keywords for several processes
       (`distributed.training_arguments`: none for ddp; FSDP2's for fsdp, which takes over the
       recipe's `activation_checkpointing`).
@@ -436,7 +440,7 @@ def infrastructure(run: Run, model=None, recipe: dict | None = None) -> dict:
 
     recipe = recipe or {}
     config = run.config
-    settings = {"output_dir": str(run.dir / CHECKPOINTS),
+    settings = {"output_dir": str(run.dir / folder),
                 "save_total_limit": 2 if recipe.get("load_best_model_at_end") else 1,
                 "logging_nan_inf_filter": False,  # let StopOnNonFiniteLoss see a NaN loss
                 "report_to": config.get("report_to", "none"),
@@ -444,11 +448,11 @@ def infrastructure(run: Run, model=None, recipe: dict | None = None) -> dict:
                 **run.precision}
     if "logging_steps" in config:
         settings["logging_steps"] = config["logging_steps"]
-    if run.seed is not None:
+    if run.seed is not None and "seed" not in recipe:
         settings["seed"] = run.seed
     if config.get("save_every_steps"):
-        evaluates = recipe.get("eval_strategy", "no") != "no"
-        settings.update(checkpoints.schedule(config["save_every_steps"], evaluate=evaluates))
+        settings.update(checkpoints.schedule(config["save_every_steps"],
+                                             evaluate=bool(recipe.get("load_best_model_at_end"))))
     if model is not None:
         settings.update(distributed.training_arguments(run.strategy, model,
                                                        bool(recipe.get("activation_checkpointing", False)),

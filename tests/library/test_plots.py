@@ -57,3 +57,18 @@ def test_short_name():
     assert plots.short_name("google-bert/bert-base-uncased") == "bert-base-uncased"
     assert plots.short_name("/x/.cache/tiny-models/bert/") == "bert"
     assert plots.short_name("TF-IDF + logistic regression") == "TF-IDF + logistic regression"
+
+
+def test_in_a_run_of_several_processes_only_the_main_one_writes_the_plot(tmp_path, monkeypatch):
+    """Every process runs the plot cell; the notebooks guard nothing, so the plot functions
+    write the file once (two processes writing one PNG at once could leave it corrupt)."""
+    log = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5, "eval_loss": 1.7}]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert plots.loss_curves(log, tmp_path / "second.png").axes  # drawn
+    assert not (tmp_path / "second.png").exists()  # not written
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    plots.loss_curves(log, tmp_path / "main.png")
+    assert (tmp_path / "main.png").stat().st_size > 0

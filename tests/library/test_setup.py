@@ -146,6 +146,49 @@ def test_the_recipe_and_extra_keywords_win_and_reach_the_trainer(tmp_path):
     assert seq2seq.eval_strategy == "epoch" and seq2seq.save_strategy == "epoch"
 
 
+def _configured(tmp_path, seed=42, **config):
+    return setup.Run(project="demo", dir=tmp_path / "run", env=environment.Environment("local", tmp_path),
+                     precision={"bf16": False, "fp16": False}, seed=seed,
+                     config={"report_to": "none", "logging_steps": 5, **config})
+
+
+@pytest.mark.parametrize("save_every_steps", [0, 20])
+def test_the_strategies_studys_arguments_are_what_it_wrote_before(tmp_path, save_every_steps):
+    """Each run of the study: its own checkpoint folder and its own seed (each strategy trains
+    once per seed), the last checkpoint kept, and losses evaluated on the study's own schedule,
+    not moved to the checkpoints' (no checkpoint is chosen on them)."""
+    run = _configured(tmp_path, save_every_steps=save_every_steps)
+    folder = run.dir / "checkpoints" / "full_s43"
+    recipe = dict(num_train_epochs=4, learning_rate=2e-3, lr_scheduler_type="linear", warmup_steps=0.1,
+                  weight_decay=0.01, per_device_train_batch_size=16, per_device_eval_batch_size=64,
+                  gradient_accumulation_steps=1, eval_strategy="steps", eval_steps=15, logging_steps=5)
+    before = TrainingArguments(**setup.training_arguments(
+        run, folder=folder, save_every_steps=save_every_steps, evaluate=False, report_to="none", seed=43,
+        use_cpu=True, **recipe))
+    now = run.training_arguments(TrainingArguments, folder=folder, seed=43, use_cpu=True, save_strategy="epoch",
+                                 **batching.length_grouping(), **recipe)
+    assert now.to_dict() == before.to_dict()
+    assert now.seed == 43 and now.output_dir == str(folder) and now.eval_steps == 15
+    assert now.save_strategy == ("steps" if save_every_steps else "epoch")
+
+
+@pytest.mark.parametrize("save_every_steps", [0, 20])
+def test_text_to_pandas_arguments_are_what_it_wrote_before(tmp_path, save_every_steps):
+    """The lowest validation loss kept: evaluation follows the checkpoints, whichever schedule."""
+    run = _configured(tmp_path, save_every_steps=save_every_steps)
+    recipe = dict(num_train_epochs=6, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.0,
+                  weight_decay=0.01, per_device_train_batch_size=16, per_device_eval_batch_size=32,
+                  gradient_accumulation_steps=1, greater_is_better=False, logging_steps=5)
+    before = Seq2SeqTrainingArguments(**setup.training_arguments(
+        run, save_every_steps=save_every_steps, best_metric="eval_loss", use_cpu=True, **recipe))
+    now = run.training_arguments(Seq2SeqTrainingArguments, use_cpu=True, eval_strategy="epoch",
+                                 save_strategy="epoch", load_best_model_at_end=True,
+                                 metric_for_best_model="eval_loss", **batching.length_grouping(), **recipe)
+    assert now.to_dict() == before.to_dict()
+    assert now.seed == 42 and now.save_total_limit == 2
+    assert now.eval_strategy == now.save_strategy == ("steps" if save_every_steps else "epoch")
+
+
 def test_resume_from_finds_the_last_complete_checkpoint(tmp_path, capsys):
     run = _run(tmp_path)
     for step, complete in ((2, True), (4, True), (6, False)):
