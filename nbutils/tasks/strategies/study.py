@@ -13,7 +13,8 @@ The strategies study notebook trains one backbone on one task several ways:
 This module builds them (`plan`, `prepare_model`, `trainer_setup`), reads the Trainer's log into
 train-vs-validation loss curves (`loss_history`, `overfitting`), keeps finished runs on disk so an
 interrupted study resumes where it stopped (`save_result`, `saved_result`), and writes the
-conclusion from the numbers (`conclusion`), so the text stays true whatever the profile.
+conclusion from the numbers (`conclusion`), so the text stays true whatever the profile, and
+writes the run's record (`write_record`).
 
 Every strategy is trained with several seeds (`seed_list`); its results are their mean, with
 their spread (`aggregate`). The best strategy is the one with the best *validation* score
@@ -576,6 +577,49 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
     """
     facts = Facts.of(results, before, curve, informative_head, metric, metric_name, tie)
     return "\n".join(line for line in (finding(facts) for finding in FINDINGS) if line is not None)
+
+
+def write_record(run, *, splits, fingerprint: str, group_column: str, split_hashes: dict, overlap: dict,
+                 general_texts: list[str], masked_tokens: int, report: dict, results: dict[str, dict], best: str,
+                 seeds: list[int], seed_runs: dict[str, list[dict]], curve: dict[str, dict], curve_runs: list[dict],
+                 forgetting_before: dict, informative_head: bool) -> dict:
+    """The study's run record (`nbutils.run.record`), written into the run folder and returned.
+
+    `data`: the essays (source, fingerprint, split sizes, the prompt column split on, the hashes
+    of each split's row ids, the overlap removed, the data report) and the general text the
+    forgetting is measured on (where from, how many passages, their fingerprint, the masked
+    tokens scored). `metrics`: the `best` strategy's mean test ROC AUC (it was chosen on
+    validation), and per strategy its results (`aggregate`: means over the `seeds`, their spread
+    and each seed's values, the loss history, overfitting, forgetting, parameters), the
+    masked-LM loss before fine-tuning, whether the MLM head is informative, and the data-size
+    `curve`. `train`: every run's timings and token counts (`seed_runs` and the curve's own
+    `curve_runs`), combined and by run. Every process calls it; the main one writes."""
+    from nbutils.run import record
+    from nbutils.tasks.strategies.forgetting import text_fingerprint
+
+    config = run.config
+    # Results in `metrics` (the same on every rerun), timings and token counts in `train`.
+    strategies = {n: {k: v for k, v in r.items() if k not in ("settings", "test_probabilities", "train")}
+                  for n, r in results.items()}
+    runs = {r["settings"]["run"]: r for strategy_runs in seed_runs.values() for r in strategy_runs}
+    runs.update({r["settings"]["run"]: r for r in curve_runs})
+    return record.write(
+        run, task="ai-text-detection", model=config["model_name"],
+        data={"source": config["data_source"], "fingerprint": fingerprint,
+              "train": len(splits["train"]), "validation": len(splits["validation"]), "test": len(splits["test"]),
+              "group_column": group_column or None, "split_hashes": split_hashes, "overlap": overlap,
+              "general_text": {"source": config["general_text_source"], "config": config["general_text_config"],
+                               "split": config["general_text_split"], "passages": len(general_texts),
+                               "fingerprint": text_fingerprint(general_texts), "masked_tokens": masked_tokens},
+              "report": report},
+        metrics={"roc_auc": results[best]["test"]["roc_auc"], "best_strategy": best, "best_chosen_on": "validation",
+                 "seeds": seeds, "strategies": strategies, "forgetting_before": forgetting_before,
+                 "mlm_head_informative": informative_head,
+                 "data_size_curve": {n: {str(k): v for k, v in points.items()} for n, points in curve.items()}},
+        primary_metric="roc_auc",
+        train={**combined_train_summary([r["train"] for r in runs.values()]),
+               "by_run": {n: r["train"] for n, r in runs.items()}},
+        parameters={k: results[best]["parameters"][k] for k in ("trainable", "total")})
 
 
 @contextmanager

@@ -1,5 +1,5 @@
-"""Text-to-code helpers: the input format, the train/test overlap check, text metrics and a
-retrieval baseline.
+"""Text-to-code helpers: the input format, the train/test overlap check, text metrics, a
+retrieval baseline and the run's record (`write_record`).
 
 The execution metrics and the sandbox are in `code_exec`; these are the cheaper, textual
 companions: exact match and BLEU (sacrebleu) say how close the code *looks* to the reference,
@@ -235,3 +235,39 @@ def clean_rows(split, split_name: str, fmt: str, ledger, question_column: str, c
     if not kept:
         return Dataset.from_dict({question_column: [], context_column: [], answer_column: [], "row_id": []})
     return Dataset.from_list(kept)
+
+
+def write_record(run, trainer, train_output, *, splits, fingerprint: str, data_format: str, report: dict,
+                 overlap: OverlapReport, test_rows_before: int, tables: dict, inputs_truncated: float,
+                 answers_truncated: float, generation_max_new_tokens: int, coverage_before, coverage_after,
+                 added_tokens: list, containment: str, refusals: dict, metrics: dict, baselines: dict,
+                 parameters: dict) -> dict:
+    """The run's record (`nbutils.run.record`): the data (source and fingerprints, the hashes of
+    the row ids each split used, sizes before and after the overlap removal, the kinds of tables
+    scored on, truncation, the tokenizer's coverage of the training answers before and after the
+    added tokens, the data report, the sandbox's containment and what its static check refused),
+    the test metrics with execution accuracy the headline, the baselines, and how training went.
+    Written into the run folder; returned. Every process calls it; the main one writes."""
+    from nbutils import batching, data
+    from nbutils.run import record
+
+    config = run.config
+    tables_source = config.get("tables_source")
+    return record.write(
+        run, task="text-to-pandas", model=config["model_name"],
+        data={"source": config["data_source"], "fingerprint": fingerprint,
+              "split_hashes": record.split_hashes(splits),  # of the row ids each split scored
+              "tables_fingerprint": data.fingerprint(tables_source) if tables_source else None,
+              "train": len(splits["train"]), "validation": len(splits["validation"]), "test": len(splits["test"]),
+              "test_before_overlap_removal": test_rows_before, "overlap": overlap.summary(),
+              "tables": tables, "inputs_truncated": inputs_truncated, "answers_truncated": answers_truncated,
+              "generation_max_new_tokens": generation_max_new_tokens,
+              "coverage_before": coverage_before.summary(), "coverage_after": coverage_after.summary(),
+              "added_tokens": added_tokens, "data_format": data_format, "report": report,
+              "sandbox": {"containment": containment, "references_refused": refusals["refused"],
+                          "refused_by_rule": refusals["by_rule"], "references_not_parsing": refusals["not_parsing"]}},
+        metrics=metrics, primary_metric="execution_accuracy", baselines=baselines,
+        # Time, throughput and tokens; this record has never held what each process held
+        # (`record.trained` adds that), so records of the same parameters stay comparable.
+        train={**record.train_summary(train_output), **batching.train_token_summary(trainer, train_output)},
+        parameters=parameters)
