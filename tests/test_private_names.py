@@ -13,6 +13,8 @@ A static scan (`ast`) of every module of the package. It finds another package's
   nbutils: an override of that package's private hook (the Trainer's `_get_train_sampler`).
 A name that nbutils defines itself is its own: its functions, classes and methods, module
 globals, attributes set on `self` / `cls`, `__slots__` entries, parameters, import aliases.
+Where another package offers no public way at all, the use is listed in `NO_PUBLIC_WAY`, with
+why, and counted: the list is the whole of what nbutils reads that is not public.
 """
 
 from __future__ import annotations
@@ -30,6 +32,15 @@ PACKAGE = ROOT / "nbutils"
 # child to end at once, without running the parent's exit handlers or flushing its buffers
 # (https://docs.python.org/3/library/os.html#os._exit).
 DOCUMENTED = {"os._exit"}
+
+# Another package's private names that nbutils reads because that package offers no public way,
+# with how many uses: (file, what the scan reports) -> uses. Each is named in the module's code and
+# must be taken off here once a public way exists (the test fails while a listed use is gone).
+# - transformers 5.24 keeps the attention implementation a model runs only in the private
+#   `config._attn_implementation`: `from_pretrained(attn_implementation=...)` and
+#   `set_attn_implementation()` set it, nothing public reads it (`config.to_dict()` drops it);
+#   TRL 1.16 reads it the same way. nbutils.batching names it in its records' batching reason.
+NO_PUBLIC_WAY = {("nbutils/batching.py", "the name '_attn_implementation' as a string"): 1}
 
 
 def private(name: str) -> bool:
@@ -130,7 +141,17 @@ def package_sources() -> dict[str, str]:
 
 def test_nbutils_touches_no_private_name_of_another_package():
     found = private_uses(package_sources())
-    assert not found, "another package's private names (use its public API):\n" + "\n".join(found)
+    counts = {known: 0 for known in NO_PUBLIC_WAY}
+    unlisted = []
+    for hit in found:
+        path, _, what = hit.split(":", 2)
+        key = (path, what.strip())
+        if key in counts:
+            counts[key] += 1
+        else:
+            unlisted.append(hit)
+    assert not unlisted, "another package's private names (use its public API):\n" + "\n".join(unlisted)
+    assert counts == NO_PUBLIC_WAY, "the uses listed in NO_PUBLIC_WAY changed: update the list"
 
 
 def _uses(code: str) -> list[str]:
