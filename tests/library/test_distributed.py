@@ -192,7 +192,7 @@ def test_notebooks_declare_and_pass_the_strategy():
         assert 'distributed: str = "ddp"' in source
         assert source.index("parallel.check_strategy(distributed)") < source.index("launch.run_in_processes")
         assert "parallel.training_arguments(distributed, " in source
-        assert "parallel.apply(trainer)" in source  # FSDP really on (CPUs), or a stop
+        assert "parallel.apply(trainer)" in source  # the FSDP path once it is on, or a stop where it is off
         assert "parallel.summary(trainer.model, distributed)" in source
         assert '"distributed": distributed_summary' in source
         assert "parallel.save_model(trainer" in source or "parallel.save_pretrained(trainer.model" in source
