@@ -20,6 +20,8 @@ of the slots real. This module is the one place that decides batching instead:
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -101,20 +103,58 @@ def order_batches(trainer):
     - training: the length-grouped order of each epoch comes from seed + epoch
       (`EpochSeededLengthGroupedSampler`), so a run resumed mid-epoch sees the same batches;
     - evaluation and `predict()`: rows in the data's own order (`keep_eval_order`).
+
+    The Trainer's own `get_train_dataloader` (the public method its documentation says to
+    override) still builds the loader: its column removal, collator, workers, and accelerate's
+    split of the batches across processes. It builds it in the data's order (a sequential
+    sampler, which like the epoch-seeded one draws nothing from the random state), and the
+    loader's sampler is then the epoch-seeded one (accelerate's `set_sampler`).
     """
+    from transformers.trainer_utils import has_length
+
+    build = trainer.get_train_dataloader
+
+    def train_dataloader():
+        args = trainer.args
+        if args.train_sampling_strategy != "group_by_length" or not has_length(trainer.train_dataset):
+            return build()
+        with _sampling(args, "sequential"):
+            loader = build()
+        grouped = _length_grouped_sampler(trainer, loader.dataset)
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        loader.set_sampler(EpochSeededLengthGroupedSampler(grouped.lengths, grouped.batch_size, seed))
+        return loader
+
+    trainer.get_train_dataloader = train_dataloader
+    trainer.add_callback(_run_start()())  # for `train_token_summary`'s rate of a resumed run
+    return keep_eval_order(trainer)
+
+
+def _length_grouped_sampler(trainer, dataset):
+    """transformers' `LengthGroupedSampler` over `dataset` as the Trainer builds it for training
+    with `train_sampling_strategy="group_by_length"` (transformers 5.24): lengths from the length
+    column where the dataset still has one, else from the model's first input."""
+    from datasets import Dataset
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    original = trainer._get_train_sampler
+    args = trainer.args
+    lengths = None
+    if isinstance(dataset, Dataset) and args.length_column_name in dataset.column_names:
+        lengths = dataset[args.length_column_name]
+    names = getattr(trainer.processing_class, "model_input_names", None)
+    return LengthGroupedSampler(args.train_batch_size * args.gradient_accumulation_steps, dataset=dataset,
+                                lengths=lengths, model_input_name=names[0] if names else None)
 
-    def train_sampler(*args, **kwargs):
-        sampler = original(*args, **kwargs)
-        if isinstance(sampler, LengthGroupedSampler):
-            seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
-            sampler = EpochSeededLengthGroupedSampler(sampler.lengths, sampler.batch_size, seed)
-        return sampler
 
-    trainer._get_train_sampler = train_sampler
-    return keep_eval_order(trainer)
+@contextlib.contextmanager
+def _sampling(args, strategy: str):
+    """`args.train_sampling_strategy` set to `strategy` while the block runs."""
+    saved = args.train_sampling_strategy
+    args.train_sampling_strategy = strategy
+    try:
+        yield
+    finally:
+        args.train_sampling_strategy = saved
 
 
 def keep_eval_order(trainer):
@@ -125,18 +165,17 @@ def keep_eval_order(trainer):
     is not the prediction for `test[i]`. Metrics computed from `label_ids` are unaffected, but
     anything that pairs predictions with dataset rows (saved probabilities, generated
     summaries against reference columns, executed code) would silently pair the wrong rows.
+    The Trainer's public `get_eval_dataloader` / `get_test_dataloader` build those loaders with
+    the training strategy set to "random" meanwhile, which keeps the data's order.
     """
-    original = trainer._get_eval_sampler
+    for name in ("get_eval_dataloader", "get_test_dataloader"):
+        build = getattr(trainer, name)
 
-    def in_order(dataset):
-        grouped = trainer.args.train_sampling_strategy
-        trainer.args.train_sampling_strategy = "random"  # the eval sampler then keeps the order
-        try:
-            return original(dataset)
-        finally:
-            trainer.args.train_sampling_strategy = grouped
+        def in_order(*args, build=build, **kwargs):
+            with _sampling(trainer.args, "random"):
+                return build(*args, **kwargs)
 
-    trainer._get_eval_sampler = in_order
+        setattr(trainer, name, in_order)
     return trainer
 
 
@@ -145,6 +184,13 @@ def keep_eval_order(trainer):
 
 
 def attention_implementation(model) -> str:
+    """The attention implementation the model runs ("sdpa", "eager", "flash_attention_2", ...).
+
+    Read from transformers' private `config._attn_implementation`: transformers 5.24 has no
+    public way to read it (`from_pretrained(attn_implementation=...)` and
+    `set_attn_implementation` set it; `config.to_dict()` leaves it out). The one private name
+    nbutils reads (tests/test_private_names.py lists it); TRL 1.16 reads it the same way.
+    """
     config = getattr(model, "config", None)
     return str(getattr(config, "_attn_implementation", None) or "eager")
 
@@ -376,14 +422,44 @@ def train_token_summary(trainer, train_output, count_labels: bool | None = None)
     real = int(round(stats["real_tokens"] * epochs))
     slots = int(round(stats["token_slots"] * epochs))
     # A resumed run's runtime covers only the steps run in this call: rate those steps' tokens.
-    state = trainer.state
-    share = (state.global_step - getattr(trainer, "_initial_global_step", 0)) / max(state.max_steps, 1)
+    share = steps_run(trainer, train_output) / max(trainer.state.max_steps, 1)
     summary = {"real_tokens": real, "token_slots": slots, "padding_efficiency": stats["padding_efficiency"],
                "tokens_per_s": round(real * share / runtime, 1) if runtime > 0 else None}
     for part in ("input_padding_efficiency", "target_padding_efficiency"):  # encoder-decoder models
         if part in stats:
             summary[part] = stats[part]
     return summary
+
+
+def steps_run(trainer, train_output) -> float:
+    """Optimizer steps run by the `train()` call that returned `train_output`: all of them in a
+    fresh run, those after its checkpoint in a resumed one. Counted from the step the call began
+    at (the `RunStart` callback that `order_batches` adds); for a trainer without one, from the
+    Trainer's own rate for the call (`train_steps_per_second`, rounded to 3 decimals) times its
+    runtime."""
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, _run_start()) and callback.step is not None:
+            return trainer.state.global_step - callback.step
+    metrics = train_output.metrics
+    return float(metrics.get("train_steps_per_second", 0.0)) * float(metrics.get("train_runtime", 0.0))
+
+
+@functools.cache
+def _run_start():
+    """The `RunStart` callback class (transformers imported only when it is needed)."""
+    from transformers import TrainerCallback
+
+    class RunStart(TrainerCallback):
+        """Remembers the optimizer step each `train()` call begins at (a resumed run: its
+        checkpoint's; the Trainer has restored its state when it calls `on_train_begin`)."""
+
+        def __init__(self):
+            self.step = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.step = state.global_step
+
+    return RunStart
 
 
 def eval_batch_size(requested: int, *datasets) -> int:

@@ -45,8 +45,8 @@ def load_table(source: str, split: str = "train", param: str = "data_source"):
 def fingerprint(source: str, dataset=None) -> str:
     """What identifies the data a run read: the SHA-256 of a file's bytes; for a folder (as
     `load_splits` reads it), the SHA-256 over the name and bytes of each split file in it; or,
-    for a hub data set, its `datasets` fingerprint (which follows the revision of the files it
-    was built from)."""
+    for a hub data set, the SHA-256 of its rows (`rows_digest`; of a `DatasetDict`, over the name
+    and rows of each split). The same data gives the same fingerprint on every machine."""
     import hashlib
 
     folder = Path(source).expanduser()
@@ -62,9 +62,30 @@ def fingerprint(source: str, dataset=None) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         return f"sha256:{digest.hexdigest()}"
-    if hasattr(dataset, "keys") and not hasattr(dataset, "_fingerprint"):  # a DatasetDict: every split
-        return "datasets:" + ",".join(f"{name}={split._fingerprint}" for name, split in dataset.items())
-    return f"datasets:{getattr(dataset, '_fingerprint', None)}"
+    from datasets import DatasetDict
+
+    if isinstance(dataset, DatasetDict):  # every split
+        digest = hashlib.sha256()
+        for name, split in dataset.items():
+            digest.update(f"{name}\n{rows_digest(split)}\n".encode())
+        return f"sha256:{digest.hexdigest()}"
+    return f"sha256:{rows_digest(dataset)}"
+
+
+def rows_digest(dataset, batch_rows: int = 10_000) -> str:
+    """SHA-256 (hex) of a `datasets.Dataset`'s features and rows, in its order, as JSON: the same
+    rows give the same digest whichever files or memory they were read from. (Arrow's own
+    serialization is no such digest: the same table read from a file and built in memory
+    came out as different bytes.)"""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(json.dumps(dataset.features.to_dict(), sort_keys=True).encode())
+    for rows in dataset.with_format("arrow").iter(batch_size=batch_rows):
+        # Stored values as they are (an image's bytes, not a decoded picture); bytes and the
+        # like by their repr.
+        digest.update(json.dumps(rows.to_pylist(), sort_keys=True, default=repr).encode())
+    return digest.hexdigest()
 
 
 SPLIT_NAMES = ("train", "validation", "test")

@@ -31,7 +31,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tools.runner import KERNEL, _override, discover, project_parameters, select
+from tools.runner import KERNEL, _override, discover, profile_environment, project_parameters, select
 
 LAB_SUFFIX = "-lab"  # outputs/<profile>-lab/: Lab's copies and their run folders
 KERNEL_DISPLAY_NAME = f"Python ({KERNEL})"
@@ -126,12 +126,16 @@ def prepare(project_name: str, profile: str, root: Path, outputs: Path | None = 
     return copy
 
 
-def lab_environment(profile: str, environ: dict | None = None) -> dict:
-    """The environment JupyterLab (and so every kernel it starts) runs with."""
+def lab_environment(profile: str, environ: dict | None = None, root: Path | None = None) -> dict:
+    """The environment JupyterLab (and so every kernel it starts) runs with: a headless run's
+    (`runner.profile_environment`, for the repository at `root`, default this checkout), with
+    live progress bars."""
     env = dict(os.environ if environ is None else environ)
+    root = Path(__file__).resolve().parents[1] if root is None else root
     env.pop("NBUTILS_HEADLESS", None)  # someone watches: live progress bars
     if profile == "smoke":
         env["HF_HUB_OFFLINE"] = "1"
+    env.update(profile_environment(profile, root, env))
     return env
 
 
@@ -180,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         return 0
     command = lab_command(copy, root, args.port, args.token, not args.no_browser, args.allow_root)
-    env = lab_environment(args.profile)
+    env = lab_environment(args.profile, root=root)
     print("starting:", " ".join(command[:2]), "(HF_HUB_OFFLINE=1)" if env.get("HF_HUB_OFFLINE") else "")
     os.execvpe(command[0], command, env)  # Lab takes over this process (Ctrl-C stops it)
     return 0  # not reached

@@ -403,6 +403,39 @@ def headless_environment():
             os.environ[HEADLESS_VARIABLE] = saved
 
 
+# The smoke profile trains FSDP over CPUs (gloo), which accelerate does only for accelerator
+# devices: its processes get the tests' fixture switch (a `sitecustomize` in this folder, under
+# the repository root) on PYTHONPATH. The full profile, on GPUs, needs no switch.
+FSDP_ON_CPU = Path("tests", "fixtures", "fsdp_on_cpu")
+
+
+def profile_environment(profile: str, root: Path, environ: dict | None = None) -> dict:
+    """The environment variables a run of `profile` needs beyond `environ` (default: this
+    process's): for the smoke profile, PYTHONPATH with the FSDP-on-CPU fixture first."""
+    environ = os.environ if environ is None else environ
+    if profile != "smoke":
+        return {}
+    paths = [str(root / FSDP_ON_CPU), *[p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    return {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
+@contextmanager
+def run_environment(profile: str, root: Path):
+    """`profile_environment` in this process's environment while the block runs (the kernels
+    and processes started meanwhile inherit it)."""
+    changes = profile_environment(profile, root)
+    saved = {name: os.environ.get(name) for name in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 # Once the last cell has run, the kernel is stopped at once rather than asked to exit: a kernel
 # that imported torch and transformers spends about 2 s of CPU tearing down its modules on a
 # normal exit (measured: a 1-cell notebook `from transformers import Trainer` took 12.0 s with
@@ -461,11 +494,11 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
     scratch.mkdir(parents=True)
     try:
         if machines.node_rank:  # another machine's part of a run: the main machine publishes it
-            with headless_environment():
+            with headless_environment(), run_environment(profile, root):
                 log = launch_processes(project.notebook, parameters, scratch, root, nproc, machines)
             log.replace(run_dir.with_name(f"{run_dir.name}.{log.name}"))  # beside it: it may share a disk
             return Result(project.name, "ok", executed, time.time() - start, {}, parameters=parameters)
-        with headless_environment():
+        with headless_environment(), run_environment(profile, root):
             if nproc > 1 or machines.nnodes > 1:
                 launch_processes(project.notebook, parameters, scratch, root, nproc, machines)
             else:

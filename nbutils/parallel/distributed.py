@@ -58,45 +58,30 @@ def _class_name(module) -> str:
 
 def block_classes(model) -> list[str]:
     """Names of the model's transformer block classes, the units FSDP shards and gathers one
-    at a time (`transformer_layer_cls_to_wrap`), in the order first met.
+    at a time (`transformer_layer_cls_to_wrap`), in the order first met: the class of each list
+    of blocks in the model (a `ModuleList` of modules of one class that hold parameters; T5's
+    encoder and decoder blocks are one class). A PEFT model is looked into. A model with no such
+    list is an error: wrapping the whole model as one unit would gather all its weights at once,
+    which is no sharding.
 
-    From the model's `_no_split_modules` (the blocks transformers itself never splits across
-    devices), kept only where the class occurs in this model and does not hold the input
-    embeddings (accelerate shards those on their own); for a model that declares none
-    (DistilBERT, DeBERTa-v2) the class repeated in the model's block list (a `ModuleList` of
-    one class). A PEFT model is looked into. A model with neither is an error: wrapping the
-    whole model as one unit would gather all its weights at once, which is no sharding.
+    (transformers' own list of a model's blocks, `_no_split_modules`, is private; accelerate
+    wraps from it when given no classes, but it also names modules that hold the input
+    embeddings, BERT's and RoBERTa's *Embeddings, which accelerate shards on their own:
+    `fully_shard` refuses a parameter sharded twice.)
     """
     import torch
 
     inner = _unwrap(model)
-    present = []
+    found = []
     for module in inner.modules():
-        name = _class_name(module)
-        if name not in present:
-            present.append(name)
-    declared = list(getattr(inner, "_no_split_modules", None) or [])
-    found = [name for name in present if name in declared]
-    if not found:
-        for module in inner.modules():
-            if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
-                kinds = {_class_name(block) for block in module}
-                name = _class_name(module[0])
-                if len(kinds) == 1 and name not in found and any(True for _ in module[0].parameters()):
-                    found.append(name)
-    # accelerate shards the input embeddings as a unit of their own; a declared class holding
-    # them (BERT's and RoBERTa's *Embeddings) would shard that table twice, which fully_shard
-    # refuses (the second time it meets an already sharded parameter).
-    get_embeddings = getattr(inner, "get_input_embeddings", None)
-    embeddings = get_embeddings() if callable(get_embeddings) else None
-    if embeddings is not None:
-        holders = {_class_name(m) for m in inner.modules()
-                   if m is not embeddings and any(sub is embeddings for sub in m.modules())}
-        found = [name for name in found if name not in holders]
+        if isinstance(module, torch.nn.ModuleList) and len(module) > 0:
+            kinds = {_class_name(block) for block in module}
+            name = _class_name(module[0])
+            if len(kinds) == 1 and name not in found and any(True for _ in module[0].parameters()):
+                found.append(name)
     if not found:
         raise ValueError(f"{PARAMETER}='fsdp': cannot find the transformer blocks of "
-                         f"{_class_name(inner)} to shard (no _no_split_modules and no list of "
-                         f"blocks); use distributed='ddp'")
+                         f"{_class_name(inner)} to shard (no list of blocks); use distributed='ddp'")
     return found
 
 
@@ -136,34 +121,28 @@ def training_arguments(distributed: str, model, activation_checkpointing: bool =
 
 
 def apply(trainer):
-    """Make sure `trainer` runs the strategy its arguments ask for; returns it.
+    """Make sure `trainer` runs the strategy its arguments ask for, and prepare FSDP's run;
+    returns it. Every process must call it, right after creating the Trainer and before training.
 
-    accelerate (1.15) turns FSDP on only for accelerator devices (CUDA, XPU, NPU, ...): on a
-    machine without one (gloo over CPUs, as in the tests) a Trainer given `fsdp` arguments
-    silently trains with DDP instead, every process holding the whole model. There the FSDP
-    plugin the Trainer built from its arguments is installed in accelerate's state, which then
-    prepares the model with `fully_shard` and saves and loads sharded checkpoints exactly as on
-    GPUs. Anywhere FSDP was asked for and is still off afterwards is an error, not a silent DDP
-    run. It also makes the Trainer take the model's loss for what it is (`match_loss_to_model`).
-    Every process must call it, right after creating the Trainer and before training.
+    It makes the Trainer take the model's loss for what it is (`match_loss_to_model`), whatever
+    the strategy. Where FSDP was asked for (`fsdp` arguments), the Trainer must be running it:
+    accelerate (1.15) turns FSDP on for accelerator devices (CUDA, XPU, NPU, ...) only, and on
+    CPUs a Trainer given `fsdp` arguments would silently train with DDP, every process holding the
+    whole model; that is an error here, not a silent DDP run. With FSDP on, whoever turned it on:
+    a weight several modules share stays whole in every process (`keep_tied_weights_whole`),
+    every process starts from the main process's weights (`broadcast_from_main`), and a run that
+    loads its best checkpoint at the end makes each checkpoint's folder as soon as it is decided
+    (`checkpoint_folder_first`).
     """
     args = trainer.args
     match_loss_to_model(trainer)
-    if not getattr(args, "fsdp", None) or getattr(trainer, "is_fsdp_enabled", False):
+    if not getattr(args, "fsdp", None):
         return trainer
-    from accelerate.state import PartialState
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-
-    state = trainer.accelerator.state
-    if state.distributed_type == DistributedType.MULTI_CPU and args.fsdp_plugin_args is not None:
-        state.fsdp_plugin = FullyShardedDataParallelPlugin(**args.fsdp_plugin_args)
-        state.distributed_type = DistributedType.FSDP
-        PartialState._shared_state["distributed_type"] = DistributedType.FSDP
-        os.environ["ACCELERATE_USE_FSDP"] = "true"  # as accelerate sets it when it selects FSDP itself
-        trainer.is_fsdp_enabled = True
     if not getattr(trainer, "is_fsdp_enabled", False):
         raise RuntimeError(f"{PARAMETER}='fsdp' was asked for, but the Trainer's accelerator runs "
-                           f"{state.distributed_type}: the model would not be sharded")
+                           f"{trainer.accelerator.state.distributed_type}: the model would not be sharded "
+                           f"(accelerate runs FSDP on accelerator devices only: GPUs, not CPUs); "
+                           f"use {PARAMETER}='ddp'")
     keep_tied_weights_whole(trainer)
     broadcast_from_main(trainer.model)
     if args.load_best_model_at_end:

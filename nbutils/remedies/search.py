@@ -202,7 +202,7 @@ def run_search(trainer, space: dict, n_trials: int, metric: str, direction: str 
             trainer.hyperparameter_search(
                 hp_space=gate, compute_objective=objective, n_trials=missing, direction=direction,
                 backend="optuna", sampler=trial_seeded_sampler(seed),
-                storage=study._storage if main else None, study_name=study_name, load_if_exists=True)
+                storage=store if main else None, study_name=study_name, load_if_exists=True)
         finally:
             for name, value in saved.items():
                 setattr(trainer.args, name, value)
@@ -423,26 +423,56 @@ def _from_main(value, shared: bool):
 def trial_seeded_sampler(seed: int = 0, **options):
     """Optuna's TPE sampler whose random draws are seeded by (seed, trial number) at the start of
     each trial: processes sharing a study with one seed do not repeat each other's settings (a
-    plain seeded sampler in each would draw the same first ten), and one process repeats itself."""
+    plain seeded sampler in each would draw the same first ten), and one process repeats itself.
+    `options` are `TPESampler`'s."""
     return _trial_seeded_tpe()(seed=seed, **options)
 
 
 @functools.cache
 def _trial_seeded_tpe():
+    import inspect
+
     import numpy as np
     import optuna
+    from optuna.trial import TrialState
 
-    class TrialSeededTPESampler(optuna.samplers.TPESampler):
+    tpe = optuna.samplers.TPESampler
+    startup_default = inspect.signature(tpe).parameters["n_startup_trials"].default
+
+    class TrialSeededTPESampler(optuna.samplers.BaseSampler):
+        """A `TPESampler` made afresh for each trial (it keeps nothing between trials but its
+        random state; what it learns it reads from the study), seeded from (seed, trial number).
+
+        TPE draws a trial's settings at random until `n_startup_trials` trials have finished
+        (COMPLETE or PRUNED), and from its model after that: the first of the two seeds drawn
+        for the trial seeds the model's draws, the second the random ones."""
+
         def __init__(self, seed: int = 0, **options):
-            super().__init__(seed=seed, **options)
-            self._base_seed = seed
+            self.seed, self.options = seed, options
+            self.startup_trials = options.get("n_startup_trials", startup_default)
+            self.current = tpe(seed=seed, **options)
 
         def before_trial(self, study, trial) -> None:
-            state = np.random.SeedSequence([self._base_seed, trial.number]).generate_state(2)
-            # TPE draws its candidates from _rng, its first (startup) trials from _random_sampler.
-            self._rng.rng.seed(int(state[0]))
-            self._random_sampler._rng.rng.seed(int(state[1]))
-            super().before_trial(study, trial)
+            model_seed, random_seed = np.random.SeedSequence([self.seed, trial.number]).generate_state(2)
+            finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+            seed = random_seed if finished < self.startup_trials else model_seed
+            self.current = tpe(seed=int(seed), **self.options)
+            self.current.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study, trial):
+            return self.current.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study, trial, search_space):
+            return self.current.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study, trial, param_name, param_distribution):
+            return self.current.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            self.current.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self.current.reseed_rng()
 
     return TrialSeededTPESampler
 

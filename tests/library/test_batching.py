@@ -275,8 +275,11 @@ def test_train_token_summary_gives_the_record_fields(cache, tmp_path):
     assert summary["tokens_per_s"] == pytest.approx(summary["real_tokens"] / output.metrics["train_runtime"], rel=1e-2)
 
 
-def test_a_resumed_run_rates_only_the_tokens_of_the_steps_it_ran(cache, tmp_path):
-    """After a resume, train_runtime covers the remaining steps only; so must the tokens/s."""
+@pytest.mark.parametrize("ordered", [True, False])
+def test_a_resumed_run_rates_only_the_tokens_of_the_steps_it_ran(cache, tmp_path, ordered):
+    """After a resume, train_runtime covers the remaining steps only; so must the tokens/s. The
+    steps run are counted exactly with `order_batches` (it notes the step the run began at), and
+    from the Trainer's own rounded rate of steps without it."""
     from datasets import Dataset
     from transformers import Trainer
 
@@ -284,15 +287,20 @@ def test_a_resumed_run_rates_only_the_tokens_of_the_steps_it_ran(cache, tmp_path
     rows = Dataset.from_list(_random_rows(16, 3, 30, len(tok), labels=True))
 
     def trainer():
-        return Trainer(model=tiny_classifier(cache, "bert"),
+        made = Trainer(model=tiny_classifier(cache, "bert"),
                        args=training_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=2,
                                           save_strategy="steps", save_steps=2, **batching.length_grouping()),
                        train_dataset=rows, processing_class=tok,
                        data_collator=batching.classification_collator(tok))
+        return batching.order_batches(made) if ordered else made
 
     trainer().train()  # 8 steps, a checkpoint every 2
     resumed = trainer()
     output = resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoints" / "checkpoint-6"))  # 2 of 8 steps left
+    if ordered:
+        assert batching.steps_run(resumed, output) == 2
+    else:
+        assert batching.steps_run(resumed, output) == pytest.approx(2, rel=0.01)
     summary = batching.train_token_summary(resumed, output)
     assert summary["tokens_per_s"] == pytest.approx(
         summary["real_tokens"] * 2 / 8 / output.metrics["train_runtime"], rel=1e-2)
@@ -366,6 +374,32 @@ def test_length_grouped_order_depends_only_on_seed_and_epoch():
     again = batching.EpochSeededLengthGroupedSampler(lengths, batch_size=4, seed=0)
     again.set_epoch(1)
     assert list(again) == second
+
+
+def test_order_batches_trains_each_epoch_in_its_seeded_length_grouped_order(cache, tmp_path):
+    """The trainer's own training loader (its collator, column removal and batch size), drawing
+    the epoch-seeded length-grouped order: not the data's order, not transformers' own draw from
+    the global random state, and a new order each epoch."""
+    from datasets import Dataset
+    from transformers import Trainer
+    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    tok = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, "bert"))
+    rows = _random_rows(24, 3, 30, len(tok), labels=True)
+    trainer = batching.order_batches(Trainer(
+        model=tiny_classifier(cache, "bert"),
+        args=training_args(tmp_path, per_device_train_batch_size=4, seed=7, **batching.length_grouping()),
+        train_dataset=Dataset.from_list(rows), processing_class=tok,
+        data_collator=batching.classification_collator(tok)))
+    lengths = [len(r["input_ids"]) for r in rows]
+    loader = trainer.get_train_dataloader()
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)  # as the Trainer does at the start of each epoch
+        torch.manual_seed(123 + epoch)  # the global random state has no say
+        drawn = [ids for batch in loader for ids in _rows_of_padded_batch(batch, tok.pad_token_id)]
+        order = get_length_grouped_indices(lengths, 4, generator=torch.Generator().manual_seed(7 + epoch))
+        assert drawn == [rows[i]["input_ids"] for i in order], epoch
+    assert order != list(range(len(rows)))
 
 
 def test_a_run_resumed_mid_epoch_trains_on_the_same_batches(cache, tmp_path):

@@ -31,12 +31,12 @@ def tiny(cache):
 
 @pytest.mark.parametrize("name, blocks", [
     ("llama", ["LlamaDecoderLayer"]),
-    # _no_split_modules also names BertEmbeddings: accelerate shards the word embeddings on
-    # their own, and sharding them again inside BertEmbeddings fails
+    # not BertEmbeddings (which transformers' private _no_split_modules names): accelerate shards
+    # the word embeddings on their own, and sharding them again inside BertEmbeddings fails
     ("bert", ["BertLayer"]),
     ("roberta", ["RobertaLayer"]),
     ("t5", ["T5Block"]),  # encoder and decoder blocks are one class
-    ("deberta-v2", ["DebertaV2Layer"]),  # declares no _no_split_modules: its block list's class
+    ("deberta-v2", ["DebertaV2Layer"]),
     ("distilbert", ["TransformerBlock"]),
 ])
 def test_block_classes_are_the_models_transformer_blocks(tiny, name, blocks):
@@ -303,21 +303,26 @@ def _fake_trainer(distributed_type, tmp_path, model):
     return SimpleNamespace(args=args, is_fsdp_enabled=False, accelerator=SimpleNamespace(state=state), model=model)
 
 
-def test_apply_switches_fsdp_on_over_gloo_and_refuses_a_silent_ddp_run(tiny, tmp_path, monkeypatch):
-    """accelerate selects FSDP only for accelerator devices: on CPUs (MULTI_CPU, gloo) the
-    Trainer would run DDP. `apply` installs the plugin there; where FSDP is still off, it stops."""
-    from accelerate.state import PartialState
+def test_apply_refuses_fsdp_the_trainer_does_not_run(tiny, tmp_path):
+    """accelerate runs FSDP on accelerator devices only: on CPUs (MULTI_CPU, gloo) a Trainer given
+    FSDP arguments would train with DDP. `apply` does not turn FSDP on (the tests' fixture
+    switch does, tests/fixtures/fsdp_on_cpu): where it is off, it stops."""
     from accelerate.utils import DistributedType
 
-    model = tiny("llama")
-    monkeypatch.setitem(PartialState._shared_state, "distributed_type", DistributedType.MULTI_CPU)
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
-    trainer = distributed.apply(_fake_trainer(DistributedType.MULTI_CPU, tmp_path, model))
-    assert trainer.is_fsdp_enabled and trainer.accelerator.state.distributed_type == DistributedType.FSDP
-    plugin = trainer.accelerator.state.fsdp_plugin
-    assert plugin.fsdp_version == 2 and plugin.transformer_cls_names_to_wrap == ["LlamaDecoderLayer"]
-    with pytest.raises(RuntimeError, match="distributed='fsdp' was asked for.*not be sharded"):
-        distributed.apply(_fake_trainer(DistributedType.NO, tmp_path, model))
+    with pytest.raises(RuntimeError, match="distributed='fsdp' was asked for.*MULTI_CPU.*not be sharded"):
+        distributed.apply(_fake_trainer(DistributedType.MULTI_CPU, tmp_path, tiny("llama")))
+
+
+def test_apply_leaves_a_ddp_run_to_the_trainer(tiny, tmp_path):
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(output_dir=str(tmp_path), **distributed.training_arguments("ddp", None, processes=2))
+    trainer = SimpleNamespace(args=args, model=tiny("bert"), is_fsdp_enabled=False,
+                              model_accepts_loss_kwargs=True, compute_loss_func=None)
+    assert distributed.apply(trainer) is trainer
+    assert trainer.model_accepts_loss_kwargs is False  # BERT's head takes a plain mean: matched
 
 
 def _trainer_with_plugin(tmp_path, model):
@@ -365,3 +370,79 @@ def test_a_finetuning_mode_the_notebook_cannot_run_is_named(finetuning, load_in_
     with pytest.raises(ValueError, match=message):
         lora.check_finetuning(finetuning, load_in_4bit)
     assert lora.check_finetuning("full", False) == "full" and lora.check_finetuning("lora", True) == "lora"
+
+
+# Two processes over gloo, started as the runner starts a smoke run's (`accelerate launch`, the
+# FSDP-on-CPU fixture on PYTHONPATH): the Trainer itself enables FSDP, as on GPUs, and `apply`
+# runs its one FSDP path. Each process starts its LoRA adapter from its own seed.
+FSDP_ALREADY_ON = """
+import json
+import torch
+import torch.distributed as dist
+from transformers import AutoModelForSeq2SeqLM, Trainer, TrainingArguments
+from nbutils import lora
+from nbutils.parallel import distributed
+from nbutils.run import runtime
+
+rank = runtime.topology().rank
+torch.manual_seed(rank)  # the two processes' adapters start apart
+model = lora.add_lora(AutoModelForSeq2SeqLM.from_pretrained(MODEL_DIR),
+                      lora.seq2seq_lora_config(4, 8, 0.0, ["q", "v"]))
+rows = [{"input_ids": [5 + i, 6, 7, 1], "attention_mask": [1, 1, 1, 1], "labels": [8, 9 + i, 1]} for i in range(4)]
+args = TrainingArguments(output_dir=OUT + ".run", report_to=[], per_device_eval_batch_size=2,
+                         eval_strategy="steps", save_strategy="steps", load_best_model_at_end=True,
+                         **distributed.training_arguments("fsdp", model, processes=2))
+trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows)
+found = {"fsdp_before_apply": trainer.is_fsdp_enabled,
+         "accelerator": str(trainer.accelerator.state.distributed_type)}
+
+def adapter():
+    return [round(v, 7) for n, p in sorted(model.named_parameters()) if "lora_A" in n for v in p.flatten().tolist()]
+
+found["adapter_before"] = adapter()
+distributed.apply(trainer)
+found["adapter_after"] = adapter()
+ignored = {id(m) for m in trainer.accelerator.state.fsdp_plugin.ignored_modules or []}
+found["left_whole"] = sorted(n for n, m in model.named_modules(remove_duplicate=False) if id(m) in ignored)
+found["callbacks"] = [type(c).__name__ for c in trainer.callback_handler.callbacks]
+distributed.prepare_for_evaluation(trainer)  # sharded now: FSDP2 with the shared embedding left out
+found["state"] = distributed.process_state(trainer.model)
+shared = trainer.model.get_input_embeddings().weight
+found["embedding_rows"] = shared.shape[0] if not hasattr(shared, "to_local") else shared.to_local().shape[0]
+found["eval_loss"] = trainer.evaluate()["eval_loss"]
+everyone = [None, None]
+dist.all_gather_object(everyone, found)
+if rank == 0:
+    open(OUT, "w").write(json.dumps(everyone))
+"""
+
+
+@pytest.mark.slow
+def test_with_fsdp_already_on_apply_keeps_tied_weights_whole_and_broadcasts(cache, tmp_path):
+    """FSDP on before `apply`, as the Trainer enables it on GPUs (here by the tests' fixture
+    switch, in force before the Trainer is built): T5's embedding, which its encoder, decoder and
+    tied output layer share, is left whole in both processes and every other parameter is split
+    in halves; both processes hold the main process's adapter; the best-checkpoint callback is
+    added."""
+    import json
+
+    from conftest import ROOT
+    from tools import runner
+
+    (tmp_path / "launch").mkdir()
+    script, out = tmp_path / "launch" / "script.py", tmp_path / "found.json"
+    script.write_text(f"MODEL_DIR = {str(cache / 'tiny-models' / 't5')!r}\nOUT = {str(out)!r}\n" + FSDP_ALREADY_ON)
+    with runner.run_environment("smoke", ROOT):
+        runner.launch_script(script, tmp_path / "launch.log", ROOT, 2)
+    main, other = json.loads(out.read_text())
+    for found in (main, other):
+        assert found["fsdp_before_apply"] is True and found["accelerator"] == "DistributedType.FSDP"
+        assert {name.rsplit(".", 1)[-1] for name in found["left_whole"]} >= {"shared", "embed_tokens"}
+        assert "CheckpointFolderFirst" in found["callbacks"]
+        state = found["state"]
+        assert state["parameters"] - state["sharded_parameters"] == 1  # the shared embedding
+        assert 0.45 <= state["shard_fraction_min"] <= state["shard_fraction_max"] <= 0.55
+        assert found["embedding_rows"] == main["embedding_rows"] > 2  # whole, not half
+    assert main["adapter_before"] != other["adapter_before"]  # two seeds, two adapters
+    assert main["adapter_after"] == other["adapter_after"] == main["adapter_before"]  # the main one's
+    assert main["eval_loss"] == pytest.approx(other["eval_loss"])

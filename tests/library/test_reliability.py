@@ -114,6 +114,28 @@ def test_data_fingerprint_follows_the_file_contents(tmp_path):
     assert data.fingerprint(str(path)) != first
 
 
+def test_hub_data_fingerprint_is_its_rows_in_every_split(tmp_path):
+    """A hub data set has no file of its own to hash: its fingerprint is its rows. The same rows
+    give the same fingerprint whether built in memory or read back from Arrow files; another
+    row, another order or another split name give another."""
+    from datasets import DatasetDict, load_from_disk
+
+    def splits(test="B: yo"):
+        return DatasetDict(train=Dataset.from_dict({"dialogue": ["A: hi", "C: hey"]}),
+                           test=Dataset.from_dict({"dialogue": [test]}))
+
+    found = data.fingerprint("knkarthick/samsum", splits())
+    assert found.startswith("sha256:") and data.fingerprint("knkarthick/samsum", splits()) == found
+    splits().save_to_disk(tmp_path / "samsum")
+    assert data.fingerprint("knkarthick/samsum", load_from_disk(tmp_path / "samsum")) == found
+    assert data.fingerprint("knkarthick/samsum", splits(test="B: hey")) != found
+    reordered = DatasetDict(train=splits()["train"].select([1, 0]), test=splits()["test"])
+    assert data.fingerprint("knkarthick/samsum", reordered) != found
+    renamed = DatasetDict(train=splits()["train"], validation=splits()["test"])
+    assert data.fingerprint("knkarthick/samsum", renamed) != found
+    assert data.fingerprint("knkarthick/samsum", splits()["train"]) == f"sha256:{data.rows_digest(splits()['train'])}"
+
+
 def test_checkpoint_schedule_follows_save_every_steps():
     assert checkpoints.schedule(0) == {"save_strategy": "epoch", "eval_strategy": "epoch"}
     assert checkpoints.schedule(25) == {"save_strategy": "steps", "save_steps": 25,

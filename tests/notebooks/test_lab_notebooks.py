@@ -3,6 +3,7 @@ its own folder, twice in the same kernel (Run All twice); and the session's exec
 notebooks carry none of the known noise."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -76,9 +77,12 @@ def test_absolute_paths_leave_names_and_hub_ids_alone(tmp_path):
 def test_lab_runs_smoke_offline_and_live():
     from tools import lab
 
-    env = lab.lab_environment("smoke", {"PATH": "/bin", "NBUTILS_HEADLESS": "1"})
+    env = lab.lab_environment("smoke", {"PATH": "/bin", "NBUTILS_HEADLESS": "1", "PYTHONPATH": "/x"}, ROOT)
     assert env["HF_HUB_OFFLINE"] == "1" and "NBUTILS_HEADLESS" not in env
-    assert "HF_HUB_OFFLINE" not in lab.lab_environment("full", {"PATH": "/bin"})
+    # as headless smoke runs: the kernels' processes can shard (FSDP) over CPUs
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ROOT / "tests" / "fixtures" / "fsdp_on_cpu"), "/x"]
+    full = lab.lab_environment("full", {"PATH": "/bin"}, ROOT)
+    assert "HF_HUB_OFFLINE" not in full and "PYTHONPATH" not in full
 
 
 @pytest.mark.parametrize("uid", [0, 1000])

@@ -224,14 +224,3 @@ def test_training_spends_most_token_slots_on_real_tokens(session_runs):
     assert 0 < train["target_padding_efficiency"] <= 1 and train["tokens_per_s"] > 0
     # Three epochs of the same batches: the token counts are whole multiples of one epoch's.
     assert train["epochs"] == 3.0 and train["real_tokens"] % 3 == 0 and train["token_slots"] % 3 == 0
-
-
-def test_hub_data_fingerprint_covers_every_split():
-    from datasets import Dataset, DatasetDict
-
-    splits = DatasetDict(train=Dataset.from_dict({"dialogue": ["A: hi"]}),
-                         test=Dataset.from_dict({"dialogue": ["B: yo"]}))
-    found = data.fingerprint("knkarthick/samsum", splits)
-    assert found == f"datasets:train={splits['train']._fingerprint},test={splits['test']._fingerprint}"
-    changed = DatasetDict(train=splits["train"], test=Dataset.from_dict({"dialogue": ["B: hey"]}))
-    assert data.fingerprint("knkarthick/samsum", changed) != found

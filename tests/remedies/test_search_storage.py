@@ -195,6 +195,21 @@ def test_processes_sharing_a_seed_draw_different_settings_and_one_repeats_itself
     assert first_two(lambda: search.trial_seeded_sampler(1)) != seeded
 
 
+def test_one_seed_repeats_its_search_past_the_random_startup_trials():
+    """After `n_startup_trials` TPE draws from its model of the finished trials; those draws too
+    come from the trial's own seed: the same seed, the same settings, trial by trial."""
+    def settings(seed):
+        study = optuna.create_study(sampler=search.trial_seeded_sampler(seed, n_startup_trials=2))
+        hp_space = search.optuna_space(SPACE)
+        study.optimize(lambda trial: hp_space(trial)["learning_rate"], n_trials=5)
+        return [t.params for t in study.trials]
+
+    first = settings(0)
+    assert settings(0) == first
+    assert settings(1)[2:] != first[2:]  # the model's draws follow the seed too
+    assert len({str(p) for p in first}) == 5
+
+
 # --- which study, where
 
 

@@ -295,3 +295,21 @@ def test_side_by_side_jobs_share_the_cores():
     runner.share_cores(2, kept)
     assert kept["OMP_NUM_THREADS"] == "4"  # the user's choice stands
     assert runner.share_cores(1, {}) == {}  # one job: torch's own default
+
+
+def test_smoke_runs_carry_the_fsdp_on_cpu_fixture_and_full_runs_nothing(tmp_path, monkeypatch):
+    """Every process of a smoke run (kernel, `accelerate launch`, a notebook's own launch) finds
+    the FSDP-on-CPU fixture first on PYTHONPATH; a full run, on GPUs, runs without it."""
+    import os
+
+    from conftest import ROOT
+
+    site = ROOT / runner.FSDP_ON_CPU / "sitecustomize.py"
+    assert site.is_file()
+    env = runner.profile_environment("smoke", ROOT, {"PYTHONPATH": os.pathsep.join(["/a", str(site.parent)])})
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(site.parent), "/a"]  # first, once
+    assert runner.profile_environment("full", ROOT, {"PYTHONPATH": "/a"}) == {}
+    monkeypatch.setenv("PYTHONPATH", "/a")
+    with runner.run_environment("smoke", ROOT):
+        assert os.environ["PYTHONPATH"] == os.pathsep.join([str(site.parent), "/a"])
+    assert os.environ["PYTHONPATH"] == "/a"
