@@ -19,15 +19,11 @@ a rerun with the same parameters resumes them (a finished run: nothing is traine
 record says so); a run with other values trains afresh, and the earlier run stays whole until
 it is replaced.
 
-`training_arguments` returns the TrainingArguments keywords every notebook sets the same way
-(checkpoint schedule and retention, the NaN filter `StopOnNonFiniteLoss` needs off, length
-grouping, pinned memory, reporting, precision, seed), merged with the keywords given, which
-win: the notebook writes only its recipe (learning rate, epochs, batch sizes, ...), and a
-strategy that adds its own settings (several processes, a sharded model) passes them on:
-
-    TrainingArguments(**setup.training_arguments(
-        run, save_every_steps=save_every_steps, best_metric="roc_auc", report_to=report_to,
-        learning_rate=learning_rate, num_train_epochs=epochs, ...))
+`run.training_arguments(TrainingArguments, model, **recipe)` builds the arguments from the
+recipe the notebook writes out (learning rate, schedule, epochs, batches, evaluation and save
+strategy, which checkpoint is kept) and adds what is not recipe (`infrastructure`: checkpoint
+folder and retention, the NaN filter `StopOnNonFiniteLoss` needs off, pinned memory, reporting,
+precision, seed, and with several processes the strategy's keywords).
 """
 
 from __future__ import annotations
@@ -459,40 +455,3 @@ def infrastructure(run: Run, model=None, recipe: dict | None = None, folder: str
                                                        bool(recipe.get("activation_checkpointing", False)),
                                                        processes=run.processes))
     return settings
-
-
-def training_arguments(run: Run, *, save_every_steps: int = 0, evaluate: bool = True,
-                       best_metric: str | None = None, report_to: str = "none",
-                       length_grouping: bool = True, folder: str | Path = CHECKPOINTS, **recipe) -> dict:
-    """TrainingArguments (or Seq2SeqTrainingArguments, SFTConfig) keywords: the shared
-    infrastructure, then `recipe`, whose keywords win.
-
-    - checkpoints into `run.dir / folder`, every epoch or every `save_every_steps` optimizer
-      steps (`checkpoints.schedule`); with `evaluate`, evaluation follows the same schedule;
-    - `best_metric`: the checkpoint with the best validation score of it is loaded at the end,
-      and the best and the last are kept (a rerun of a finished run then resumes at its end and
-      trains nothing); without one, only the last is kept;
-    - `logging_nan_inf_filter=False`, so `callbacks.StopOnNonFiniteLoss` sees a NaN loss;
-    - `length_grouping`: batches of examples of similar length (`batching.length_grouping`);
-      False leaves the sampler to the recipe;
-    - pinned memory where there is a GPU, `report_to`, the run's precision flags and seed.
-    """
-    import torch
-
-    from nbutils import batching
-
-    settings = {"output_dir": str(run.dir / folder),
-                **checkpoints.schedule(save_every_steps, evaluate=evaluate),
-                "logging_nan_inf_filter": False,  # let StopOnNonFiniteLoss see a NaN loss
-                "report_to": report_to,
-                "dataloader_pin_memory": torch.cuda.is_available(),
-                **run.precision}
-    if length_grouping:
-        settings.update(batching.length_grouping())  # little padding: similar lengths per batch
-    if run.seed is not None:
-        settings["seed"] = run.seed
-    if best_metric:
-        settings.update(save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=best_metric)
-    else:
-        settings["save_total_limit"] = 1
-    return {**settings, **recipe}

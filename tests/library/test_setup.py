@@ -15,6 +15,42 @@ from nbutils.run import checkpoints, environment, setup
 FAKE_TOKEN = "hf_surfaceTestTokenNeverPrinted"
 
 
+def legacy_training_arguments(run, *, save_every_steps: int = 0, evaluate: bool = True,
+                       best_metric: str | None = None, report_to: str = "none",
+                       length_grouping: bool = True, folder=setup.CHECKPOINTS, **recipe) -> dict:
+    """The shared keywords the notebooks used before they wrote their recipe out
+    (`Run.training_arguments`), kept here as the reference the tests compare with.
+
+    TrainingArguments (or Seq2SeqTrainingArguments, SFTConfig) keywords: the shared
+    infrastructure, then `recipe`, whose keywords win.
+
+    - checkpoints into `run.dir / folder`, every epoch or every `save_every_steps` optimizer
+      steps (`checkpoints.schedule`); with `evaluate`, evaluation follows the same schedule;
+    - `best_metric`: the checkpoint with the best validation score of it is loaded at the end,
+      and the best and the last are kept (a rerun of a finished run then resumes at its end and
+      trains nothing); without one, only the last is kept;
+    - `logging_nan_inf_filter=False`, so `callbacks.StopOnNonFiniteLoss` sees a NaN loss;
+    - `length_grouping`: batches of examples of similar length (`batching.length_grouping`);
+      False leaves the sampler to the recipe;
+    - pinned memory where there is a GPU, `report_to`, the run's precision flags and seed.
+    """
+    settings = {"output_dir": str(run.dir / folder),
+                **checkpoints.schedule(save_every_steps, evaluate=evaluate),
+                "logging_nan_inf_filter": False,  # let StopOnNonFiniteLoss see a NaN loss
+                "report_to": report_to,
+                "dataloader_pin_memory": torch.cuda.is_available(),
+                **run.precision}
+    if length_grouping:
+        settings.update(batching.length_grouping())  # little padding: similar lengths per batch
+    if run.seed is not None:
+        settings["seed"] = run.seed
+    if best_metric:
+        settings.update(save_total_limit=2, load_best_model_at_end=True, metric_for_best_model=best_metric)
+    else:
+        settings["save_total_limit"] = 1
+    return {**settings, **recipe}
+
+
 @pytest.fixture
 def local(tmp_path, monkeypatch):
     """A local run in an empty folder: no token, no Kaggle."""
@@ -106,17 +142,6 @@ def _run(tmp_path, precision=None, seed=42):
                      precision=precision or {"bf16": False, "fp16": False}, seed=seed)
 
 
-def test_training_arguments_equal_what_the_detection_notebook_wrote_by_hand(tmp_path):
-    """The keywords the detection notebook passed before nbutils.run.setup existed."""
-    run = _run(tmp_path)
-    recipe = dict(num_train_epochs=2, learning_rate=3e-5, per_device_train_batch_size=8, logging_steps=20)
-    by_hand = dict(output_dir=str(run.dir / "checkpoints"), **recipe, **checkpoints.schedule(0),
-                   **batching.length_grouping(), save_total_limit=2, load_best_model_at_end=True,
-                   metric_for_best_model="roc_auc", logging_nan_inf_filter=False, seed=42, report_to="none",
-                   dataloader_pin_memory=torch.cuda.is_available(), bf16=False, fp16=False)
-    assert setup.training_arguments(run, best_metric="roc_auc", **recipe) == by_hand
-
-
 # The detection notebook's recipe keywords, as make_trainer writes them.
 DETECTION_RECIPE = dict(num_train_epochs=2, learning_rate=3e-5, lr_scheduler_type="cosine", warmup_steps=0.1,
                         weight_decay=0.01, per_device_train_batch_size=8, per_device_eval_batch_size=32,
@@ -140,7 +165,7 @@ def test_the_detection_recipe_written_out_gets_the_arguments_the_shared_keywords
     the same TrainingArguments, for the final training and the search's trials (their own
     checkpoint folder), saving every epoch or every `save_every_steps` optimizer steps."""
     run = _configured_run(tmp_path, save_every_steps=save_every_steps)
-    before = TrainingArguments(**setup.training_arguments(
+    before = TrainingArguments(**legacy_training_arguments(
         run, folder=folder, save_every_steps=save_every_steps, best_metric="roc_auc", report_to="none",
         logging_steps=20, **DETECTION_RECIPE))
     now = run.training_arguments(TrainingArguments, None, folder=folder, **DETECTION_RECIPE,
@@ -162,35 +187,6 @@ def test_a_fold_that_saves_nothing_saves_nothing_with_save_every_steps_too(tmp_p
     assert final.save_strategy == "steps" and final.save_steps == 5 and final.eval_steps == 5
 
 
-def test_training_arguments_without_a_best_metric_keep_only_the_last_checkpoint(tmp_path):
-    """What the instruction-tuning and strategies notebooks wrote: no checkpoint chosen by a score."""
-    run = _run(tmp_path, seed=3)
-    args = setup.training_arguments(run, save_every_steps=5, evaluate=False, length_grouping=False,
-                                    folder=tmp_path / "elsewhere", report_to="tensorboard")
-    assert args == {"output_dir": str(tmp_path / "elsewhere"), "save_strategy": "steps", "save_steps": 5,
-                    "logging_nan_inf_filter": False, "report_to": "tensorboard",
-                    "dataloader_pin_memory": torch.cuda.is_available(), "bf16": False, "fp16": False,
-                    "seed": 3, "save_total_limit": 1}
-
-
-def test_the_recipe_and_extra_keywords_win_and_reach_the_trainer(tmp_path):
-    """The seam for other strategies (several processes, a sharded model): their keywords merge
-    in, and any shared setting can be overridden (a cross-validation fold saves nothing)."""
-    run = _run(tmp_path)
-    extra = {"ddp_find_unused_parameters": False, "save_strategy": "no", "eval_strategy": "no",
-             "load_best_model_at_end": False}
-    kwargs = setup.training_arguments(run, save_every_steps=10, best_metric="eval_loss", seed=9,
-                                      greater_is_better=False, use_cpu=True, **extra)
-    assert kwargs["seed"] == 9 and all(kwargs[k] == v for k, v in extra.items())
-    args = TrainingArguments(**kwargs)
-    assert not args.logging_nan_inf_filter and args.save_total_limit == 2 and args.seed == 9
-    assert args.train_sampling_strategy == "group_by_length" and args.ddp_find_unused_parameters is False
-    seq2seq = Seq2SeqTrainingArguments(**setup.training_arguments(run, best_metric="rougeLsum", use_cpu=True,
-                                                                  predict_with_generate=True))
-    assert seq2seq.load_best_model_at_end and seq2seq.metric_for_best_model == "rougeLsum"
-    assert seq2seq.eval_strategy == "epoch" and seq2seq.save_strategy == "epoch"
-
-
 def _configured(tmp_path, seed=42, **config):
     return setup.Run(project="demo", dir=tmp_path / "run", env=environment.Environment("local", tmp_path),
                      precision={"bf16": False, "fp16": False}, seed=seed,
@@ -207,7 +203,7 @@ def test_the_strategies_studys_arguments_are_what_it_wrote_before(tmp_path, save
     recipe = dict(num_train_epochs=4, learning_rate=2e-3, lr_scheduler_type="linear", warmup_steps=0.1,
                   weight_decay=0.01, per_device_train_batch_size=16, per_device_eval_batch_size=64,
                   gradient_accumulation_steps=1, eval_strategy="steps", eval_steps=15, logging_steps=5)
-    before = TrainingArguments(**setup.training_arguments(
+    before = TrainingArguments(**legacy_training_arguments(
         run, folder=folder, save_every_steps=save_every_steps, evaluate=False, report_to="none", seed=43,
         use_cpu=True, **recipe))
     now = run.training_arguments(TrainingArguments, folder=folder, seed=43, use_cpu=True, save_strategy="epoch",
@@ -224,7 +220,7 @@ def test_text_to_pandas_arguments_are_what_it_wrote_before(tmp_path, save_every_
     recipe = dict(num_train_epochs=6, learning_rate=1e-3, lr_scheduler_type="cosine", warmup_steps=0.0,
                   weight_decay=0.01, per_device_train_batch_size=16, per_device_eval_batch_size=32,
                   gradient_accumulation_steps=1, greater_is_better=False, logging_steps=5)
-    before = Seq2SeqTrainingArguments(**setup.training_arguments(
+    before = Seq2SeqTrainingArguments(**legacy_training_arguments(
         run, save_every_steps=save_every_steps, best_metric="eval_loss", use_cpu=True, **recipe))
     now = run.training_arguments(Seq2SeqTrainingArguments, use_cpu=True, eval_strategy="epoch",
                                  save_strategy="epoch", load_best_model_at_end=True,
@@ -265,7 +261,7 @@ def test_the_instruction_notebooks_sft_config_is_what_it_wrote_before(tmp_path, 
     recipe = dict(num_train_epochs=3, learning_rate=2e-2, lr_scheduler_type="cosine", warmup_steps=0.05,
                   weight_decay=0.001, max_grad_norm=0.3, optim="adamw_torch", activation_checkpointing=False,
                   completion_only_loss=True, eval_packing=False, use_cpu=True)
-    settings = setup.training_arguments(run, save_every_steps=save_every_steps, evaluate=False, report_to="none",
+    settings = legacy_training_arguments(run, save_every_steps=save_every_steps, evaluate=False, report_to="none",
                                         length_grouping=False, per_device_eval_batch_size=32, eval_strategy="epoch",
                                         logging_steps=5, **recipe)
     before = SFTConfig(**{**settings, **decided})
