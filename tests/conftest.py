@@ -22,6 +22,12 @@ from tools.runner import share_cores  # noqa: E402
 share_cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every process a test starts (launched training processes, workers, the GPU check's tiny run)
+# imports the repository (`tests.fixtures`, `tools`) and has FSDP over CPUs switched on by its
+# fixture, as the runner gives the smoke profile's processes (tests/fixtures/fsdp_on_cpu).
+os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+    [str(ROOT / "tests" / "fixtures" / "fsdp_on_cpu"), str(ROOT),
+     *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]))
 
 # Every session smoke run sees this fake hub token in its environment, as a user's real one
 # would be; tests/notebooks/test_secrets.py then scans all their output files for it.
