@@ -37,6 +37,16 @@ PARAMETER_FIELDS = ("trainable", "total")
 DATA_REPORT_FIELDS = ("rows", "by_split", "dropped", "repaired", "noted", "max_bad_row_share")
 ROW_COUNT_FIELDS = ("read", "kept", "repaired", "dropped")
 
+# Beside its numbers, `metrics` holds two maps (`check_metrics`):
+# - "intervals": {metric: {"low", "high", "level", "resamples"}}, a bootstrap interval over the
+#   test rows (`nbutils.metrics.bootstrap_interval`); the primary metric always has one, so the
+#   summary table and the notebook print it beside the value;
+# - "measured_on": {metric: the split it was measured on, as a reader should read it ("test",
+#   "held-out slice of train", ...)}: the evaluation results the model card publishes, and only
+#   those (a threshold or a count of scored rows is no result).
+INTERVALS = "intervals"
+MEASURED_ON = "measured_on"
+
 LIBRARIES = ("torch", "transformers", "tokenizers", "datasets", "accelerate", "peft", "trl",
              "scikit-learn", "numpy", "pandas", "nbutils")
 
@@ -195,6 +205,27 @@ def trained_train_block(train: dict, run) -> dict:
     return {**train, **kept, "resumed_finished": True}
 
 
+def check_metrics(metrics: dict, primary_metric: str) -> None:
+    """The record's metrics name their headline, its interval and the split of every result."""
+    if primary_metric not in metrics:
+        raise KeyError(f"primary_metric {primary_metric!r} is not among the metrics {sorted(metrics)}")
+    intervals = metrics.get(INTERVALS) or {}
+    if primary_metric not in intervals:
+        raise KeyError(f"metrics.{INTERVALS} has no interval for the primary metric {primary_metric!r}: "
+                       "every headline is reported with one (nbutils.metrics.bootstrap_interval)")
+    for name, interval in intervals.items():
+        missing = [f for f in ("low", "high", "level", "resamples") if f not in interval]
+        if name not in metrics or missing:
+            raise KeyError(f"metrics.{INTERVALS}.{name}: " + (f"lacks {missing}" if missing else
+                           "is an interval of no metric the record has"))
+    measured_on = metrics.get(MEASURED_ON) or {}
+    if primary_metric not in measured_on:
+        raise KeyError(f"metrics.{MEASURED_ON} does not say which split {primary_metric!r} was measured on")
+    unknown = [name for name in measured_on if name not in metrics]
+    if unknown:
+        raise KeyError(f"metrics.{MEASURED_ON} names metrics the record lacks: {unknown}")
+
+
 def make_record(*, project: str, profile: str, task: str, model: str, data: dict, metrics: dict,
                 primary_metric: str, train: dict, parameters: dict, seed: int, config: dict,
                 baselines: dict | None = None, run=None) -> dict:
@@ -207,8 +238,7 @@ def make_record(*, project: str, profile: str, task: str, model: str, data: dict
     data = {**data, "source": relative_path(data.get("source"))} if "source" in data else data
     model = relative_path(model)
     config = {name: relative_path(value) for name, value in config.items()}
-    if primary_metric not in metrics:
-        raise KeyError(f"primary_metric {primary_metric!r} is not among the metrics {sorted(metrics)}")
+    check_metrics(metrics, primary_metric)
     for name, value, fields in (("data", data, DATA_FIELDS), ("train", train, TRAIN_FIELDS),
                                 ("parameters", parameters, PARAMETER_FIELDS)):
         missing = [f for f in fields if f not in value]

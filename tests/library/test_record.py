@@ -6,7 +6,8 @@ from nbutils.run import record
 
 BASE = dict(project="p", profile="smoke", task="t", model="m",
             data={"source": "s", "train": 1, "validation": 1, "test": 1},
-            metrics={"score": 1.0}, primary_metric="score",
+            metrics={"score": 1.0, "intervals": {"score": {"low": 0.9, "high": 1.0, "level": 0.95, "resamples": 10}},
+                     "measured_on": {"score": "test"}}, primary_metric="score",
             parameters={"trainable": 1, "total": 1}, seed=0, config={})
 TIMING = {"runtime_s": 1.0, "samples_per_s": 1.0, "processes": 1}
 
@@ -29,6 +30,22 @@ def test_a_run_without_gradient_training_needs_no_token_counts():
 def test_a_missing_primary_metric_is_named():
     with pytest.raises(KeyError, match="primary_metric 'auc'"):
         record.make_record(**{**BASE, "primary_metric": "auc"}, train={**TIMING, "epochs": None})
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("intervals"), "no interval for the primary metric 'score'"),
+    (lambda m: m["intervals"]["score"].pop("level"), r"intervals.score: lacks \['level'\]"),
+    (lambda m: m["intervals"].update(bleu=m["intervals"]["score"]), "intervals.bleu: is an interval of no metric"),
+    (lambda m: m.pop("measured_on"), "does not say which split 'score' was measured on"),
+    (lambda m: m["measured_on"].update(threshold="test"), r"names metrics the record lacks: \['threshold'\]"),
+])
+def test_the_headline_has_an_interval_and_every_result_its_split(change, message):
+    import copy
+
+    metrics = copy.deepcopy(BASE["metrics"])
+    change(metrics)
+    with pytest.raises(KeyError, match=message):
+        record.make_record(**{**BASE, "metrics": metrics}, train={**TIMING, "epochs": None})
 
 
 def test_split_hash_follows_the_rows_not_their_order():
