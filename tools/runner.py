@@ -536,7 +536,7 @@ def run_project(project: Project, profile: str, root: Path, outputs: Path,
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "baseline", "train_s",
+SUMMARY_COLUMNS = ("project", "status", "model", "metric", "value", "interval", "measured_on", "baseline", "train_s",
                    "samples_per_s", "tokens_per_s", "padding_eff", "trainable", "total", "splits",
                    "notebook")
 
@@ -548,9 +548,13 @@ def summary_rows(results: list[Result], root: Path) -> list[dict]:
         metric = rec.get("primary_metric")
         baselines = rec.get("baselines") or {}
         baseline = next(iter(baselines.values()), {}).get(metric) if baselines else None
+        interval = (rec.get("metrics", {}).get("intervals") or {}).get(metric)
         rows.append({
             "project": r.project, "status": r.status, "model": rec.get("model"), "metric": metric,
-            "value": rec.get("metrics", {}).get(metric), "baseline": baseline,
+            "value": rec.get("metrics", {}).get(metric),
+            # the headline's bootstrap interval (95% unless the record says otherwise) and its split
+            "interval": f"[{interval['low']:.3f}, {interval['high']:.3f}]" if interval else None,
+            "measured_on": (rec.get("metrics", {}).get("measured_on") or {}).get(metric), "baseline": baseline,
             "train_s": rec.get("train", {}).get("runtime_s"),
             "samples_per_s": rec.get("train", {}).get("samples_per_s"),
             "tokens_per_s": rec.get("train", {}).get("tokens_per_s"),

@@ -1,7 +1,8 @@
 """Model cards and Hub uploads for the folders a run saves, the Hugging Face way.
 
 Every saved model or adapter folder gets a `README.md`: YAML metadata with a `model-index`
-(the task, the data set, the test-split metrics), the base model, the library, then a short
+(the task, the data the run read, and the evaluation results the record names in
+`metrics.measured_on`, each with the split it was measured on), the base model, the library, then a short
 text with the training parameters and library versions. It is built from the run record
 (`metrics.json`) with `huggingface_hub`'s `ModelCard`, `ModelCardData` and `EvalResult`, so the
 Hub reads it as it reads any card it renders.
@@ -48,26 +49,35 @@ def _is_hub_id(source: str) -> bool:
 
 
 def dataset_name(record: dict) -> str:
-    """The data set as the card names it: the hub id, else the file or folder name."""
-    source = str((record.get("data") or {}).get("source") or "unknown")
-    return source if _is_hub_id(source) else Path(source).name or source
+    """The data the run read, as the card names it: the hub id, else the path as the run was given
+    it (a smoke run's `.cache/sample-data/samsum` is made-up sample data, and its card must not
+    read "samsum" as if it were the corpus)."""
+    return str((record.get("data") or {}).get("source") or "unknown")
+
+
+def measured_results(record: dict) -> list[tuple[str, float, str, dict | None]]:
+    """(metric, value, split, interval) for each evaluation result the record names in
+    `metrics.measured_on`, and only those: a decision threshold, a count of scored rows or a
+    token count is no result, and a metric on a slice of train is no test result."""
+    from nbutils.run.record import INTERVALS, MEASURED_ON
+
+    metrics = record.get("metrics") or {}
+    intervals = metrics.get(INTERVALS) or {}
+    return [(name, float(metrics[name]), split, intervals.get(name))
+            for name, split in (metrics.get(MEASURED_ON) or {}).items()
+            if isinstance(metrics.get(name), (int, float)) and not isinstance(metrics.get(name), bool)]
 
 
 def eval_results(record: dict) -> list:
-    """One EvalResult per numeric test-split metric of the record."""
+    """One EvalResult per evaluation result (`measured_results`), with its split."""
     from huggingface_hub import EvalResult
 
     task = record.get("task", "")
     name = dataset_name(record)
-    results = []
-    for metric, value in (record.get("metrics") or {}).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue  # nested results (cross-validation, per group) stay in metrics.json
-        results.append(EvalResult(
-            task_type=PIPELINE_TAGS.get(task, task or "other"), task_name=TASK_NAMES.get(task, task),
-            dataset_type=name, dataset_name=name, dataset_split="test",
-            metric_type=metric, metric_name=metric, metric_value=float(value)))
-    return results
+    return [EvalResult(task_type=PIPELINE_TAGS.get(task, task or "other"), task_name=TASK_NAMES.get(task, task),
+                       dataset_type=name, dataset_name=name, dataset_split=split,
+                       metric_type=metric, metric_name=metric, metric_value=value)
+            for metric, value, split, _ in measured_results(record)]
 
 
 def build_card(record: dict, library_name: str = "transformers", base_model: str | None = None):
@@ -89,7 +99,8 @@ def build_card(record: dict, library_name: str = "transformers", base_model: str
     config = record.get("config") or {}
     training = {k: config[k] for k in TRAINING_KEYS if k in config}
     versions = record.get("versions") or {}
-    metrics = {k: v for k, v in (record.get("metrics") or {}).items() if isinstance(v, (int, float))}
+    results = measured_results(record)
+    level = next((interval["level"] for *_, interval in results if interval), None)
     baselines = record.get("baselines") or {}
     lines = [
         "---", card_data.to_yaml(), "---", "",
@@ -100,9 +111,11 @@ def build_card(record: dict, library_name: str = "transformers", base_model: str
         f"- source: `{data.get('source')}`"
         + (f" (fingerprint `{data['fingerprint']}`)" if data.get("fingerprint") else ""),
         f"- rows: train {data.get('train')}, validation {data.get('validation')}, test {data.get('test')}", "",
-        "## Results on the test split", "",
-        "| metric | value |", "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in metrics.items()], "",
+        "## Results", "",
+        "| metric | value | " + (f"{level:.0%} bootstrap interval |" if level else "interval |")
+        + " measured on |", "|---|---|---|---|",
+        *[f"| {k} | {v:.4f} | " + (f"{i['low']:.4f} to {i['high']:.4f}" if i else "-") + f" | {split} |"
+          for k, v, split, i in results], "",
     ]
     if baselines:
         lines += ["Baselines on the same split: " + "; ".join(

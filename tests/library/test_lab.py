@@ -172,7 +172,9 @@ RECORD = {
     "model": "microsoft/deberta-v3-base",
     "data": {"source": "/kaggle/input/daigt-v2-train-dataset/train_v2_drcat_02.csv", "fingerprint": "sha256:ab",
              "train": 800, "validation": 100, "test": 100},
-    "metrics": {"accuracy": 0.97, "roc_auc": 0.991, "cv": {"roc_auc": {"mean": 0.99}}},
+    "metrics": {"accuracy": 0.97, "roc_auc": 0.991, "threshold": 0.42, "cv": {"roc_auc": {"mean": 0.99}},
+                "intervals": {"roc_auc": {"low": 0.981, "high": 0.997, "level": 0.95, "resamples": 1000}},
+                "measured_on": {"accuracy": "test", "roc_auc": "test"}},
     "primary_metric": "roc_auc", "baselines": {"tfidf_logreg": {"roc_auc": 0.98}},
     "train": {"runtime_s": 100.0, "samples_per_s": 8.0, "epochs": 2.0, "processes": 1},
     "parameters": {"trainable": 184_000_000, "total": 184_000_000}, "seed": 42,
@@ -199,8 +201,26 @@ def test_the_model_card_carries_the_run_and_passes_huggingface_hub_metadata_vali
     assert eval_results_to_model_index(name, results) == data["model-index"]  # round trip
     text = path.read_text()
     for expected in ("train_v2_drcat_02.csv", "| learning_rate | 3e-05 |", "transformers 5.24.0",
-                     "tfidf_logreg", "abc123", "800"):
+                     "tfidf_logreg", "abc123", "800", "| roc_auc | 0.9910 | 0.9810 to 0.9970 | test |"):
         assert expected in text, expected
+    assert "threshold" not in data["model-index"][0]["results"].__repr__()  # a cut is no result
+
+
+def test_the_card_publishes_each_result_with_the_split_it_was_measured_on_and_the_data_the_run_read(tmp_path):
+    """Instruction tuning's held-out slice of train is no test split; a smoke run read sample
+    data, not the corpus its full profile names."""
+    from huggingface_hub import ModelCard
+
+    metrics = {"perplexity": 5.2, "eval_tokens": 9000, "scored": 40,
+               "intervals": {"perplexity": {"low": 4.9, "high": 5.6, "level": 0.95, "resamples": 1000}},
+               "measured_on": {"perplexity": "held-out slice of train"}}
+    local = {**RECORD, "task": "instruction-tuning", "metrics": metrics, "primary_metric": "perplexity",
+             "data": {**RECORD["data"], "source": ".cache/sample-data/samsum"}, "profile": "smoke"}
+    card = ModelCard.load(model_card.write_card(tmp_path, local))
+    assert [(r.metric_type, r.dataset_split, r.dataset_name) for r in card.data.eval_results] == [
+        ("perplexity", "held-out slice of train", ".cache/sample-data/samsum")]
+    text = (tmp_path / "README.md").read_text()
+    assert "eval_tokens" not in text.split("## Training")[0] and "| scored |" not in text
 
 
 def test_a_local_base_model_is_not_named_as_a_hub_base_model(tmp_path):

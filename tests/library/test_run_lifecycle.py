@@ -89,7 +89,8 @@ def _record(run, config, runtime_s=12.5):
              "epochs": None, "processes": 1}
     rec = record.make_record(project="demo/x", profile="smoke", task="t", model=str(run.dir.parent / "m"),
                              data={"source": "data.csv", "train": 1, "validation": 1, "test": 1},
-                             metrics={"m": 1.0}, primary_metric="m", train=train,
+                             metrics={"m": 1.0, "intervals": {"m": {"low": 1.0, "high": 1.0, "level": 0.95, "resamples": 1}},
+                                      "measured_on": {"m": "test"}}, primary_metric="m", train=train,
                              parameters={"trainable": 1, "total": 1}, seed=42, config=config, run=run)
     (run.dir / "model").mkdir(exist_ok=True)
     (run.dir / "model" / "weights").write_text(json.dumps(config["learning_rate"]))

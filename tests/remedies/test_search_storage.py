@@ -317,7 +317,8 @@ def test_the_run_record_never_holds_a_password_from_a_url_parameter():
     config = {"hpo_storage": "postgresql://alice:s3cr3t@db/hpo", "epochs": 2, "extra": ["a://u:s3cr3t@h"]}
     rec = record.make_record(project="p", profile="smoke", task="t", model="m",
                              data={"source": "s", "train": 1, "validation": 1, "test": 1},
-                             metrics={"roc_auc": 0.5}, primary_metric="roc_auc",
+                             metrics={"roc_auc": 0.5, "intervals": {"roc_auc": {"low": 0.5, "high": 0.5, "level": 0.95, "resamples": 1}},
+                                      "measured_on": {"roc_auc": "test"}}, primary_metric="roc_auc",
                              train={"runtime_s": 1, "samples_per_s": 1, "epochs": None, "processes": 1},
                              parameters={"trainable": 1, "total": 1}, seed=0, config=config)
     assert "s3cr3t" not in json.dumps(rec)

@@ -17,7 +17,8 @@ BODY = '''from nbutils.run import record
 if fail:
     raise RuntimeError("this toy project fails on purpose")
 rec = record.make_record(project=project, profile=profile, task="toy", model="none",
-    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
+    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score,
+    "intervals": {"score": {"low": score, "high": score, "level": 0.95, "resamples": 1}}, "measured_on": {"score": "test"}},
     primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
     parameters={"trainable": 0, "total": 0}, seed=0, config={"score": score})
 record.write_record(rec, output_dir)'''
@@ -138,7 +139,8 @@ from nbutils.run import record
 # Reads the record toy/good left in this invocation: it must already be there.
 score = json.loads((pathlib.Path(output_dir).parent / "toy" / "good" / "metrics.json").read_text())["metrics"]["score"]
 rec = record.make_record(project=project, profile=profile, task="toy", model="none",
-    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
+    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score,
+    "intervals": {"score": {"low": score, "high": score, "level": 0.95, "resamples": 1}}, "measured_on": {"score": "test"}},
     primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
     parameters={"trainable": 0, "total": 0}, seed=0, config={})
 record.write_record(rec, output_dir)'''
@@ -240,6 +242,14 @@ def test_summary_shows_which_splits_each_run_scored(tmp_path):
     assert f"| {rows[2]['splits']} |" in runner.markdown_table(rows)
 
 
+def test_summary_shows_the_headline_with_its_interval_and_split(tmp_path):
+    rec = {"primary_metric": "roc_auc", "metrics": {
+        "roc_auc": 0.9, "intervals": {"roc_auc": {"low": 0.8512, "high": 0.9431, "level": 0.95, "resamples": 1000}},
+        "measured_on": {"roc_auc": "test"}}}
+    rows = runner.summary_rows([runner.Result("a", "ok", tmp_path / "a.ipynb", 1.0, rec)], tmp_path)
+    assert "| roc_auc | 0.900 | [0.851, 0.943] | test |" in runner.markdown_table(rows)
+
+
 MEET_BODY = '''import pathlib, time
 from nbutils.run import record
 # Two projects that each wait for the other to have started: they finish only side by side.
@@ -252,7 +262,8 @@ while not other.exists():
     assert time.time() < deadline, "the other project did not run at the same time"
     time.sleep(0.1)
 rec = record.make_record(project=project, profile=profile, task="toy", model="none",
-    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score},
+    data={"source": "none", "train": 1, "validation": 1, "test": 1}, metrics={"score": score,
+    "intervals": {"score": {"low": score, "high": score, "level": 0.95, "resamples": 1}}, "measured_on": {"score": "test"}},
     primary_metric="score", train={"runtime_s": 0.0, "samples_per_s": 0.0, "epochs": None, "processes": 1},
     parameters={"trainable": 0, "total": 0}, seed=0, config={})
 record.write_record(rec, output_dir)'''
