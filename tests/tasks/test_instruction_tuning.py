@@ -703,7 +703,10 @@ def test_run_record_and_held_out_scores(runs, variant):
     assert data["skipped_rows"] == data["report"]["rows"]["dropped"] == dropped
     assert data["lengths"]["limit"] == MAX_LENGTH and data["lengths"]["truncated"] > 0
     checks = data["label_checks"]
-    assert checks["labels_with_stop_token"] == (data["lengths"]["examples"] - data["lengths"]["truncated"])
+    # Every example that fits ends with its EOS as a target; with the loss on every assistant
+    # turn, a multi-turn example that max_length cuts still has its earlier answers' EOS.
+    fitting = data["lengths"]["examples"] - data["lengths"]["truncated"]
+    assert fitting <= checks["labels_with_stop_token"] <= data["lengths"]["examples"]
     assert 0.05 < checks["masked_label_fraction"] < 0.6, "the prompts are masked, the answers are not"
     assert 0 < rec["parameters"]["trainable"] < rec["parameters"]["total"]
     # The memory estimate printed before loading counted, from the config alone, the adapter
@@ -737,7 +740,7 @@ def test_qlora_and_lora_variants_load_as_asked(runs):
                           r"stop token among their labels \(all (\d+) that fit", text)
         assert found, variant
         examples, one_bos, with_stop, fitting = map(int, found.groups())
-        assert examples == one_bos and with_stop == fitting and 0 < fitting < examples
+        assert examples == one_bos and fitting <= with_stop <= examples and 0 < fitting < examples
         assert "FutureWarning" not in text and "tie_word_embeddings" not in text
 
 
