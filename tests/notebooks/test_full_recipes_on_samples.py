@@ -11,7 +11,8 @@ exactly these keys). What counts as "model and scale":
   for text-to-pandas, the upstream single-column form, which the full profile's `data_format:
   auto` must detect);
 - the scale: epochs, `max_length`s, batch sizes, sample and evaluation counts, beams, generated
-  tokens, the LoRA rank;
+  tokens, the LoRA rank, the optimizer steps between checkpoints (`save_every_steps`: the full
+  recipe's 100 of about 1,000 steps are a tenth; the sample's few steps get one each);
 - how to run on a CPU: the optimizer (bitsandbytes' paged AdamW needs a GPU), CPU threads,
   sandbox workers.
 Data handling (`max_bad_row_share`, the columns, `group_column`, `data_format`, `tables_source`,
@@ -27,6 +28,7 @@ data); the Qwen variant's `messages` format runs in its smoke profile with the s
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -56,7 +58,7 @@ MODEL_AND_SCALE = {
         "model_name": ".cache/tiny-models/llama",
         "data_source": f"{SAMPLES}/guanaco_llama2_1k.jsonl",
         "max_length": 128, "epochs": 1, "batch_size": 16, "eval_batch_size": 32, "max_samples": 64,
-        "lora_r": 8, "num_generations": 1, "max_new_tokens": 8,
+        "lora_r": 8, "num_generations": 1, "max_new_tokens": 8, "save_every_steps": 1,
         "optim": "adamw_torch", "cpu_threads": 1,
     },
     "text_to_pandas": {
@@ -118,3 +120,31 @@ def test_full_instruction_recipe_repairs_the_empty_trailing_turns(swapped_runs):
     report = swapped_runs["instruction_tune/llama2_7b"].record["data"]["report"]
     assert report["repaired"]["empty trailing turn removed"]["count"] == 3
     assert json.dumps(report["dropped"]).count("empty answer in turn 1") == 1
+
+
+@pytest.mark.slow
+def test_full_qlora_recipe_adapts_every_linear_layer_and_chooses_its_step_on_validation(swapped_runs):
+    """Issue 27: the full QLoRA recipe's targeted modules, its validation split and the step
+    chosen, from the record of the full profile's own parameters."""
+    rec = swapped_runs["instruction_tune/llama2_7b"].record
+    # Every linear layer of the blocks carries an adapter (PEFT's all-linear), the output layer none.
+    assert rec["parameters"]["lora_targets"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # A validation split carved from train, apart from the held-out test slice.
+    data, config = rec["data"], rec["config"]
+    assert data["validation"] > 0 and data["test"] > 0 and data["train"] > data["validation"]
+    hashes = data["split_hashes"]
+    assert len({hashes["train"], hashes["validation"], hashes["test"]}) == 3
+    assert data["test_split"] == "held-out slice of train"
+    # The step: the checkpoint of lowest validation loss among one per save_every_steps.
+    chosen, state = rec["train"]["chosen_checkpoint"], rec["train"]
+    assert chosen["evaluations"] >= 2 and 1 <= chosen["step"] <= chosen["last_step"]
+    assert chosen["step"] % config["save_every_steps"] == 0 or chosen["step"] == chosen["last_step"]
+    assert math.isfinite(chosen["validation_loss"]) and state["epochs"] == config["epochs"]
+    # The headline: with its interval, measured on the test slice, named for what it is.
+    metrics = rec["metrics"]
+    interval = metrics["intervals"]["eval_perplexity"]
+    assert interval["low"] <= metrics["eval_perplexity"] <= interval["high"]
+    assert metrics["measured_on"] == {"eval_loss": "held-out slice of train",
+                                      "eval_perplexity": "held-out slice of train"}
+    assert config["loss_on"] == "all_assistant_turns"

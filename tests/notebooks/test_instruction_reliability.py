@@ -25,9 +25,42 @@ def reference(smoke_run):
 
 
 def _final_state(run_dir):
-    """The trainer state of a run's last checkpoint (save_total_limit keeps only that one)."""
+    """The trainer state of a run's last checkpoint (the best and the last are kept)."""
     return json.loads((checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1]
                        / checkpoints.STATE_FILE).read_text())
+
+
+def _numbers(scores):
+    """The numeric fields of a record's scores (the intervals and splits compared apart)."""
+    return {k: v for k, v in scores.items() if not isinstance(v, dict)}
+
+
+# --- the step chosen on validation, the test slice scored after training, with an interval -------
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_the_validation_split_chooses_the_step_and_the_test_slice_is_scored_after_training(reference, variant):
+    run_dir = reference / "instruction_tune" / variant
+    rec = record.read_record(run_dir)
+    data, chosen = rec["data"], rec["train"]["chosen_checkpoint"]
+    assert data["validation"] > 0 and data["test"] > 0
+    state = _final_state(run_dir)
+    evaluations = [e for e in state["log_history"] if "eval_loss" in e]
+    # Every evaluation during training is on the validation split: its size, not the test slice's.
+    assert evaluations and chosen["evaluations"] == len(evaluations)
+    best = min(evaluations, key=lambda e: e["eval_loss"])
+    assert (chosen["step"], chosen["validation_loss"]) == (best["step"], pytest.approx(best["eval_loss"]))
+    assert chosen["last_step"] == state["global_step"]
+    # The headline carries its interval over test examples and names the split honestly.
+    metrics = rec["metrics"]
+    for name in ("eval_loss", "eval_perplexity"):
+        interval = metrics["intervals"][name]
+        assert interval["low"] <= metrics[name] <= interval["high"] and interval["resamples"] == 1000
+        assert metrics["measured_on"][name] == "held-out slice of train"
+    assert set(metrics["measured_on"]) == {"eval_loss", "eval_perplexity"}  # no count, no generation figure
+    executed = (run_dir / "instruction_tune.ipynb").read_text()
+    shown = record.format_value(metrics["eval_perplexity"])
+    assert f"test perplexity {shown} [" in executed and "bootstrap interval" in executed
+    assert f"kept the checkpoint of step {chosen['step']} of {chosen['last_step']}" in executed
 
 
 # --- batching: packed, no padding, every real token trained on, the recipe's steps -------------
@@ -80,9 +113,13 @@ def test_killed_qlora_run_resumes_to_the_uninterrupted_metrics(reference, tmp_pa
     # Adapter, optimizer (AdamW's moments), scheduler and RNG states were all restored: every
     # training loss logged after the resume, and the final numbers, are the uninterrupted run's.
     expected = record.read_record(reference / QLORA)
-    assert resumed.record["metrics"] == pytest.approx(expected["metrics"], abs=1e-6)
-    assert resumed.record["baselines"]["before_training"] == pytest.approx(
-        expected["baselines"]["before_training"], abs=1e-6)
+    assert _numbers(resumed.record["metrics"]) == pytest.approx(_numbers(expected["metrics"]), abs=1e-6)
+    for name, interval in expected["metrics"]["intervals"].items():
+        assert _numbers(resumed.record["metrics"]["intervals"][name]) == pytest.approx(interval, abs=1e-6)
+    assert _numbers(resumed.record["baselines"]["before_training"]) == pytest.approx(
+        _numbers(expected["baselines"]["before_training"]), abs=1e-6)
+    # The resumed run chose the same checkpoint on validation.
+    assert resumed.record["train"]["chosen_checkpoint"] == pytest.approx(expected["train"]["chosen_checkpoint"])
     assert resumed.record["data"]["fingerprint"] == expected["data"]["fingerprint"]
     assert resumed.record["data"]["batching"] == expected["data"]["batching"]
 

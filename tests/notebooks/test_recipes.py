@@ -20,6 +20,33 @@ def test_qlora_recipe_uses_the_qlora_papers_learning_rate():
     assert "QLoRA" in text and "finetune_llama2_guanaco_7b.sh" in text, "the file says why"
 
 
+LLAMA2_QLORA = ("instruction_tune/llama2_7b", "instruction_tune/llama2_13b_qlora", "instruction_tune/llama2_13b_fsdp_qlora")
+
+
+def test_qlora_recipes_follow_the_published_recipe_where_the_original_notebook_differs():
+    """Issue 27: LoRA on every linear layer (QLoRA paper; artidoro/qlora's `--lora_modules all`),
+    the number of steps chosen on a validation split carved from train, the loss on every
+    assistant turn, the QLoRA script's constant schedule without weight decay; each with its
+    source in the parameter file."""
+    for name in LLAMA2_QLORA:
+        params = full_parameters(name)
+        assert params["lora_target_modules"] == ["all-linear"], name
+        assert 0 < params["validation_size"] < 1 and params["save_every_steps"] > 0, name
+        assert params["loss_on"] == "all_assistant_turns" and params["completion_only_loss"], name
+        assert (params["lr_scheduler"], params["weight_decay"]) == ("constant", 0.0), name
+    text = (ROOT / "params/instruction_tune/full/llama2_7b.yaml").read_text()
+    for source in ("--lora_modules all", "--eval_dataset_size", "--lr_scheduler_type", "--weight_decay 0.0",
+                   "find_all_linear_names", "Dettmers et al. 2023"):
+        assert source in text, source
+    # The notebook's defaults are that recipe too, and keep the last-turn option as a parameter.
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks/instruction_tune.ipynb", as_version=4)
+    cell = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert 'lora_target_modules: list = ["all-linear"]' in cell
+    assert 'loss_on: str = "all_assistant_turns"' in cell and "last_assistant_turn" in cell
+
+
 def test_flan_t5_before_fine_tuning_is_called_untuned_not_zero_shot(tmp_path):
     import nbformat
 

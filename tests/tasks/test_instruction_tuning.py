@@ -344,6 +344,91 @@ def test_completion_only_loss_can_be_turned_off(cache, tmp_path):
         assert row["labels"] == row["input_ids"]
 
 
+# --- the loss on every assistant turn (loss_on) ------------------------------------------------
+
+TWO_TURNS = [{"role": "user", "content": "What is the capital of Peru?"},
+             {"role": "assistant", "content": "Lima is the capital."},
+             {"role": "user", "content": "And of Chile?"},
+             {"role": "assistant", "content": "Santiago is."}]
+
+
+def _targets(tok, example):
+    """The target tokens of a labelled example, decoded, and the runs of consecutive targets."""
+    runs, current = [], []
+    for token, label in zip(example["input_ids"], example["labels"]):
+        if label != -100:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tok.decode(run) for run in runs]
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen2"])
+def test_every_assistant_turn_is_a_target_and_no_user_turn(cache, model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(fixtures.tiny_model_dir(cache, model))
+    if model == "llama":
+        instructions.set_chat_template(tok, "llama2")  # Llama-2's [INST] format; the Qwen2 keeps its ChatML
+    every = causal_lm.turn_labels(tok, TWO_TURNS, "all_assistant_turns")
+    last = causal_lm.turn_labels(tok, TWO_TURNS, "last_assistant_turn")
+    assert every["input_ids"] == last["input_ids"] == tok.apply_chat_template(
+        TWO_TURNS, tokenize=True, return_dict=True)["input_ids"]
+    # Both answers are targets, each with its end-of-turn token (</s>, or <|im_end|>), and only
+    # they: no token of the questions, the [INST] markers or the role headers.
+    answers = _targets(tok, every)
+    assert len(answers) == 2
+    for answer, text in zip(answers, ("Lima is the capital.", "Santiago is.")):
+        assert text in answer and tok.eos_token in answer
+        assert "Peru" not in answer and "Chile" not in answer and "[INST]" not in answer and "user" not in answer
+    # The last-turn option: the second answer alone, exactly as in the all-turns labels.
+    assert _targets(tok, last) == answers[1:]
+    eos = [i for i, label in enumerate(every["labels"]) if label == tok.eos_token_id]
+    assert len(eos) == 2 and [i for i, label in enumerate(last["labels"]) if label == tok.eos_token_id] == eos[1:]
+    # completion_only=False: every token, as TRL's completion_only_loss=False.
+    assert causal_lm.turn_labels(tok, TWO_TURNS, completion_only=False)["labels"] == every["input_ids"]
+    with pytest.raises(ValueError, match="loss_on must be one of all_assistant_turns, last_assistant_turn"):
+        causal_lm.turn_labels(tok, TWO_TURNS, "all_turns")
+
+
+def test_last_turn_labels_are_trls_completion_only_labels(cache, tmp_path):
+    """`last_assistant_turn` reproduces what TRL's SFTTrainer makes of a prompt/completion row
+    (the old recipe), on the guanaco sample's multi-turn rows too; `all_assistant_turns` has the
+    same tokens, with the earlier answers' as targets as well."""
+    tok, model = _tiny(cache)
+    causal_lm.ensure_pad_token(tok, model)
+    pairs = _pairs(40)
+    assert any(len(row["prompt"]) > 1 for row in pairs), "the sample has multi-turn rows"
+    trl_rows = _trainer(tok, model, pairs, tmp_path, max_length=None).train_dataset
+    last = causal_lm.label_conversations(tok, pairs, "last_assistant_turn")
+    every = causal_lm.label_conversations(tok, pairs, "all_assistant_turns")
+    assert last["input_ids"] == every["input_ids"] == trl_rows["input_ids"]
+    assert last["labels"] == trl_rows["labels"]
+    more = 0
+    for row, a, b in zip(pairs, every["labels"], last["labels"]):
+        targets_every, targets_last = sum(x != -100 for x in a), sum(x != -100 for x in b)
+        answers = 1 + sum(m["role"] == "assistant" for m in row["prompt"])
+        assert a.count(tok.eos_token_id) == answers  # every answer's EOS is a target
+        assert (targets_every > targets_last) == (answers > 1)
+        more += answers > 1
+    assert more > 0
+    # max_length cuts each example, keeping its start, as the trainer cuts its own.
+    cut = causal_lm.label_conversations(tok, pairs, max_length=32)
+    assert cut["input_ids"] == [ids[:32] for ids in every["input_ids"]]
+
+
+def test_the_trainer_keeps_the_all_turn_labels(cache, tmp_path):
+    tok, model = _tiny(cache)
+    causal_lm.ensure_pad_token(tok, model)
+    every = causal_lm.label_conversations(tok, _pairs(20), "all_assistant_turns")
+    prepared = _trainer(tok, model, every, tmp_path, max_length=None).train_dataset
+    assert prepared["labels"] == every["labels"]
+
+
 def test_packed_sequences_keep_each_examples_eos(cache, tmp_path):
     tok, model = _tiny(cache)
     causal_lm.ensure_pad_token(tok, model)
@@ -452,6 +537,52 @@ def test_token_loss_is_the_exact_mean_over_answer_tokens(cache, tmp_path):
     # Padding never leaks into the score: one example per batch gives the same numbers.
     assert causal_lm.token_loss(model, rows, tok.pad_token_id, batch_size=1)["loss"] == \
         pytest.approx(scores["loss"], rel=1e-5)
+
+
+def test_token_loss_keeps_each_examples_sum_and_the_interval_resamples_examples(cache, tmp_path):
+    from nbutils.tasks import instruction_tuning
+
+    tok, model = _tiny(cache)
+    causal_lm.ensure_pad_token(tok, model)
+    rows = causal_lm.label_conversations(tok, _pairs(12), "all_assistant_turns")
+    scores = causal_lm.token_loss(model, rows, tok.pad_token_id, batch_size=5, chunk_tokens=7)
+    losses, tokens = scores["example_losses"], scores["example_tokens"]
+    assert len(losses) == len(tokens) == len(rows) and tokens.sum() == scores["tokens"]
+    assert losses.sum() / tokens.sum() == pytest.approx(scores["loss"], rel=1e-9)
+    # Each example's sum is its own loss times its own predicted targets, scored alone.
+    for i in (0, 7):
+        row = rows[i]
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]]))
+        n = sum(label != -100 for label in row["labels"][1:])
+        assert tokens[i] == n and losses[i] == pytest.approx(out.loss.item() * n, rel=1e-5)
+    intervals = causal_lm.loss_intervals(scores)
+    # The bootstrap redraws whole examples and pools their token sums: the same resamples by hand.
+    draws = np.random.default_rng(0).integers(0, len(rows), size=(1000, len(rows)))
+    pooled = losses[draws].sum(axis=1) / tokens[draws].sum(axis=1)
+    low, high = np.percentile(pooled, [2.5, 97.5])
+    assert (intervals["eval_loss"]["low"], intervals["eval_loss"]["high"]) == pytest.approx((low, high))
+    assert intervals["eval_perplexity"]["low"] == pytest.approx(math.exp(low))
+    assert intervals["eval_perplexity"]["high"] == pytest.approx(math.exp(high))
+    assert intervals["eval_loss"]["low"] < scores["loss"] < intervals["eval_loss"]["high"]
+    # The record's metrics: the interval of the headline, and only real results named with their split.
+    metrics = instruction_tuning.held_out_metrics(scores, intervals)
+    record.check_metrics(metrics, "eval_perplexity")
+    assert metrics["measured_on"] == {"eval_loss": "held-out slice of train",
+                                      "eval_perplexity": "held-out slice of train"}
+    assert metrics["eval_tokens"] == scores["tokens"] and "example_losses" not in metrics
+
+
+def test_the_chosen_checkpoint_is_read_from_the_trainer_state():
+    from types import SimpleNamespace
+
+    from nbutils.tasks import instruction_tuning
+
+    state = SimpleNamespace(best_model_checkpoint="/x/checkpoints/checkpoint-40", best_metric=1.25, global_step=60,
+                            log_history=[{"loss": 2.0, "step": 10}, {"eval_loss": 1.5, "step": 20},
+                                         {"eval_loss": 1.25, "step": 40}, {"eval_loss": 1.3, "step": 60}])
+    assert instruction_tuning.chosen_checkpoint(state) == {
+        "criterion": "validation loss (lowest)", "step": 40, "validation_loss": 1.25, "last_step": 60, "evaluations": 3}
 
 
 def test_length_report_counts_what_max_length_cuts():
@@ -572,7 +703,10 @@ def test_run_record_and_held_out_scores(runs, variant):
     assert data["skipped_rows"] == data["report"]["rows"]["dropped"] == dropped
     assert data["lengths"]["limit"] == MAX_LENGTH and data["lengths"]["truncated"] > 0
     checks = data["label_checks"]
-    assert checks["labels_with_stop_token"] == (data["lengths"]["examples"] - data["lengths"]["truncated"])
+    # Every example that fits ends with its EOS as a target; with the loss on every assistant
+    # turn, a multi-turn example that max_length cuts still has its earlier answers' EOS.
+    fitting = data["lengths"]["examples"] - data["lengths"]["truncated"]
+    assert fitting <= checks["labels_with_stop_token"] <= data["lengths"]["examples"]
     assert 0.05 < checks["masked_label_fraction"] < 0.6, "the prompts are masked, the answers are not"
     assert 0 < rec["parameters"]["trainable"] < rec["parameters"]["total"]
     # The memory estimate printed before loading counted, from the config alone, the adapter
@@ -606,7 +740,7 @@ def test_qlora_and_lora_variants_load_as_asked(runs):
                           r"stop token among their labels \(all (\d+) that fit", text)
         assert found, variant
         examples, one_bos, with_stop, fitting = map(int, found.groups())
-        assert examples == one_bos and with_stop == fitting and 0 < fitting < examples
+        assert examples == one_bos and fitting <= with_stop <= examples and 0 < fitting < examples
         assert "FutureWarning" not in text and "tie_word_embeddings" not in text
 
 

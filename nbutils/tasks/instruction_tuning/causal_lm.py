@@ -5,9 +5,13 @@
   never trained to end an answer and generates until `max_new_tokens`.
 - `sequence_lengths`: how long the examples are in tokens (with their prompts, for
   `nbutils.run.row_report.length_report`: how many `max_length` cuts, which then lose their EOS).
+- `turn_labels` / `label_conversations`: the tokens of a conversation and which of them are
+  targets: every assistant turn (`loss_on="all_assistant_turns"`) or only the last.
 - `token_loss`: mean loss per completion token over a held-out split, and its perplexity,
   exp(mean token loss): the model scored on reference answers, never on its own output; only
-  completion positions reach the vocabulary projection, in chunks of bounded size.
+  completion positions reach the vocabulary projection, in chunks of bounded size. Each
+  example's summed loss and token count are kept, for `loss_intervals` (a bootstrap over
+  held-out examples).
 - `generate`: greedy answers that stop at any of the model's end tokens, with how many tokens
   each took and whether it stopped by itself.
 """
@@ -72,6 +76,81 @@ def sequence_lengths(tokenizer, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(full), np.asarray(prompt)
 
 
+LOSS_ON = ("all_assistant_turns", "last_assistant_turn")
+
+
+def _chat_ids(tokenizer, messages, add_generation_prompt: bool = False) -> list[int]:
+    """Token ids of `messages` rendered with the chat template, as TRL's SFTTrainer tokenizes them."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                              tokenize=True, return_dict=True)["input_ids"])
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def check_loss_on(loss_on: str, param: str = "loss_on") -> str:
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"{param} must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
+    return loss_on
+
+
+def turn_labels(tokenizer, messages: list[dict], loss_on: str = "all_assistant_turns",
+                completion_only: bool = True) -> dict:
+    """`input_ids` and `labels` of one conversation (a list of messages ending with an answer).
+
+    Targets (labels equal to the ids) are the tokens of every assistant turn
+    (`loss_on="all_assistant_turns"`), or of the last one only (`"last_assistant_turn"`, what
+    TRL's completion-only loss gives a prompt/completion row); everything else is -100. With
+    `completion_only=False` every token is a target. An assistant turn's tokens are found the
+    way TRL finds the completion's: they start where the conversation up to that turn, rendered
+    with the generation prompt, stops being a prefix of the whole conversation, and end where
+    the conversation up to and including that turn does. So the turn's end-of-turn token (EOS,
+    `</s>` or `<|im_end|>`) is a target, and the template needs no `{% generation %}` markers
+    (TRL's `assistant_only_loss` needs them, and ships them only for templates it knows).
+    """
+    check_loss_on(loss_on)
+    ids = _chat_ids(tokenizer, messages)
+    if not completion_only:
+        return {"input_ids": ids, "labels": list(ids)}
+    labels = [-100] * len(ids)
+    answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if loss_on == "last_assistant_turn":
+        answers = answers[-1:]
+    for i in answers:
+        start = _common_prefix(_chat_ids(tokenizer, messages[:i], add_generation_prompt=True), ids)
+        end = _common_prefix(_chat_ids(tokenizer, messages[:i + 1]), ids)
+        if end <= start:
+            raise ValueError(
+                f"the chat template does not render the conversation up to assistant turn {i} as a prefix "
+                "of the whole conversation, so that turn's tokens cannot be found; use "
+                "loss_on='last_assistant_turn' (the last answer only) or a prefix-preserving template")
+        labels[start:end] = ids[start:end]
+    return {"input_ids": ids, "labels": labels}
+
+
+def label_conversations(tokenizer, pairs, loss_on: str = "all_assistant_turns", completion_only: bool = True,
+                        max_length: int | None = None):
+    """A tokenized `datasets.Dataset` (`input_ids`, `labels`) of conversational prompt/completion
+    rows (`turn_labels` on prompt + completion), for `SFTTrainer`, which keeps a `labels`
+    column as it is. `max_length`: cut each example there, keeping its start, as the trainer
+    cuts its training and evaluation examples (the held-out split is scored outside it)."""
+    from datasets import Dataset
+
+    rows = []
+    for row in pairs:
+        example = turn_labels(tokenizer, row["prompt"] + row["completion"], loss_on, completion_only)
+        if max_length:
+            example = {key: value[:max_length] for key, value in example.items()}
+        rows.append(example)
+    return Dataset.from_list(rows)
+
+
 def _autocast(device, dtype):
     """Mixed precision as in training: on a GPU computing in 16 bits, layers of different dtypes
     (a 16-bit base, fp32 adapters) meet under autocast; on a CPU everything is fp32."""
@@ -115,9 +194,10 @@ def label_checks(dataset, tokenizer, stop_ids=None) -> dict:
             "masked_label_fraction": masked / total if total else 0.0}
 
 
-def _label_losses(model, ids, mask, keep, wanted, chunk_tokens: int) -> list[float]:
-    """Summed cross-entropy of the labels `wanted` at the positions `keep` (a boolean batch x
-    length mask), one sum per chunk, without the model building its logits.
+def _label_losses(model, ids, mask, keep, wanted, chunk_tokens: int):
+    """Cross-entropy of each label in `wanted` at the positions `keep` (a boolean batch x
+    length mask, row-major as `wanted`), as one fp32 CPU tensor, without the model building its
+    logits.
 
     The model is asked for logits at `keep` only (`logits_to_keep`, a boolean mask, in
     transformers 5), and a pre-hook on its output layer takes the hidden states it receives,
@@ -133,7 +213,7 @@ def _label_losses(model, ids, mask, keep, wanted, chunk_tokens: int) -> list[flo
 
     head = model.get_output_embeddings()
     cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)  # Gemma 2
-    calls, sums = [], []
+    calls, losses = [], []
 
     def score(module, args):
         calls.append(1)
@@ -143,7 +223,7 @@ def _label_losses(model, ids, mask, keep, wanted, chunk_tokens: int) -> list[flo
             logits = module.forward(hidden[begin:begin + step]).float()  # forward(): not this hook again
             if cap:
                 logits = torch.tanh(logits / cap) * cap
-            sums.append(float(F.cross_entropy(logits, wanted[begin:begin + step], reduction="sum")))
+            losses.append(F.cross_entropy(logits, wanted[begin:begin + step], reduction="none").cpu())
             del logits
         return (args[0][:0],) + tuple(args[1:])
 
@@ -156,7 +236,7 @@ def _label_losses(model, ids, mask, keep, wanted, chunk_tokens: int) -> list[flo
         raise RuntimeError(f"{type(model).__name__}: expected one call of its output layer, got "
                            f"{len(calls)}; the chunked loss needs a model whose logits are "
                            "output_layer(hidden states)")
-    return sums
+    return torch.cat(losses)
 
 
 def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=None,
@@ -172,6 +252,9 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=Non
     8 bytes x chunk_tokens x vocabulary), whatever the batch size and sequence length. Building
     full fp32 logits for a batch of 4 x 1,024 tokens of Qwen2.5 (152k vocabulary) takes 2.5 GB
     per copy, and a plain cross-entropy makes two or three copies.
+
+    Also returned, per example in the split's order: `example_losses` (its summed loss) and
+    `example_tokens` (its label tokens), from which `loss_intervals` resamples examples.
     """
     import torch
 
@@ -180,7 +263,8 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=Non
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
-    total, count = 0.0, 0
+    example_losses = np.zeros(len(dataset), dtype=np.float64)
+    example_tokens = np.zeros(len(dataset), dtype=np.int64)
     with torch.no_grad(), _autocast(device, dtype):
         for start in range(0, len(dataset), batch_size):
             rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
@@ -200,15 +284,37 @@ def token_loss(model, dataset, pad_token_id: int, batch_size: int = 8, dtype=Non
             if not keep.any():
                 continue
             wanted = targets[targets != -100].to(device)  # row-major, as the mask selects
-            for chunk in _label_losses(model, ids.to(device), mask.to(device), keep.to(device), wanted, chunk_tokens):
-                total += chunk
-            count += len(wanted)
+            losses = _label_losses(model, ids.to(device), mask.to(device), keep.to(device), wanted, chunk_tokens)
+            row_of_token = keep.nonzero(as_tuple=True)[0].numpy()  # the batch row of each scored label
+            example_losses[start:start + len(rows)] = np.bincount(row_of_token, weights=losses.double().numpy(),
+                                                                  minlength=len(rows))
+            example_tokens[start:start + len(rows)] = np.bincount(row_of_token, minlength=len(rows))
     if was_training:
         model.train()
+    count = int(example_tokens.sum())
     if count == 0:
         raise ValueError("no label tokens to score (every label is -100)")
-    mean = total / count
-    return {"loss": mean, "perplexity": math.exp(mean), "tokens": count}
+    mean = float(example_losses.sum() / count)
+    return {"loss": mean, "perplexity": math.exp(mean), "tokens": count,
+            "example_losses": example_losses, "example_tokens": example_tokens}
+
+
+def _pooled_loss(example_losses, example_tokens) -> float:
+    tokens = example_tokens.sum()
+    return float(example_losses.sum() / tokens) if tokens else float("nan")
+
+
+def loss_intervals(scores: dict, **bootstrap) -> dict:
+    """Bootstrap intervals of the held-out loss and perplexity (`token_loss`'s scores) over the
+    held-out examples: each resample redraws whole examples, and its loss is their summed token
+    losses over their summed tokens (the metric itself, not a mean of per-example means), its
+    perplexity the exponential of that. {"eval_loss": {...}, "eval_perplexity": {...}}."""
+    from nbutils.metrics import bootstrap_interval
+
+    losses, tokens = np.asarray(scores["example_losses"]), np.asarray(scores["example_tokens"])
+    loss = bootstrap_interval(_pooled_loss, losses, tokens, **bootstrap)
+    return {"eval_loss": loss,
+            "eval_perplexity": {**loss, "low": math.exp(loss["low"]), "high": math.exp(loss["high"])}}
 
 
 def generate(model, tokenizer, prompt_messages: list[dict], max_new_tokens: int, dtype=None) -> dict:

@@ -9,9 +9,10 @@ Accepted formats (`detect_format` picks one from the columns, or the caller name
 - ``messages``: one column holding a list of ``{"role", "content"}`` (system, user, assistant).
 
 Every row becomes a list of messages, then ``{"prompt": [...], "completion": [last assistant
-message]}``. TRL's SFTTrainer renders both halves with the tokenizer's chat template, masks the
-prompt's labels with -100 (loss on the completion only) and keeps the template's end-of-turn
-token (EOS) in the labels, so the model learns to stop. The Llama-2 template below writes
+message]}``. Rendered with the tokenizer's chat template (`causal_lm.turn_labels`, or TRL's
+SFTTrainer given the pairs), the answers are the targets: every assistant turn's, or the
+completion's alone (what TRL's completion-only loss gives), each with the template's
+end-of-turn token (EOS) among its labels, so the model learns to stop. The Llama-2 template below writes
 exactly the guanaco format, with the BOS and EOS tokens as the template's own special tokens:
 the literal ``<s>``/``</s>`` of the text are parsed away, never tokenized on top of the BOS the
 tokenizer would add (the double-BOS trap).
