@@ -386,6 +386,19 @@ def test_smoke_run_records_every_method(ensemble_run):
     assert methods[best]["validation_roc_auc"] == max(methods[b]["validation_roc_auc"] for b in BACKBONES)
     # The ensembles of these tiny detectors are at least as good as chance by far.
     assert methods[ensemble.STACK]["roc_auc"] >= 0.85
+    # Every method's test ROC AUC with its interval; the headline's in metrics.intervals, and the
+    # split of every published result (thresholds and choices are not results).
+    for name, m in methods.items():
+        assert m["intervals"]["roc_auc"]["low"] <= m["roc_auc"] <= m["intervals"]["roc_auc"]["high"], name
+    assert rec["metrics"]["intervals"] == methods[ensemble.STACK]["intervals"]
+    assert set(rec["metrics"]["measured_on"]) == set(ensemble.METRIC_NAMES)
+    assert all(v.startswith("test") for v in rec["metrics"]["measured_on"].values())
+    # Paired: the three ensembles against the best single model, then the six pairs of backbones.
+    paired = rec["metrics"]["paired"]
+    assert [(r["a"], r["b"]) for r in paired[:3]] == [(m, best) for m in ensemble.METHODS]
+    assert len(paired) == 3 + 6 and all(r["kind"] == "backbones" for r in paired[3:])
+    for r in paired:
+        assert r["within_noise"] == (r["low"] <= 0 <= r["high"])
 
 
 def test_smoke_run_read_the_session_detection_runs(ensemble_run):
@@ -404,6 +417,8 @@ def test_smoke_run_read_the_session_detection_runs(ensemble_run):
     assert set(stacker["coefficients"]) == set(BACKBONES)
     table = pd.read_csv(smoke / "detect_ensemble" / "results.csv", index_col="method")
     assert list(table.index) == list(rec["metrics"]["methods"])
+    assert (table["roc_auc_low"] <= table["roc_auc"]).all() and (table["roc_auc"] <= table["roc_auc_high"]).all()
+    assert len(pd.read_csv(smoke / "detect_ensemble" / "paired_differences.csv")) == len(rec["metrics"]["paired"])
     assert (smoke / "detect_ensemble" / "roc_curves.png").stat().st_size > 10_000
 
 
@@ -551,3 +566,14 @@ def test_record_holds_the_intervals_the_split_and_the_paired_results(runs_dir, t
     assert all(m["methods"][n]["intervals"] == intervals[n] for n in methods)
     assert rec["baselines"]["best_single_model"]["intervals"] == intervals[best]
     assert "threshold" not in m["measured_on"]
+
+
+def test_smoke_conclusion_is_written_from_the_paired_intervals(ensemble_run):
+    smoke, _ = ensemble_run
+    rec = record.read_record(smoke / "detect_ensemble")
+    executed = nbformat.read(smoke / "detect_ensemble" / "detect_ensemble.ipynb", as_version=4)
+    text = next(o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code"
+                for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
+    for r in rec["metrics"]["paired"]:
+        assert f"- {r['conclusion']}." in text
+        assert ("within noise" in r["conclusion"]) == r["within_noise"]
