@@ -87,14 +87,16 @@ def kaggle_runs_dir(env, run_dir: str | Path, project: str, notebook: str = "det
 
 def read_probabilities(path: Path) -> pd.DataFrame:
     """One probability file, checked: its columns, unique row ids, 0/1 labels, probabilities.
-    The optional `group` column (the essay's prompt) is kept where the file has it; an empty
-    group is an error, as it would stratify the bootstrap on a missing value."""
+    The optional `group` column (the essay's prompt) is kept where the file fills it; a column
+    left empty on every row (a run without prompts writes it so) counts as absent, one empty on
+    some rows only is an error, as it would stratify the bootstrap on a missing value."""
     table = pd.read_csv(path)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise EnsembleError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)} "
                             "(as the detection notebook writes them)")
-    table = table[list(COLUMNS) + ([GROUP] if GROUP in table.columns else [])]
+    filled = GROUP in table.columns and table[GROUP].notna().any()
+    table = table[list(COLUMNS) + ([GROUP] if filled else [])]
     if GROUP in table.columns and table[GROUP].isna().any():
         raise EnsembleError(f"{path}: the {GROUP} column is empty for row_id "
                             f"{table.loc[table[GROUP].isna(), 'row_id'].iloc[0]}")

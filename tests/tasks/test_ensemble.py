@@ -457,6 +457,14 @@ def test_the_group_column_is_read_where_present_and_optional(runs_dir):
     tables, *_ = scored(runs_dir)
     assert tables["test"].groups.tolist()[:5] == ["car_free", "electoral", "venus", "face_mars", "car_free"]
     assert len(tables["validation"].groups) == len(VALIDATION_IDS)
+    # A run without prompts writes the column empty: read as no column, not as a missing prompt.
+    for name in ("bert", "roberta", "deberta"):
+        edit_file(ensemble.probability_file(runs_dir / name, "test"), lambda t: t.assign(group=""))
+    assert scored(runs_dir)[0]["test"].groups is None
+    edit_file(ensemble.probability_file(runs_dir / "bert", "test"), with_cell(2, "group", "venus"))
+    with pytest.raises(EnsembleError, match="the group column is empty for row_id 100"):
+        ensemble.load_runs(runs_dir)
+    add_groups(runs_dir, ["bert", "roberta", "deberta"])
     # One run without it (an older detection run) still combines: the prompts come from the others.
     edit_file(ensemble.probability_file(runs_dir / "bert", "test"), lambda t: t.drop(columns="group"))
     assert scored(runs_dir)[0]["test"].groups.tolist() == tables["test"].groups.tolist()
