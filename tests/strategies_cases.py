@@ -1,7 +1,10 @@
-"""Conclusion inputs built from one recorded smoke run of finetuning_strategies
-(`tests/data/strategies_run.json`): the run itself and variants that switch each finding on and
-off. `tests/data/strategies_conclusions.json` holds what `study.conclusion` wrote for each before
-it was split into one function per finding; the text must stay the same."""
+"""Conclusion inputs built from recorded smoke runs of finetuning_strategies: one from before
+the test intervals (`tests/data/strategies_run.json`), the run itself and variants that switch
+each finding on and off, and one with each strategy's test interval and paired comparison with
+full fine-tuning (`tests/data/strategies_run_intervals.json`, issue 27). `tests/data/
+strategies_conclusions.json` holds what `study.conclusion` wrote for each: for the first run's
+cases, the text from before it was split into one function per finding, with the one line on
+what the seeds do not vary added; for the second run's, the conclusion its notebook printed."""
 
 import copy
 import itertools
@@ -11,8 +14,8 @@ from pathlib import Path
 DATA = Path(__file__).parent / "data"
 
 
-def recorded_run() -> dict:
-    return json.loads((DATA / "strategies_run.json").read_text())
+def recorded_run(name: str = "strategies_run.json") -> dict:
+    return json.loads((DATA / name).read_text())
 
 
 def _one_seed(results):
@@ -53,4 +56,12 @@ def cases() -> list[dict]:
     fit["full_high_lr"]["overfitting"] = {"final_gap": 0.3, "validation_rise": 0.2, "overfit": True, "tolerance": 0.05}
     fit["full"]["overfitting"] = {"final_gap": 0.01, "validation_rise": 0.1, "overfit": False, "tolerance": 0.05}
     out.append(("overfit at the high rate", (fit, before, None, True), {}))
+    paired = recorded_run("strategies_run_intervals.json")
+    results, before, curve, head = paired["results"], paired["before"], paired["curve"], paired["informative_head"]
+    out.append(("recorded smoke run with intervals (2 seeds)", (results, before, curve, head), {}))
+    out.append(("intervals, only full+lora", ({n: results[n] for n in ("full", "lora")}, before, None, head), {}))
+    out.append(("intervals, only frozen+lora (no full fine-tuning to pair with)",
+                ({n: results[n] for n in ("frozen", "lora")}, before, None, head), {}))
+    out.append(("intervals, accuracy concluded on", (results, before, None, head),
+                {"metric": "accuracy", "metric_name": "accuracy"}))
     return out

@@ -1,12 +1,19 @@
 """Combine detection runs: each model alone, the mean of probabilities, rank averaging, stacking.
 
 The detection notebook leaves, per run, `validation_probabilities.csv` and
-`test_probabilities.csv` (columns row_id, label, prob_generated) beside its run record. Runs
+`test_probabilities.csv` (columns row_id, label, prob_generated, and where the run split by
+prompt a `group` column: the essay's prompt) beside its run record. Runs
 combine only when they scored the same essays in the same order with the same labels, so
 that is checked first (`check_aligned`). The stacker, a logistic regression over the runs'
 log-odds, is fitted on the validation split only: `fit_stacker` refuses any other split, and
 `Stacker.predict` refuses rows it was fitted on. Every method's decision threshold is chosen
 on its own validation scores (`choose_threshold`) and only then applied to the test split.
+
+Every test ROC AUC comes with a bootstrap interval over the test essays (`test_intervals`:
+stratified by label, and by prompt where the files carry `group`), and two methods scored on
+the same essays are compared by a paired bootstrap of their difference (`paired_comparisons`:
+each ensemble against the best single model, chosen on validation, and every pair of
+backbones); the conclusions are written from those intervals (`conclusion`).
 """
 
 from __future__ import annotations
@@ -19,11 +26,13 @@ import numpy as np
 import pandas as pd
 
 from nbutils.metrics import choose_threshold  # noqa: F401  (one helper for every notebook's threshold)
+from nbutils.metrics import classification_intervals, describe_difference, format_interval, paired_roc_auc
 from nbutils.run.record import RECORD_FILE
 from nbutils.run.setup import INCOMPLETE
 
 SPLITS = ("validation", "test")
 COLUMNS = ("row_id", "label", "prob_generated")
+GROUP = "group"  # optional column: the essay's prompt, where the detection run split by prompt
 MEAN, RANK, STACK = "mean_probability", "rank_average", "stacked_logreg"
 METHODS = (MEAN, RANK, STACK)
 MINIMUM_RUNS = 2
@@ -77,13 +86,20 @@ def kaggle_runs_dir(env, run_dir: str | Path, project: str, notebook: str = "det
 
 
 def read_probabilities(path: Path) -> pd.DataFrame:
-    """One probability file, checked: its columns, unique row ids, 0/1 labels, probabilities."""
+    """One probability file, checked: its columns, unique row ids, 0/1 labels, probabilities.
+    The optional `group` column (the essay's prompt) is kept where the file fills it; a column
+    left empty on every row (a run without prompts writes it so) counts as absent, one empty on
+    some rows only is an error, as it would stratify the bootstrap on a missing value."""
     table = pd.read_csv(path)
     missing = [c for c in COLUMNS if c not in table.columns]
     if missing:
         raise EnsembleError(f"{path}: missing column(s) {missing}; expected {list(COLUMNS)} "
                             "(as the detection notebook writes them)")
-    table = table[list(COLUMNS)]
+    filled = GROUP in table.columns and table[GROUP].notna().any()
+    table = table[list(COLUMNS) + ([GROUP] if filled else [])]
+    if GROUP in table.columns and table[GROUP].isna().any():
+        raise EnsembleError(f"{path}: the {GROUP} column is empty for row_id "
+                            f"{table.loc[table[GROUP].isna(), 'row_id'].iloc[0]}")
     if table["row_id"].duplicated().any():
         dup = table.loc[table["row_id"].duplicated(), "row_id"].iloc[0]
         raise EnsembleError(f"{path}: row_id {dup} appears more than once")
@@ -183,6 +199,15 @@ def check_aligned(runs: list[Run]) -> None:
                     f"runs {first.name!r} and {other.name!r} label row_id {ids_a[i]} of the {split} "
                     f"split (row {i}) differently: {labels_a[i]} vs {labels_b[i]}; the runs must read "
                     "the same data with the same label_column")
+            if GROUP in a.columns and GROUP in b.columns:
+                groups_a, groups_b = a[GROUP].astype(str).to_numpy(), b[GROUP].astype(str).to_numpy()
+                differ = np.flatnonzero(groups_a != groups_b)
+                if differ.size:
+                    i = int(differ[0])
+                    raise EnsembleError(
+                        f"runs {first.name!r} and {other.name!r} give row_id {ids_a[i]} of the {split} "
+                        f"split (row {i}) different {GROUP}s: {groups_a[i]!r} vs {groups_b[i]!r}; "
+                        "the runs must read the same data with the same group_column")
 
 
 @dataclass(frozen=True)
@@ -192,16 +217,21 @@ class SplitScores:
     row_ids: np.ndarray
     labels: np.ndarray
     probabilities: pd.DataFrame  # one column per run, rows in row_ids order
+    groups: np.ndarray | None = None  # each row's prompt, where the probability files carry it
 
 
 def aligned_scores(runs: list[Run]) -> dict[str, SplitScores]:
-    """Check the runs align (`check_aligned`), then one `SplitScores` per split."""
+    """Check the runs align (`check_aligned`), then one `SplitScores` per split. The rows'
+    prompts (`groups`) come from the first run whose file has the `group` column (the runs that
+    have it agree, `check_aligned`); None where no run's file has it."""
     check_aligned(runs)
     tables = {}
     for split in SPLITS:
         first = runs[0].splits[split]
         probs = pd.DataFrame({r.name: r.splits[split]["prob_generated"].to_numpy() for r in runs})
-        tables[split] = SplitScores(split, first["row_id"].to_numpy(), first["label"].to_numpy(), probs)
+        grouped = next((r.splits[split] for r in runs if GROUP in r.splits[split].columns), None)
+        groups = None if grouped is None else grouped[GROUP].astype(str).to_numpy()
+        tables[split] = SplitScores(split, first["row_id"].to_numpy(), first["label"].to_numpy(), probs, groups)
     return tables
 
 
@@ -341,6 +371,74 @@ def best_single(results: dict[str, dict], runs: list[Run]) -> str:
     return max((r.name for r in runs), key=lambda name: results[name]["validation_roc_auc"])
 
 
+# --- How sure: intervals over the test essays, paired differences, conclusions from them ----
+
+
+def test_intervals(methods: dict[str, dict[str, np.ndarray]], tables: dict[str, SplitScores],
+                   results: dict[str, dict], **bootstrap) -> dict[str, dict]:
+    """Per method, bootstrap intervals of its test ROC AUC and of its test accuracy at its
+    validation threshold (`nbutils.metrics.classification_intervals`): the test essays redrawn
+    within each label, and within each prompt where the files carry one. Every method is
+    redrawn on the same resamples (one seed), as its scores share the same rows."""
+    test = tables["test"]
+    return {name: classification_intervals(test.labels, scores["test"], results[name]["threshold"],
+                                           groups=test.groups, **bootstrap)
+            for name, scores in methods.items()}
+
+
+def paired_comparisons(methods: dict[str, dict[str, np.ndarray]], tables: dict[str, SplitScores],
+                       runs: list[Run], best: str, **bootstrap) -> list[dict]:
+    """Paired bootstraps of test ROC AUC differences (`nbutils.metrics.paired_roc_auc`), each
+    row {"a", "b", "kind", "difference", "low", "high", "level", "resamples", "within_noise",
+    "conclusion"}: first every ensemble against `best` (the best single model, chosen on
+    validation), then every pair of backbones, in the order the runs were given. Both models of
+    a pair are scored on the same redrawn essays each time, so what the essays share cancels."""
+    from itertools import combinations
+
+    test = tables["test"]
+    pairs = [(method, best, "ensemble vs best single") for method in METHODS if method in methods]
+    pairs += [(a.name, b.name, "backbones") for a, b in combinations(runs, 2)]
+    rows = []
+    for a, b, kind in pairs:
+        result = paired_roc_auc(test.labels, methods[a]["test"], methods[b]["test"], groups=test.groups, **bootstrap)
+        rows.append({"a": a, "b": b, "kind": kind, **result,
+                     "conclusion": describe_difference(a, b, result, "ROC AUC")})
+    return rows
+
+
+def paired_table(paired: list[dict]) -> pd.DataFrame:
+    """The paired comparisons as a table, one row per pair."""
+    return pd.DataFrame([{"a": r["a"], "b": r["b"], "kind": r["kind"],
+                          "ROC AUC a - b": format_interval(r["difference"], r, digits=3),
+                          "within noise": r["within_noise"]} for r in paired])
+
+
+def conclusion(results: dict[str, dict], intervals: dict[str, dict], paired: list[dict], best: str,
+               grouped: bool) -> str:
+    """Markdown: what the test split can and cannot tell apart, written from the paired
+    intervals only (a difference whose interval spans 0 is "within noise", never a win)."""
+    level = paired[0]["level"] if paired else 0.95
+    over = "test essays, redrawn within each label and prompt" if grouped else "test essays, redrawn within each label"
+    lines = [f"Test ROC AUC with its {level:.0%} bootstrap interval over the {over}:"]
+    lines += [f"- {name}: {format_interval(results[name]['roc_auc'], intervals[name]['roc_auc'])}"
+              for name in results]
+    ensembles = [r for r in paired if r["kind"] == "ensemble vs best single"]
+    backbones = [r for r in paired if r["kind"] == "backbones"]
+    if ensembles:
+        lines.append(f"\n**The ensembles against the best single model** ({best}, chosen on validation ROC AUC):")
+        lines += [f"- {r['conclusion']}." for r in ensembles]
+    if backbones:
+        separated = [r for r in backbones if not r["within_noise"]]
+        lines.append(f"\n**The backbones against each other** ({len(separated)} of {len(backbones)} pairs told "
+                     "apart on these test essays):")
+        lines += [f"- {r['conclusion']}." for r in backbones]
+    lines.append("\nThese intervals measure which essays of the test prompts were drawn, not which prompts "
+                 "landed in the test split (a split by prompt puts only a few there) nor the training seed "
+                 "(each backbone trained once): a difference called clear here may still not hold on other "
+                 "prompts, and one within noise is no evidence that the two are equal.")
+    return "\n".join(lines)
+
+
 def fingerprint(runs: list[Run]) -> str:
     """SHA-256 over every probability file read, with its run and file name, in order."""
     digest = hashlib.sha256()
@@ -370,7 +468,8 @@ METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
 def write_record(run, runs_dir: str | Path, runs: list[Run], left_out: dict, tables: dict[str, SplitScores],
-                 results: dict[str, dict], best: str, stacker: dict, seconds: float) -> dict:
+                 results: dict[str, dict], best: str, stacker: dict, seconds: float,
+                 intervals: dict[str, dict], paired: list[dict]) -> dict:
     """The run's record (`nbutils.run.record`), written into the run folder and returned.
 
     Its top-level metrics are the stacker's (this project's model, `stacker`: its summary);
@@ -379,11 +478,20 @@ def write_record(run, runs_dir: str | Path, runs: list[Run], left_out: dict, tab
     hashes the probability files read; the split hashes are those of the essays' row ids, the
     same as in the detection runs' records. The stacker's training rows are the validation
     split's; it trains in `seconds`, one weight per run and an intercept, and has no epochs.
+
+    `intervals` (`test_intervals`): the stacker's ROC AUC and accuracy intervals are the
+    record's `metrics.intervals`, every method's sit beside its results; `paired`
+    (`paired_comparisons`) goes in as `metrics.paired`. `metrics.measured_on` names the split
+    of each published result: the test split (of prompts no run trained on, where the runs
+    split by prompt); the thresholds and choices are not results.
     """
     from nbutils.run import record
 
     names = [r.name for r in runs]
     rows = len(tables["validation"].labels)
+    grouped = tables["test"].groups is not None or any(r.record.get("config", {}).get("group_column") for r in runs)
+    test_split = "test (prompts unseen in training)" if grouped else "test"
+    methods = {name: {**result, "intervals": intervals[name]} for name, result in results.items()}
     return record.write(
         run, task="ai-text-detection-ensemble", model=f"stacked logistic regression over {', '.join(names)}",
         data={"source": str(runs_dir), "fingerprint": fingerprint(runs),
@@ -393,9 +501,10 @@ def write_record(run, runs_dir: str | Path, runs: list[Run], left_out: dict, tab
                                 "roc_auc": r.record.get("metrics", {}).get("roc_auc")} for r in runs},
               "left_out": left_out},
         metrics={**{k: results[STACK][k] for k in METRIC_NAMES}, "threshold": results[STACK]["threshold"],
-                 "methods": results, "best_single": best, "stacker": stacker},
+                 "intervals": intervals[STACK], "measured_on": {k: test_split for k in METRIC_NAMES},
+                 "methods": methods, "best_single": best, "stacker": stacker, "paired": paired},
         primary_metric="roc_auc",
-        baselines={"best_single_model": {**results[best], "run": best}, MEAN: results[MEAN], RANK: results[RANK]},
+        baselines={"best_single_model": {**methods[best], "run": best}, MEAN: methods[MEAN], RANK: methods[RANK]},
         train={"runtime_s": round(seconds, 3), "samples_per_s": round(rows / max(seconds, 1e-9), 3),
                "epochs": None, "processes": 1},
         parameters={"trainable": len(names) + 1, "total": len(names) + 1})

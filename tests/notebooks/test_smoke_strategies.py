@@ -148,6 +148,54 @@ def test_conclusion_is_written_from_the_runs_numbers(run, rec):
                                     rec["metrics"]["mlm_head_informative"])
 
 
+def test_each_runs_threshold_is_chosen_on_validation_and_accuracy_is_measured_at_it(run, rec):
+    """Not a fixed 0.5 (issue 27): each run's threshold is its most accurate cut on its validation
+    scores, and its test accuracy is measured at that cut (checked on the first seed's test
+    probabilities, which the run saves)."""
+    probs = pd.read_csv(run / "test_probabilities.csv")
+    strategies = rec["metrics"]["strategies"]
+    for name, s in strategies.items():
+        assert s["threshold_chosen_on"] == "validation" and len(s["thresholds"]) == 2, name
+        cut = s["thresholds"][0]
+        accuracy = ((probs[f"prob_generated_{name}"] >= cut).astype(int) == probs["label"]).mean()
+        assert s["seed_values"]["test"]["accuracy"][0] == pytest.approx(accuracy), name
+    assert any(t != 0.5 for s in strategies.values() for t in s["thresholds"])
+    assert rec["metrics"]["threshold_chosen_on"] == "validation" and "threshold" not in rec["config"]
+
+
+def test_every_headline_has_its_interval_and_each_strategy_is_paired_with_full(run, rec):
+    m = rec["metrics"]
+    for metric in ("roc_auc", "accuracy"):
+        assert m["intervals"][metric]["low"] <= m[metric] <= m["intervals"][metric]["high"], metric
+    assert m["measured_on"] == {"roc_auc": "test (prompts unseen in training)",
+                                "accuracy": "test (prompts unseen in training)"}
+    strategies = m["strategies"]
+    assert m["intervals"] == {k: strategies[m["best_strategy"]]["intervals"][k] for k in ("roc_auc", "accuracy")}
+    full = strategies["full"]["test"]["roc_auc"]
+    assert "paired_vs_full" not in strategies["full"]
+    text = conclusion_text(run / f"{PROJECT}.ipynb")
+    for name, s in strategies.items():
+        auc = s["intervals"]["roc_auc"]
+        assert auc["low"] <= s["test"]["roc_auc"] <= auc["high"] and auc["resamples"] == 1000
+        if name == "full":
+            continue
+        paired = s["paired_vs_full"]
+        assert paired["difference"] == pytest.approx(s["test"]["roc_auc"] - full)
+        assert paired["within_noise"] == (paired["low"] <= 0 <= paired["high"])
+        said = f"**{study.DESCRIPTIONS[name]}** ({s['test']['roc_auc']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]) "
+        verdict = ("level with it" if paired["within_noise"] else
+                   "beats it" if paired["difference"] > 0 else "is beaten by it")
+        assert said + verdict in text, name
+    assert "not the split" in text
+
+
+def test_the_cost_is_printed_before_training(run):
+    """5 strategies x 2 seeds, and the curve's 2 strategies at 2 sizes below the whole split."""
+    executed = (run / f"{PROJECT}.ipynb").read_text()
+    assert "cost: 14 training runs (10 = 5 strategies x 2 seeds, and 4 for the data-size curve)" in executed
+    assert executed.index("cost: 14 training runs") < executed.index("full seed 42: validation ROC AUC")
+
+
 # The killed-and-resumed study trains two strategies, one seed, no extra data-size runs: a quarter
 # of the smoke study's trainings. Each strategy's run starts from the same seed whatever ran
 # before it, so its results are the session run's results for that strategy and seed.

@@ -386,6 +386,19 @@ def test_smoke_run_records_every_method(ensemble_run):
     assert methods[best]["validation_roc_auc"] == max(methods[b]["validation_roc_auc"] for b in BACKBONES)
     # The ensembles of these tiny detectors are at least as good as chance by far.
     assert methods[ensemble.STACK]["roc_auc"] >= 0.85
+    # Every method's test ROC AUC with its interval; the headline's in metrics.intervals, and the
+    # split of every published result (thresholds and choices are not results).
+    for name, m in methods.items():
+        assert m["intervals"]["roc_auc"]["low"] <= m["roc_auc"] <= m["intervals"]["roc_auc"]["high"], name
+    assert rec["metrics"]["intervals"] == methods[ensemble.STACK]["intervals"]
+    assert set(rec["metrics"]["measured_on"]) == set(ensemble.METRIC_NAMES)
+    assert all(v.startswith("test") for v in rec["metrics"]["measured_on"].values())
+    # Paired: the three ensembles against the best single model, then the six pairs of backbones.
+    paired = rec["metrics"]["paired"]
+    assert [(r["a"], r["b"]) for r in paired[:3]] == [(m, best) for m in ensemble.METHODS]
+    assert len(paired) == 3 + 6 and all(r["kind"] == "backbones" for r in paired[3:])
+    for r in paired:
+        assert r["within_noise"] == (r["low"] <= 0 <= r["high"])
 
 
 def test_smoke_run_read_the_session_detection_runs(ensemble_run):
@@ -404,6 +417,8 @@ def test_smoke_run_read_the_session_detection_runs(ensemble_run):
     assert set(stacker["coefficients"]) == set(BACKBONES)
     table = pd.read_csv(smoke / "detect_ensemble" / "results.csv", index_col="method")
     assert list(table.index) == list(rec["metrics"]["methods"])
+    assert (table["roc_auc_low"] <= table["roc_auc"]).all() and (table["roc_auc"] <= table["roc_auc_high"]).all()
+    assert len(pd.read_csv(smoke / "detect_ensemble" / "paired_differences.csv")) == len(rec["metrics"]["paired"])
     assert (smoke / "detect_ensemble" / "roc_curves.png").stat().st_size > 10_000
 
 
@@ -414,3 +429,159 @@ def test_runs_that_split_differently_stop_the_notebook_with_the_reason(ensemble_
                                runs=["bert", "distilbert_cv"])
     assert result.status == "failed"
     assert "EnsembleError" in result.error and "runs 'bert' and 'distilbert_cv' hold different essays" in result.error
+
+
+# --- intervals and paired differences over the test essays (issue 27) --------------------
+
+
+def add_groups(runs_dir, names, prompts=("car_free", "electoral", "venus", "face_mars")):
+    """Give every run's probability files the detection notebook's optional `group` column (the
+    essay's prompt): the same prompt for the same row in every run."""
+    for name in names:
+        for split in ensemble.SPLITS:
+            edit_file(ensemble.probability_file(runs_dir / name, split),
+                      lambda t: t.assign(group=[prompts[i % len(prompts)] for i in range(len(t))]))
+
+
+def scored(runs_dir):
+    tables, stacker, methods, results = combine(runs_dir)
+    runs, _ = ensemble.load_runs(runs_dir)
+    best = ensemble.best_single(results, runs)
+    return tables, methods, results, runs, best
+
+
+def test_the_group_column_is_read_where_present_and_optional(runs_dir):
+    without, *_ = scored(runs_dir)
+    assert without["test"].groups is None and without["validation"].groups is None
+    add_groups(runs_dir, ["bert", "roberta", "deberta"])
+    tables, *_ = scored(runs_dir)
+    assert tables["test"].groups.tolist()[:5] == ["car_free", "electoral", "venus", "face_mars", "car_free"]
+    assert len(tables["validation"].groups) == len(VALIDATION_IDS)
+    # A run without prompts writes the column empty: read as no column, not as a missing prompt.
+    for name in ("bert", "roberta", "deberta"):
+        edit_file(ensemble.probability_file(runs_dir / name, "test"), lambda t: t.assign(group=""))
+    assert scored(runs_dir)[0]["test"].groups is None
+    edit_file(ensemble.probability_file(runs_dir / "bert", "test"), with_cell(2, "group", "venus"))
+    with pytest.raises(EnsembleError, match="the group column is empty for row_id 100"):
+        ensemble.load_runs(runs_dir)
+    add_groups(runs_dir, ["bert", "roberta", "deberta"])
+    # One run without it (an older detection run) still combines: the prompts come from the others.
+    edit_file(ensemble.probability_file(runs_dir / "bert", "test"), lambda t: t.drop(columns="group"))
+    assert scored(runs_dir)[0]["test"].groups.tolist() == tables["test"].groups.tolist()
+
+
+def test_runs_that_disagree_on_an_essays_prompt_are_refused(runs_dir):
+    add_groups(runs_dir, ["bert", "roberta", "deberta"])
+    edit_file(ensemble.probability_file(runs_dir / "roberta", "test"), with_cell(3, "group", "other"))
+    runs, _ = ensemble.load_runs(runs_dir)
+    with pytest.raises(EnsembleError, match=r"runs 'bert' and 'roberta' give row_id 103 of the test split "
+                                            r"\(row 3\) different groups: 'face_mars' vs 'other'"):
+        ensemble.aligned_scores(runs)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_every_method_gets_a_stratified_roc_auc_interval(runs_dir, grouped):
+    from nbutils import metrics
+
+    if grouped:
+        add_groups(runs_dir, ["bert", "roberta", "deberta"])
+    tables, methods, results, runs, best = scored(runs_dir)
+    intervals = ensemble.test_intervals(methods, tables, results, resamples=200)
+    assert list(intervals) == list(methods)
+    test = tables["test"]
+    for name, interval in intervals.items():
+        auc = interval["roc_auc"]
+        assert auc["low"] <= results[name]["roc_auc"] <= auc["high"] and auc["resamples"] == 200
+        assert auc["high"] - auc["low"] > 0.01  # 60 test essays cannot pin ROC AUC down
+        assert interval["accuracy"]["low"] <= results[name]["accuracy"] <= interval["accuracy"]["high"]
+        # Stratified as the conventions say: by label, and by prompt where there are prompts.
+        expected = metrics.classification_intervals(test.labels, methods[name]["test"], results[name]["threshold"],
+                                                    groups=test.groups if grouped else None, resamples=200)
+        assert interval == expected
+    if grouped:  # the prompts change the strata, hence the interval
+        plain = metrics.classification_intervals(test.labels, methods[ensemble.STACK]["test"],
+                                                 results[ensemble.STACK]["threshold"], resamples=200)
+        assert plain != intervals[ensemble.STACK]
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_paired_table_compares_the_ensembles_with_the_best_member_and_every_backbone_pair(runs_dir, grouped):
+    from nbutils import metrics
+
+    if grouped:
+        add_groups(runs_dir, ["bert", "roberta", "deberta"])
+    tables, methods, results, runs, best = scored(runs_dir)
+    paired = ensemble.paired_comparisons(methods, tables, runs, best, resamples=200)
+    pairs = [(r["a"], r["b"], r["kind"]) for r in paired]
+    assert best == "roberta"  # the strongest synthetic run, chosen on validation
+    assert pairs == [(ensemble.MEAN, "roberta", "ensemble vs best single"),
+                     (ensemble.RANK, "roberta", "ensemble vs best single"),
+                     (ensemble.STACK, "roberta", "ensemble vs best single"),
+                     ("bert", "deberta", "backbones"), ("bert", "roberta", "backbones"),
+                     ("deberta", "roberta", "backbones")]
+    test = tables["test"]
+    for r in paired:
+        expected = metrics.paired_roc_auc(test.labels, methods[r["a"]]["test"], methods[r["b"]]["test"],
+                                          groups=test.groups if grouped else None, resamples=200)
+        assert {k: r[k] for k in expected} == expected
+        assert r["difference"] == pytest.approx(results[r["a"]]["roc_auc"] - results[r["b"]]["roc_auc"])
+        assert r["within_noise"] == (r["low"] <= 0 <= r["high"])
+        assert r["conclusion"] == metrics.describe_difference(r["a"], r["b"], r, "ROC AUC")
+    table = ensemble.paired_table(paired)
+    assert len(table) == 6 and list(table["within noise"]) == [r["within_noise"] for r in paired]
+
+
+def test_conclusion_claims_no_winner_the_interval_does_not_support(runs_dir):
+    tables, methods, results, runs, best = scored(runs_dir)
+    intervals = ensemble.test_intervals(methods, tables, results, resamples=200)
+    paired = ensemble.paired_comparisons(methods, tables, runs, best, resamples=200)
+    text = ensemble.conclusion(results, intervals, paired, best, grouped=False)
+    for r in paired:
+        assert f"- {r['conclusion']}." in text
+        if r["within_noise"]:
+            assert f"{r['a']} vs {r['b']}: ROC AUC difference" in text and "within noise" in r["conclusion"]
+            assert f"{r['a']} beats" not in r["conclusion"] and f"{r['b']} beats" not in r["conclusion"]
+    assert any(r["within_noise"] for r in paired) and any(not r["within_noise"] for r in paired)
+    assert f"- {ensemble.STACK}: {ensemble.format_interval(results[ensemble.STACK]['roc_auc'], intervals[ensemble.STACK]['roc_auc'])}" in text
+    assert "redrawn within each label:" in text
+    assert "redrawn within each label and prompt" in ensemble.conclusion(results, intervals, paired, best, grouped=True)
+    # Two identical runs are never told apart: their difference is 0 on every resample.
+    same = ensemble.paired_comparisons({"a": methods["bert"], "b": methods["bert"]}, tables,
+                                       [SimpleNamespace(name="a"), SimpleNamespace(name="b")], "a", resamples=50)
+    assert same[0]["within_noise"] and "within noise" in same[0]["conclusion"]
+
+
+def test_record_holds_the_intervals_the_split_and_the_paired_results(runs_dir, tmp_path):
+    from nbutils.run import environment, setup
+
+    add_groups(runs_dir, ["bert", "roberta", "deberta"])
+    tables, stacker, methods, results = combine(runs_dir)
+    runs, left_out = ensemble.load_runs(runs_dir)
+    best = ensemble.best_single(results, runs)
+    intervals = ensemble.test_intervals(methods, tables, results, resamples=100)
+    paired = ensemble.paired_comparisons(methods, tables, runs, best, resamples=100)
+    final = tmp_path / "smoke" / "detect_ensemble"
+    run = setup.Run(project="detect_ensemble", dir=setup.attempt_folder(final),
+                    env=environment.Environment("local", tmp_path), final=final,
+                    config={"project": "detect_ensemble", "profile": "smoke", "seed": 42})
+    run.dir.mkdir(parents=True)
+    rec = ensemble.write_record(run, runs_dir, runs, left_out, tables, results, best, stacker.summary(), 0.1,
+                                intervals, paired)
+    m = rec["metrics"]
+    assert m["intervals"] == intervals[ensemble.STACK]
+    assert m["measured_on"] == {k: "test (prompts unseen in training)" for k in ensemble.METRIC_NAMES}
+    assert m["paired"] == paired
+    assert all(m["methods"][n]["intervals"] == intervals[n] for n in methods)
+    assert rec["baselines"]["best_single_model"]["intervals"] == intervals[best]
+    assert "threshold" not in m["measured_on"]
+
+
+def test_smoke_conclusion_is_written_from_the_paired_intervals(ensemble_run):
+    smoke, _ = ensemble_run
+    rec = record.read_record(smoke / "detect_ensemble")
+    executed = nbformat.read(smoke / "detect_ensemble" / "detect_ensemble.ipynb", as_version=4)
+    text = next(o["data"]["text/markdown"] for c in executed.cells if c.cell_type == "code"
+                for o in c.get("outputs", []) if "text/markdown" in o.get("data", {}))
+    for r in rec["metrics"]["paired"]:
+        assert f"- {r['conclusion']}." in text
+        assert ("within noise" in r["conclusion"]) == r["within_noise"]

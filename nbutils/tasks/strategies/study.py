@@ -17,9 +17,14 @@ conclusion from the numbers (`conclusion`), so the text stays true whatever the 
 writes the run's record (`write_record`).
 
 Every strategy is trained with several seeds (`seed_list`); its results are their mean, with
-their spread (`aggregate`). The best strategy is the one with the best *validation* score
-(`best_strategy`): the test split only reports it. Differences within the spread over seeds are
-called ties (`level`).
+their spread (`aggregate`). Each run's decision threshold is chosen on its validation scores
+(`nbutils.metrics.choose_threshold`), as in the detection notebook. The best strategy is the one
+with the best *validation* score (`best_strategy`): the test split only reports it. On the test
+split every strategy's mean score gets a bootstrap interval over the test essays, and each is
+compared with full fine-tuning by a paired bootstrap on the same essays (`test_intervals`); the
+conclusion calls a strategy level with full fine-tuning where that paired interval spans 0.
+Validation differences within the spread over seeds are called ties (`level`). `training_budget`
+counts what a study costs before it runs.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from nbutils.metrics import format_interval
 from nbutils.run.record import format_value, write_json
 
 DESCRIPTIONS = {
@@ -308,6 +314,8 @@ def aggregate(runs: list[dict]) -> dict:
         raise ValueError("no runs to aggregate")
     result = dict(runs[0])
     result["seeds"] = [r.get("seed") for r in runs]
+    if all("threshold" in r for r in runs):
+        result["thresholds"] = [r["threshold"] for r in runs]  # each seed's, chosen on its validation scores
     result["spread"] = {}
     for split in ("test", "validation"):
         if all(split in r for r in runs):
@@ -347,12 +355,97 @@ def best_strategy(results: dict[str, dict], metric: str = "roc_auc", on: str = "
 
 
 # ----------------------------------------------------------------------------------------------
+# What a study costs, counted before it runs
+
+
+def training_budget(train_rows: int, epochs: float, strategies, seeds: int, data_sizes, data_size_strategies,
+                    tokens_per_row: float) -> dict:
+    """The study's training runs and tokens: every strategy once per seed on the whole training
+    split, and the data-size curve's runs (its strategies at each size below 1, one seed; size 1
+    reuses the first seed's run of a strategy the study trains anyway). `tokens_per_row`: the
+    mean tokens an essay feeds the model (at most max_length, for an upper bound).
+    Returns {"runs", "main_runs", "curve_runs", "rows_trained" (rows x epochs over all runs),
+    "tokens"}."""
+    main = len(strategies) * seeds
+    curve = [(name, f) for name in data_size_strategies for f in data_sizes if f < 1 or name not in strategies]
+    rows = epochs * train_rows * (main + sum(f for _, f in curve))
+    return {"runs": main + len(curve), "main_runs": main, "curve_runs": len(curve),
+            "rows_trained": rows, "tokens": rows * tokens_per_row}
+
+
+# ----------------------------------------------------------------------------------------------
+# How sure: intervals over the test essays and the paired comparison with full fine-tuning
+
+REFERENCE = "full"  # every strategy is compared with full fine-tuning at the normal rate
+
+
+def _mean_over_seeds(metric):
+    """A metric of (labels, scores of shape (rows, seeds)): its mean over the seeds' columns,
+    the quantity the study reports for a strategy."""
+    import numpy as np
+
+    def mean(labels, scores):
+        return float(np.mean([metric(labels, scores[:, k]) for k in range(scores.shape[1])]))
+    return mean
+
+
+def _accuracy_over_seeds(thresholds):
+    import numpy as np
+
+    cuts = np.asarray(thresholds, dtype=np.float64)
+
+    def accuracy(labels, scores):
+        return float(np.mean((scores >= cuts).astype(int) == np.asarray(labels)[:, None]))
+    return accuracy
+
+
+def test_intervals(seed_runs: dict[str, list[dict]], labels, groups=None, reference: str = REFERENCE,
+                   **bootstrap) -> dict[str, dict]:
+    """Per strategy: {"intervals": {"roc_auc", "accuracy"}} for its mean test scores over its
+    seeds, and, for every strategy but `reference`, {"paired_vs_full": ...}: the paired
+    bootstrap of its mean test ROC AUC minus `reference`'s (`nbutils.metrics.paired_difference`).
+
+    Computed on each seed's own probabilities, averaged over the seeds: the same quantity the
+    table and the record report (not the seed-averaged probabilities, which would score an
+    ensemble of the seeds, a different and usually better model than any run). The test essays
+    are redrawn within each label and, with `groups` (their prompts), within each prompt; every
+    strategy on the same redraws (one seed), so the pairing holds. The intervals cover which
+    test essays were drawn; the spread over seeds is reported beside them, and which prompts
+    went to test is not covered by either (the study varies the training seed, not the split).
+    """
+    import numpy as np
+
+    from nbutils.metrics import _roc_auc, bootstrap_interval, paired_difference, strata
+
+    labels = np.asarray(labels)
+    stratum = strata(labels, groups)
+    scores = {name: np.column_stack([np.asarray(r["test_probabilities"], dtype=np.float64) for r in runs])
+              for name, runs in seed_runs.items()}
+    for name, matrix in scores.items():
+        if matrix.shape[0] != len(labels):
+            raise ValueError(f"{name}: {matrix.shape[0]} test probabilities for {len(labels)} test essays")
+    auc = _mean_over_seeds(_roc_auc)
+    out = {}
+    for name, runs in seed_runs.items():
+        accuracy = _accuracy_over_seeds([r["threshold"] for r in runs])
+        out[name] = {"intervals": {
+            "roc_auc": bootstrap_interval(auc, labels, scores[name], stratum=stratum, **bootstrap),
+            "accuracy": bootstrap_interval(accuracy, labels, scores[name], stratum=stratum, **bootstrap)}}
+        if reference in scores and name != reference:
+            out[name]["paired_vs_full"] = paired_difference(auc, labels, scores[name], scores[reference],
+                                                            stratum=stratum, **bootstrap)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # The results table and the conclusion
 
 
 def results_table(results: dict[str, dict], metric: str = "roc_auc", metric_name: str = "ROC AUC"):
-    """One row per strategy: validation and test metric (means over the seeds, and the test
-    metric's spread), forgetting, overfitting, parameters trained, time (the first seed's run)."""
+    """One row per strategy: validation and test metric (means over the seeds, the test
+    metric's bootstrap interval where there is one, and its spread over the seeds), test
+    accuracy (at each run's validation threshold), forgetting, overfitting, parameters trained,
+    time (the first seed's run)."""
     import pandas as pd
 
     rows = {}
@@ -361,6 +454,8 @@ def results_table(results: dict[str, dict], metric: str = "roc_auc", metric_name
         rows[name] = {
             f"validation {metric_name}": (result.get("validation") or {}).get(metric),
             f"test {metric_name}": result["test"][metric],
+            f"test {metric_name} low": ((result.get("intervals") or {}).get(metric) or {}).get("low", math.nan),
+            f"test {metric_name} high": ((result.get("intervals") or {}).get(metric) or {}).get("high", math.nan),
             f"test {metric_name} std": _std(result, "test", metric),
             "test accuracy": result["test"].get("accuracy"),
             "MLM loss after": forgetting.get("mlm_loss_after"),
@@ -435,7 +530,7 @@ def task_metric_finding(f: Facts) -> str:
         return (f"- **Task metric.** Every strategy scored about the same {on} {f.metric_name} "
                 f"({format_value(chosen[worst])} to {format_value(chosen[best])}, {over}): the differences lie within "
                 f"the spread over seeds, so they are ties. On the test split: "
-                + ", ".join(f"{f.label[n]} {shown(n, 'test')}" for n in ranked) + ".")
+                + ", ".join(f"{f.label[n]} {shown(n, 'test')}" for n in ranked) + "." + _against_full(f))
     tied = [n for n in ranked[1:-1] if level(results[best], results[n], on, metric, f.tie)]
     text = (f"- **Task metric.** Ranked on the {on} split ({over}), {f.label[best]} came first with "
             f"{f.metric_name} {shown(best, on)}, and scored {shown(best, 'test')} on the test split")
@@ -446,7 +541,43 @@ def task_metric_finding(f: Facts) -> str:
         text += f"; {f.label[worst]} came last, {shown(worst, on)} ({shown(worst, 'test')} on test)"
         if level(results[best], results[worst], on, metric, f.tie):
             text += ", yet still within the spread over seeds of the first"
-    return text + "."
+    return text + "." + _against_full(f)
+
+
+def _against_full(f: Facts) -> str:
+    """Each strategy against full fine-tuning on the same test essays, from the paired bootstrap
+    of the difference in the mean test ROC AUC ("level with it" where its interval spans 0); ""
+    where the results hold no paired comparisons (or another metric is concluded on)."""
+    paired = {n: r["paired_vs_full"] for n, r in f.results.items() if r.get("paired_vs_full")}
+    if not paired or REFERENCE not in f.results or f.metric != "roc_auc":
+        return ""
+
+    def score(name):
+        interval = (f.results[name].get("intervals") or {}).get(f.metric)
+        return format_interval(f.results[name]["test"][f.metric], interval)
+
+    level_ = paired[next(iter(paired))]["level"]
+    parts = []
+    for name, d in paired.items():
+        span = f"{d['difference']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+        if d["within_noise"]:
+            verdict = f"level with it, {span}: the interval spans 0"
+        elif d["difference"] > 0:
+            verdict = f"beats it by {span}"
+        else:
+            verdict = f"is beaten by it, {span}"
+        parts.append(f"{f.label[name]} ({score(name)}) {verdict}")
+    return (f" Against {f.label[REFERENCE]} ({score(REFERENCE)}) on the same test essays, the paired {level_:.0%} "
+            f"bootstrap of the difference in mean test {f.metric_name} says: " + "; ".join(parts) + ".")
+
+
+def split_finding(f: Facts) -> str:
+    """What the spread and the intervals do not cover: the study varies the seed, not the split."""
+    seeds = f"The {f.seeds} seeds vary" if f.seeds > 1 else "The seed would vary"
+    return (f"- **What the spread covers.** {seeds} the classifier head's initialisation, the batch order and "
+            "dropout, not the split: every run is scored on the same test essays, of the same few prompts, and "
+            "the intervals cover which of those essays were drawn, not which prompts went to test. A tie here "
+            "understates how much the strategies would move on another split.")
 
 
 def forgetting_finding(f: Facts) -> str | None:
@@ -559,7 +690,7 @@ def data_size_finding(f: Facts) -> str | None:
 
 
 # The conclusion's findings, in the order it states them; each returns a markdown line or None.
-FINDINGS = (task_metric_finding, forgetting_finding, freezing_finding, caveat_finding,
+FINDINGS = (task_metric_finding, split_finding, forgetting_finding, freezing_finding, caveat_finding,
             high_learning_rate_finding, gradual_finding, lora_finding, data_size_finding)
 
 
@@ -572,8 +703,11 @@ def conclusion(results: dict[str, dict], before: dict, curve: dict[str, dict] | 
     `parameters`, `learning_rate`, `description`, `validation`, and with several seeds their
     means, `spread` and `seeds` from `aggregate`); the strategies are ranked on their validation
     scores, the test scores only reported. `before` is the backbone's masked-LM result before
-    fine-tuning; `curve` maps strategy -> {training rows: test metric}. Scores whose difference
-    lies within the spread over seeds (or within `tie`) are called level rather than ranked.
+    fine-tuning; `curve` maps strategy -> {training rows: test metric}. Validation scores whose
+    difference lies within the spread over seeds (or within `tie`) are called level rather than
+    ranked; on the test split, where the results hold `paired_vs_full` (`test_intervals`), each
+    strategy is said to beat full fine-tuning, be beaten by it, or be level with it from that
+    paired interval alone.
     """
     facts = Facts.of(results, before, curve, informative_head, metric, metric_name, tie)
     return "\n".join(line for line in (finding(facts) for finding in FINDINGS) if line is not None)
@@ -588,8 +722,10 @@ def write_record(run, *, splits, fingerprint: str, group_column: str, split_hash
     `data`: the essays (source, fingerprint, split sizes, the prompt column split on, the hashes
     of each split's row ids, the overlap removed, the data report) and the general text the
     forgetting is measured on (where from, how many passages, their fingerprint, the masked
-    tokens scored). `metrics`: the `best` strategy's mean test ROC AUC (it was chosen on
-    validation), and per strategy its results (`aggregate`: means over the `seeds`, their spread
+    tokens scored). `metrics`: the `best` strategy's mean test ROC AUC and accuracy (at each
+    run's validation threshold; it was chosen on validation) with their bootstrap intervals
+    (`intervals`, from `test_intervals`) and the split they were measured on (`measured_on`),
+    and per strategy its results (`aggregate`: means over the `seeds`, their spread
     and each seed's values, the loss history, overfitting, forgetting, parameters), the
     masked-LM loss before fine-tuning, whether the MLM head is informative, and the data-size
     `curve`. `train`: every run's timings and token counts (`seed_runs` and the curve's own
@@ -601,6 +737,8 @@ def write_record(run, *, splits, fingerprint: str, group_column: str, split_hash
     # Results in `metrics` (the same on every rerun), timings and token counts in `train`.
     strategies = {n: {k: v for k, v in r.items() if k not in ("settings", "test_probabilities", "train")}
                   for n, r in results.items()}
+    # The essays were split by prompt where group_column is set: test prompts are unseen in training.
+    test_split = "test (prompts unseen in training)" if group_column else "test"
     runs = {r["settings"]["run"]: r for strategy_runs in seed_runs.values() for r in strategy_runs}
     runs.update({r["settings"]["run"]: r for r in curve_runs})
     return record.write(
@@ -612,7 +750,10 @@ def write_record(run, *, splits, fingerprint: str, group_column: str, split_hash
                                "split": config["general_text_split"], "passages": len(general_texts),
                                "fingerprint": text_fingerprint(general_texts), "masked_tokens": masked_tokens},
               "report": report},
-        metrics={"roc_auc": results[best]["test"]["roc_auc"], "best_strategy": best, "best_chosen_on": "validation",
+        metrics={"roc_auc": results[best]["test"]["roc_auc"], "accuracy": results[best]["test"]["accuracy"],
+                 "intervals": {m: results[best]["intervals"][m] for m in ("roc_auc", "accuracy")},
+                 "measured_on": {m: test_split for m in ("roc_auc", "accuracy")},
+                 "best_strategy": best, "best_chosen_on": "validation", "threshold_chosen_on": "validation",
                  "seeds": seeds, "strategies": strategies, "forgetting_before": forgetting_before,
                  "mlm_head_informative": informative_head,
                  "data_size_curve": {n: {str(k): v for k, v in points.items()} for n, points in curve.items()}},
