@@ -189,13 +189,15 @@ def format_interval(value, interval: dict | None, digits: int = 3) -> str:
 
 
 def describe_difference(name_a: str, name_b: str, result: dict, metric: str, digits: int = 3) -> str:
-    """A conclusion written from a paired difference: which is better, or "within noise"."""
+    """A conclusion written from a paired difference (a - b): which is better, its lead with the
+    interval, signed from the better one's side; or "within noise" where the interval spans 0."""
     d, lo, hi = result["difference"], result["low"], result["high"]
-    span = f"{metric} difference {d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
     if result["within_noise"]:
-        return f"{name_a} vs {name_b}: {span}, within noise (the interval spans 0)"
-    better, worse = (name_a, name_b) if d > 0 else (name_b, name_a)
-    return f"{better} beats {worse}: {span}"
+        return (f"{name_a} vs {name_b}: {metric} difference {d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}], "
+                "within noise (the interval spans 0)")
+    if d < 0:  # b is better: its lead over a is -(a - b), and the interval turns around
+        name_a, name_b, d, lo, hi = name_b, name_a, -d, -hi, -lo
+    return f"{name_a} beats {name_b}: {metric} higher by {d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]"
 
 
 def _roc_auc(labels, scores) -> float:

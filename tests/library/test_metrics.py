@@ -91,7 +91,11 @@ def test_a_paired_difference_of_a_model_with_itself_is_zero_and_of_a_worse_one_i
     noisy = scores + np.random.default_rng(5).normal(0, 0.5, len(scores))
     worse = metrics.paired_roc_auc(labels, scores, noisy, groups=groups)
     assert worse["difference"] > 0 and worse["low"] > 0 and not worse["within_noise"]
-    assert "beats" in metrics.describe_difference("clean", "noisy", worse, "ROC AUC")
+    assert metrics.describe_difference("clean", "noisy", worse, "ROC AUC").startswith("clean beats noisy: ROC AUC higher by +")
+    # the winner is named first and its lead is positive, whichever side it was passed on
+    turned = {**worse, "difference": -worse["difference"], "low": -worse["high"], "high": -worse["low"]}
+    assert metrics.describe_difference("noisy", "clean", turned, "ROC AUC") == \
+        metrics.describe_difference("clean", "noisy", worse, "ROC AUC")
     assert "within noise" in metrics.describe_difference("a", "a", same, "ROC AUC")
 
 
