@@ -70,7 +70,7 @@ def overlap(train_rows, test_rows) -> OverlapReport:
 
 # --- the official test split stays whole; tables apart ------------------------------------------
 
-REPEATS_TEST_QUESTION = "repeats a test question (removed from {split}; the test split keeps it)"
+REPEATS_TEST_QUESTION = "repeats a test question (kept in test)"  # the train or validation row leaves
 
 
 def remove_test_questions(splits, question_column: str, ledger=None, test: str = "test"):
