@@ -92,7 +92,7 @@ def remove_test_questions(splits, question_column: str, ledger=None, test: str =
         for i, question in enumerate(split[question_column]):
             if normalize_question(question) in questions:
                 if ledger is not None:
-                    ledger.drop(name, ids[i], REPEATS_TEST_QUESTION.format(split=name))
+                    ledger.drop(name, ids[i], REPEATS_TEST_QUESTION)
             else:
                 keep.append(i)
         removed[name] = len(split) - len(keep)
