@@ -249,7 +249,13 @@ def cross_split_counts(report: dict) -> dict:
 # --- scores with their uncertainty ------------------------------------------------------------
 
 PRIMARY = "rougeLsum"
-UNSEEN = "_unseen"  # suffix of the scores on the test dialogues unseen in training
+
+
+def unseen_key(key: str) -> str:
+    """The record's name for `key` on the test dialogues unseen in training: `rougeLsum_unseen`."""
+    return "_".join((key, "unseen"))
+
+
 MEASURED_ON = {"all": "test", "unseen": "test (dialogues unseen in training)"}
 
 
@@ -271,9 +277,9 @@ def scores_with_intervals(rows: dict, unseen, **bootstrap) -> dict:
         measured_on[key] = MEASURED_ON["all"]
         if unseen.any():
             subset = values[unseen]
-            out[key + UNSEEN] = sum(subset.tolist()) / len(subset)
-            intervals[key + UNSEEN] = metrics.bootstrap_interval(np.mean, subset, **bootstrap)
-            measured_on[key + UNSEEN] = MEASURED_ON["unseen"]
+            out[unseen_key(key)] = sum(subset.tolist()) / len(subset)
+            intervals[unseen_key(key)] = metrics.bootstrap_interval(np.mean, subset, **bootstrap)
+            measured_on[unseen_key(key)] = MEASURED_ON["unseen"]
     return {**out, "intervals": intervals, "measured_on": measured_on}
 
 
@@ -294,8 +300,9 @@ def headline_line(name: str, scores: dict, n_all: int, n_unseen: int, key: str =
 
     level = scores["intervals"][key]["level"]
     line = f"{name}: test {key} {format_interval(scores[key], scores['intervals'][key])} on all {n_all} test dialogues"
-    if key + UNSEEN in scores:
-        line += (f"; {format_interval(scores[key + UNSEEN], scores['intervals'][key + UNSEEN])} on the "
+    if unseen_key(key) in scores:
+        unseen = unseen_key(key)
+        line += (f"; {format_interval(scores[unseen], scores['intervals'][unseen])} on the "
                  f"{n_unseen} unseen in training")
     return line + f" ({level:.0%} bootstrap intervals over test dialogues)"
 
