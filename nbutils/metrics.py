@@ -75,9 +75,11 @@ def _sentences_per_line(text: str) -> str:
     return "\n".join(s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s)
 
 
-def rouge_scores(predictions, references, use_stemmer: bool = True) -> dict[str, float]:
-    """Mean ROUGE-1/2/L/Lsum F1 (0 to 1; papers print them times 100) with Google's `rouge_score`,
-    Porter stemming on, as the SAMSum and FLAN-T5 results are reported.
+def rouge_per_row(predictions, references, use_stemmer: bool = True) -> dict[str, np.ndarray]:
+    """ROUGE-1/2/L/Lsum F1 of each prediction against its reference (0 to 1), one array per key,
+    with Google's `rouge_score`, Porter stemming on, as the SAMSum and FLAN-T5 results are
+    reported. Their means are `rouge_scores`; the rows themselves are what a bootstrap interval
+    resamples (`bootstrap_interval(np.mean, scores["rougeLsum"])`).
 
     `evaluate.load("rouge")` wraps the same package but fetches a script from the hub.
     """
@@ -89,12 +91,20 @@ def rouge_scores(predictions, references, use_stemmer: bool = True) -> dict[str,
     if not references:
         raise ValueError("no references to score against")
     scorer = rouge_scorer.RougeScorer(list(ROUGE_KEYS), use_stemmer=use_stemmer)
-    totals = dict.fromkeys(ROUGE_KEYS, 0.0)
-    for prediction, reference in zip(predictions, references):
+    rows = {key: np.empty(len(references), dtype=np.float64) for key in ROUGE_KEYS}
+    for i, (prediction, reference) in enumerate(zip(predictions, references)):
         scores = scorer.score(_sentences_per_line(reference), _sentences_per_line(prediction))
         for key in ROUGE_KEYS:
-            totals[key] += scores[key].fmeasure
-    return {key: totals[key] / len(references) for key in ROUGE_KEYS}
+            rows[key][i] = scores[key].fmeasure
+    return rows
+
+
+def rouge_scores(predictions, references, use_stemmer: bool = True) -> dict[str, float]:
+    """Mean ROUGE-1/2/L/Lsum F1 (0 to 1; papers print them times 100): the means of
+    `rouge_per_row`."""
+    rows = rouge_per_row(predictions, references, use_stemmer)
+    # Summed in row order, as before the per-row scores were kept: the same values to the bit.
+    return {key: sum(rows[key].tolist()) / len(rows[key]) for key in ROUGE_KEYS}
 
 
 # --- Uncertainty: every headline number is printed with a bootstrap interval over test rows ---

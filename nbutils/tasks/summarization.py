@@ -141,23 +141,54 @@ def untuned_label(model_name: str) -> str:
 PLACEHOLDER = "<file_"
 
 
+# The split a dialogue stays in when it appears in several: the official test split is never cut
+# (its scores stay comparable with published ones), then validation; train gives way to both.
+SPLIT_PRECEDENCE = ("test", "validation", "train")
+REPEATS = "repeats a {kept} dialogue (kept there)"  # the row leaves the lower-ranked split
+
+
+def _precedence(name: str) -> int:
+    return SPLIT_PRECEDENCE.index(name) if name in SPLIT_PRECEDENCE else len(SPLIT_PRECEDENCE)
+
+
+def _dialogue_key(dialogue) -> str:
+    from nbutils.run.row_report import normalise_line_ends
+
+    return normalise_line_ends(dialogue)[0]
+
+
 def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, id_column: str = ""):
-    """Apply the malformed-row rule (`nbutils.run.row_report`) to every split of dialogue data.
+    """Apply the malformed-row rule (`nbutils.run.row_report`) to every split of dialogue data,
+    and keep the splits apart without cutting the test split.
 
     Repaired: `\\r\\n` line ends (SAMSum's) become `\\n`. Dropped: a missing or blank dialogue or
-    summary, and a dialogue already seen (in this split or an earlier one, train first: a copy
-    on both sides of the split would leak). Noted and kept: `<file_photo>`-style placeholders.
-    Rows are named by `id_column` (or their position) in the ledger.
+    summary. Noted and kept: `<file_photo>`-style placeholders.
+
+    A dialogue in two splits would leak; it stays in the split that ranks first in
+    `SPLIT_PRECEDENCE` (test, then validation, then train) and is removed from the others. So
+    the test split is the source's, whole (SAMSum: all 819 dialogues, as published results score
+    them); train loses its copies of test and validation dialogues (it is what the model learns
+    from); validation loses its copies of test dialogues, because validation chooses the
+    checkpoint and a test dialogue there would let the test rows steer that choice. A dialogue
+    repeated within train or validation keeps its first copy; repeats within the test split are
+    kept (it is scored as shipped). Every removal is in the ledger with its reason, counted in the
+    data report. Rows are named by `id_column` (or their position) in the ledger.
     """
     from datasets import DatasetDict
 
     from nbutils.run.row_report import is_blank, normalise_line_ends
 
-    seen: set = set()
+    # Which split each usable dialogue belongs to, before any row is judged.
+    owner: dict = {}
+    for name in sorted(splits, key=_precedence):
+        for dialogue, summary in zip(splits[name][dialogue_column], splits[name][summary_column]):
+            if not (is_blank(dialogue) or is_blank(summary)):
+                owner.setdefault(_dialogue_key(dialogue), name)
     cleaned = {}
     for name, split in splits.items():
         ledger.add_read(name, len(split))
         ids = list(split[id_column]) if id_column else list(range(len(split)))
+        seen: set = set()
         keep, dialogues, summaries = [], [], []
         for i, (dialogue, summary) in enumerate(zip(split[dialogue_column], split[summary_column])):
             row_id = ids[i]
@@ -167,7 +198,11 @@ def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, i
                 continue
             dialogue, fixed_dialogue = normalise_line_ends(dialogue)
             summary, fixed_summary = normalise_line_ends(summary)
-            if dialogue in seen:
+            kept_in = owner[dialogue]
+            if kept_in != name and _precedence(kept_in) < _precedence(name):
+                ledger.drop(name, row_id, REPEATS.format(kept=kept_in, split=name))
+                continue
+            if dialogue in seen and _precedence(name) != 0:
                 ledger.drop(name, row_id, f"duplicate {dialogue_column!r} (an earlier row has the same dialogue)")
                 continue
             seen.add(dialogue)
@@ -184,10 +219,101 @@ def clean_dialogues(splits, ledger, dialogue_column: str, summary_column: str, i
     return DatasetDict(cleaned)
 
 
+def seen_in_training(test_dialogues, source_splits, dialogue_column: str,
+                     training=("train", "validation")) -> np.ndarray:
+    """For each test dialogue, whether the source's `training` splits (as read, before
+    `clean_dialogues` removed their copies) hold the same dialogue.
+
+    Removing the copies from train keeps them out of this run's fine-tuning, but not out of the
+    checkpoint it starts from: FLAN-T5 was instruction-tuned on SAMSum's training dialogues. The
+    score on the test dialogues *not* seen there is the one no training run has seen the input of
+    (validation counts too: it chose checkpoints)."""
+    from nbutils.run.row_report import is_blank
+
+    known = {_dialogue_key(d) for name in training if name in source_splits
+             for d in source_splits[name][dialogue_column] if not is_blank(d)}
+    return np.array([_dialogue_key(d) in known for d in test_dialogues], dtype=bool)
+
+
+def cross_split_counts(report: dict) -> dict:
+    """{split: rows removed because they repeat a dialogue of a split that keeps it}, from the
+    data report (`nbutils.run.row_report.data_report`)."""
+    counts: dict = {}
+    for reason, entry in report.get("dropped", {}).items():
+        if reason.startswith("repeats a "):
+            for split, n in entry.get("by_split", {}).items():
+                counts[split] = counts.get(split, 0) + n
+    return counts
+
+
+# --- scores with their uncertainty ------------------------------------------------------------
+
+PRIMARY = "rougeLsum"
+
+
+def unseen_key(key: str) -> str:
+    """The record's name for `key` on the test dialogues unseen in training: `rougeLsum_unseen`."""
+    return "_".join((key, "unseen"))
+
+
+MEASURED_ON = {"all": "test", "unseen": "test (dialogues unseen in training)"}
+
+
+def scores_with_intervals(rows: dict, unseen, **bootstrap) -> dict:
+    """Mean ROUGE over all test dialogues (the headline, comparable with published figures) and
+    over the dialogues unseen in training (`rouge1_unseen`, ...), each with a bootstrap interval
+    over the test dialogues it averages (`nbutils.metrics.bootstrap_interval`), and the split
+    each was measured on. `rows`: per-dialogue scores (`nbutils.metrics.rouge_per_row`)."""
+    from nbutils import metrics
+
+    unseen = np.asarray(unseen, dtype=bool)
+    out, intervals, measured_on = {}, {}, {}
+    for key in metrics.ROUGE_KEYS:
+        values = np.asarray(rows[key], dtype=np.float64)
+        if values.shape != unseen.shape:
+            raise ValueError(f"{values.size} scores for {unseen.size} test dialogues")
+        out[key] = sum(values.tolist()) / len(values)
+        intervals[key] = metrics.bootstrap_interval(np.mean, values, **bootstrap)
+        measured_on[key] = MEASURED_ON["all"]
+        if unseen.any():
+            subset = values[unseen]
+            out[unseen_key(key)] = sum(subset.tolist()) / len(subset)
+            intervals[unseen_key(key)] = metrics.bootstrap_interval(np.mean, subset, **bootstrap)
+            measured_on[unseen_key(key)] = MEASURED_ON["unseen"]
+    return {**out, "intervals": intervals, "measured_on": measured_on}
+
+
+def paired_rouge_difference(rows_a, rows_b, key: str = PRIMARY, **bootstrap) -> dict:
+    """Mean ROUGE of system a minus system b on the same test dialogues, with a paired bootstrap
+    interval (`nbutils.metrics.paired_difference`: both scored on the same redrawn dialogues)."""
+    from nbutils import metrics
+
+    a, b = np.asarray(rows_a[key], dtype=np.float64), np.asarray(rows_b[key], dtype=np.float64)
+    return metrics.paired_difference(lambda _, scores: float(np.mean(scores)), np.zeros(len(a)), a, b,
+                                     **bootstrap)
+
+
+def headline_line(name: str, scores: dict, n_all: int, n_unseen: int, key: str = PRIMARY) -> str:
+    """`fine-tuned: test ROUGE-Lsum 0.412 [0.401, 0.424] on all 819 test dialogues; 0.398 [...] on
+    the 773 unseen in training (95% bootstrap intervals over test dialogues)`."""
+    from nbutils.metrics import format_interval
+
+    level = scores["intervals"][key]["level"]
+    line = f"{name}: test {key} {format_interval(scores[key], scores['intervals'][key])} on all {n_all} test dialogues"
+    if unseen_key(key) in scores:
+        unseen = unseen_key(key)
+        line += (f"; {format_interval(scores[unseen], scores['intervals'][unseen])} on the "
+                 f"{n_unseen} unseen in training")
+    return line + f" ({level:.0%} bootstrap intervals over test dialogues)"
+
+
 def write_record(run, trainer, train_output, *, splits, fingerprint: str, lengths: dict, report: dict,
-                 metrics: dict, baselines: dict, parameters: dict, memory_estimate: dict | None = None) -> dict:
+                 metrics: dict, baselines: dict, parameters: dict, test_seen_in_training: int = 0,
+                 memory_estimate: dict | None = None) -> dict:
     """The run's record (`nbutils.run.record`): the data (source, fingerprint, split sizes and
-    hashes, token lengths, the data report), the test metrics with ROUGE-Lsum the headline, the
+    hashes, how many test dialogues the source's train or validation split also holds and how many
+    rows were removed from those splits for it, token lengths, the data report), the test metrics
+    with ROUGE-Lsum the headline (with intervals and the split each was measured on), the
     untuned model first among the baselines (the summary table compares with the first), and
     how training went. Written into the run folder; returned."""
     from nbutils.run import record
@@ -198,6 +324,12 @@ def write_record(run, trainer, train_output, *, splits, fingerprint: str, length
         data={"source": config["data_source"], "fingerprint": fingerprint, "train": len(splits["train"]),
               "split_hashes": record.split_hashes(splits, config.get("id_column") or None),  # ids, or row contents
               "validation": len(splits["validation"]), "test": len(splits["test"]),
-              "evaluated_split": "test", "lengths": lengths, "report": report},
-        metrics=metrics, primary_metric="rougeLsum", baselines=baselines,
+              "evaluated_split": "test",
+              # The test split is the source's, whole; these many of its dialogues were also in
+              # the source's train or validation split (scored, and reported apart as seen).
+              "test_seen_in_training": int(test_seen_in_training),
+              "test_unseen": len(splits["test"]) - int(test_seen_in_training),
+              "removed_as_repeats_of_another_split": cross_split_counts(report),
+              "lengths": lengths, "report": report},
+        metrics=metrics, primary_metric=PRIMARY, baselines=baselines,
         train=record.trained(run, trainer, train_output, memory_estimate), parameters=parameters)

@@ -51,7 +51,8 @@ MODEL_AND_SCALE = {
         "model_name": ".cache/tiny-models/t5",
         "data_source": f"{SAMPLES}/samsum",
         "max_length_cap": 64, "epochs": 1, "batch_size": 32, "eval_batch_size": 32,
-        "max_train_samples": 64, "max_eval_samples": 16, "num_beams": 1, "generation_max_new_tokens": 24,
+        # Validation and test stay whole (no max_eval_samples): the test split's size is checked.
+        "max_train_samples": 64, "num_beams": 1, "generation_max_new_tokens": 24,
         "num_examples_shown": 1, "cpu_threads": 1,
     },
     "instruction_tune/llama2_7b": {
@@ -113,6 +114,22 @@ def test_full_text_to_pandas_detects_the_single_column_form_and_drops_unparsable
     record = swapped_runs["text_to_pandas"].record
     assert record["data"]["data_format"] == "single_column"
     assert record["data"]["report"]["dropped"]["reference answer does not parse as Python"]["count"] > 0
+
+
+@pytest.mark.slow
+def test_full_summarization_scores_the_whole_source_test_split(swapped_runs, cache):
+    """The full recipe's data handling keeps the official test split whole: its size equals the
+    source's (SAMSum: 819), though the sample's train split repeats some test dialogues (the old
+    rule dropped those from test). Train lost its copies instead, counted in the record."""
+    from tests.fixtures.samples import dialogues
+
+    record = swapped_runs["summarize_dialogues/flan_t5_base"].record
+    source_test = (cache / "sample-data" / "samsum" / "test.jsonl").read_text().splitlines()
+    assert record["data"]["test"] == len(source_test) == dialogues.SPLIT_SIZES["test"]
+    assert record["data"]["test_seen_in_training"] == dialogues.TEST_DIALOGUES_IN_TRAIN > 0
+    assert record["data"]["removed_as_repeats_of_another_split"]["train"] > 0
+    assert record["metrics"]["measured_on"]["rougeLsum"] == "test"
+    assert "rougeLsum_unseen" in record["metrics"]["intervals"]
 
 
 @pytest.mark.slow

@@ -79,6 +79,83 @@ def test_overlap_ignores_case_spacing_and_final_punctuation():
                                 "exact_duplicates": 0}
 
 
+def test_the_test_split_stays_whole_and_training_loses_its_copies_of_test_questions():
+    """text2pandas ships its own test split; the old rule cut the test rows that training repeats
+    (the sample: 8 of 72), so the score was on another test set. Now train and validation give way."""
+    from datasets import Dataset, DatasetDict
+
+    from nbutils.run.row_report import RowLedger, data_report
+
+    rows = text2pandas.text2pandas_rows()
+    splits = DatasetDict({name: Dataset.from_list([{**r, "row_id": i} for i, r in enumerate(rows[name])])
+                          for name in ("train", "test")})
+    splits["validation"] = Dataset.from_list([{**rows["test"][0], "question": rows["test"][0]["question"].upper() + "?",
+                                               "row_id": 0}, {**rows["train"][0], "row_id": 1}])
+    ledger = RowLedger()
+    for name, split in splits.items():
+        ledger.add_read(name, len(split))
+    kept, removed = text_to_code.remove_test_questions(splits, "question", ledger)
+    assert len(kept["test"]) == text2pandas.N_TEST and list(kept["test"]["row_id"]) == list(range(text2pandas.N_TEST))
+    assert removed == {"train": text2pandas.LEAKED, "validation": 1}
+    assert list(kept["validation"]["row_id"]) == [1]  # the test question in other case and punctuation went
+    assert not text_to_code.overlap([(r["question"], r["context"], r["answer"]) for r in kept["train"]],
+                                    [(r["question"], r["context"], r["answer"]) for r in kept["test"]]).same_question
+    report = data_report(ledger, 0.5)
+    assert report["dropped"][text_to_code.REPEATS_TEST_QUESTION]["by_split"] == {"train": text2pandas.LEAKED,
+                                                                                  "validation": 1}
+    assert report["by_split"]["test"]["dropped"] == 0
+
+
+def test_tables_are_keyed_by_schema_and_split_whole():
+    one = "df = pd.DataFrame(columns=['player', 'team'])"
+    assert text_to_code.table_key(one) == text_to_code.table_key("df = pd.DataFrame(columns=['player','team'])  ")
+    assert text_to_code.table_key(one) != text_to_code.table_key("df = pd.DataFrame(columns=['team', 'points'])")
+    assert text_to_code.tables_seen([one, "df = pd.DataFrame(columns=['x'])"], [one]) == [True, False]
+    # The sample's test questions are all about tables training asks about (a random re-split);
+    # split_by_table gives each table to one split.
+    from datasets import Dataset, DatasetDict
+
+    rows = text2pandas.text2pandas_rows()
+    contexts = lambda split: [r["context"] for r in rows[split]]  # noqa: E731
+    assert all(text_to_code.tables_seen(contexts("test"), contexts("train")))
+    splits = DatasetDict({name: Dataset.from_list([{**r, "row_id": i} for i, r in enumerate(rows[name])])
+                          for name in ("train", "test")})
+    regrouped = text_to_code.split_by_table(splits, "context", 0.15, 0.2, seed=0)
+    keys = {name: {text_to_code.table_key(c) for c in split["context"]} for name, split in regrouped.items()}
+    assert all(keys.values()) and not (keys["train"] & keys["test"] or keys["train"] & keys["validation"]
+                                       or keys["validation"] & keys["test"])
+    assert sum(len(s) for s in regrouped.values()) == sum(len(s) for s in splits.values())
+    assert not any(text_to_code.tables_seen(regrouped["test"]["context"], regrouped["train"]["context"]))
+    assert regrouped["test"][0]["row_id"].split(":")[0] in ("train", "test")
+
+
+def test_every_metric_has_one_stated_denominator_and_an_interval():
+    """Execution accuracy was over the scored rows, exact match and BLEU over all test rows. Now
+    each is over the scored rows, and again over all rows under its own name."""
+    outcomes = ["correct", "wrong_result", code_exec.REFERENCE_ERROR, "correct", "syntax_error"]
+    predictions = ["a", "b", "c", "x", "e"]
+    references = ["a", "B", "c", "d", "e"]  # rows 0, 2, 4 match exactly
+    left_out = {4: "empty on every table"}  # uninformative: not scored
+    scores = text_to_code.scores_on_test(outcomes, left_out, predictions, references,
+                                         [True, True, True, False, True], resamples=200)
+    assert scores["denominator"] == {"scored_rows": 3, "test_rows": 5, "scored_rows_on_unseen_tables": 1}
+    assert scores["execution_accuracy"] == pytest.approx(2 / 3) and scores["exact_match"] == pytest.approx(1 / 3)
+    assert scores["bleu"] == pytest.approx(text_to_code.bleu(["a", "b", "x"], ["a", "B", "d"]))
+    assert scores["execution_accuracy_all_rows"] == pytest.approx(2 / 5)  # unscored rows count as wrong
+    assert scores["exact_match_all_rows"] == pytest.approx(3 / 5)
+    assert scores["bleu_all_rows"] == pytest.approx(text_to_code.bleu(predictions, references))
+    assert scores["execution_accuracy_unseen_tables"] == 1.0
+    assert set(scores["measured_on"]) == set(text_to_code.MEASURED_ON)
+    assert scores["measured_on"]["exact_match"] == scores["measured_on"]["execution_accuracy"]
+    for name, interval in scores["intervals"].items():
+        assert interval["low"] <= scores[name] <= interval["high"], name
+    assert "bleu" not in scores["intervals"]
+    text = text_to_code.describe_scores("model", scores)
+    assert "on the 3 of 5 test rows whose reference can be scored" in text and "on all 5" in text
+    difference = text_to_code.paired_execution_difference(outcomes, ["wrong_result"] * 5, left_out, resamples=200)
+    assert difference["difference"] == pytest.approx(2 / 3)
+
+
 # --- execution accuracy -----------------------------------------------------------------------
 
 def _sample_test_set():
@@ -498,6 +575,14 @@ def test_smoke_run_record(run):
     assert rec["baselines"]["nearest_neighbour"]["scored"] == metrics["scored"]
     assert set(metrics["outcomes"]) == set(code_exec.OUTCOMES)
     assert {"exact_match", "bleu"} <= set(metrics)
+    # One denominator per metric, named in the record: the scored rows, and all rows apart.
+    assert metrics["denominator"]["scored_rows"] == metrics["scored"]
+    assert metrics["denominator"]["test_rows"] == rec["data"]["test"]
+    assert metrics["measured_on"]["exact_match"] == metrics["measured_on"]["execution_accuracy"] == text_to_code.SCORED
+    assert set(metrics["measured_on"]) == set(text_to_code.MEASURED_ON) - {"execution_accuracy_unseen_tables"}
+    for name in ("execution_accuracy", "exact_match", "execution_accuracy_all_rows"):
+        assert metrics["intervals"][name]["low"] <= metrics[name] <= metrics["intervals"][name]["high"]
+    assert "vs_nearest_neighbour" in metrics["differences"]
     assert set(rec["baselines"]["nearest_neighbour"]["outcomes"]) == set(code_exec.OUTCOMES)
     # The containment the snippets ran under, and the allowlist refusing no sample reference.
     sandbox = rec["data"]["sandbox"]
@@ -508,7 +593,11 @@ def test_smoke_run_record(run):
 def test_smoke_run_checks_overlap_coverage_and_lengths(run):
     data = record.read_record(run)["data"]
     assert data["overlap"]["same_question"] == text2pandas.LEAKED
-    assert data["test"] == data["test_before_overlap_removal"] - text2pandas.LEAKED
+    # The test split is the source's, whole; training gave up its copies of test questions.
+    assert data["test"] == text2pandas.N_TEST
+    assert sum(data["removed_as_repeats_of_a_test_question"].values()) == text2pandas.LEAKED
+    assert data["test_tables_in_training"] == {"rows": text2pandas.N_TEST, "test_rows": text2pandas.N_TEST,
+                                               "share": 1.0}
     assert set("{}<") <= set(data["coverage_before"]["unknown_characters"])
     assert data["coverage_before"]["texts_not_round_tripping"] > 0
     assert data["coverage_after"]["texts_not_round_tripping"] == 0

@@ -68,6 +68,171 @@ def overlap(train_rows, test_rows) -> OverlapReport:
     return report
 
 
+# --- the official test split stays whole; tables apart ------------------------------------------
+
+REPEATS_TEST_QUESTION = "repeats a test question (kept in test)"  # the train or validation row leaves
+
+
+def remove_test_questions(splits, question_column: str, ledger=None, test: str = "test"):
+    """The splits with every non-test row whose question (`normalize_question`) is also a test
+    question removed: the test split stays as the source ships it, so its score stays
+    comparable, and training (and validation, which chooses the checkpoint) never sees a test
+    question. Each removal goes into `ledger` (by `row_id`), counted in the data report.
+    Returns (splits, {split: rows removed})."""
+    from datasets import DatasetDict
+
+    questions = {normalize_question(q) for q in splits[test][question_column]}
+    kept, removed = {}, {}
+    for name, split in splits.items():
+        if name == test:
+            kept[name] = split
+            continue
+        ids = list(split["row_id"]) if "row_id" in split.column_names else list(range(len(split)))
+        keep = []
+        for i, question in enumerate(split[question_column]):
+            if normalize_question(question) in questions:
+                if ledger is not None:
+                    ledger.drop(name, ids[i], REPEATS_TEST_QUESTION)
+            else:
+                keep.append(i)
+        removed[name] = len(split) - len(keep)
+        kept[name] = split.select(keep)
+    return DatasetDict(kept), removed
+
+
+def table_key(context: str) -> str:
+    """What identifies the table(s) a question is about: its schema (each table's name and
+    columns, `table_context.parse_context`), or the context text itself where it does not parse.
+    text2pandas ships schemas, not table ids; two tables with the same columns count as one."""
+    from nbutils.tasks.text_to_pandas.table_context import parse_context
+
+    schema = parse_context(context or "")
+    if not schema:
+        return re.sub(r"\s+", " ", (context or "").strip())
+    return "; ".join(f"{name}({', '.join(map(str, columns))})" for name, columns in sorted(schema.items()))
+
+
+def tables_seen(test_contexts, training_contexts) -> list[bool]:
+    """For each test row, whether a training row asks about the same table (`table_key`):
+    WikiSQL keeps the tables of its splits apart, so its test measures tables never seen."""
+    known = {table_key(c) for c in training_contexts}
+    return [table_key(c) in known for c in test_contexts]
+
+
+def split_by_table(splits, context_column: str, val_size: float, test_size: float, seed: int,
+                   min_tables: int = 1):
+    """All rows pooled and split again with whole tables to one split (`table_key`;
+    `nbutils.data.group_split_indices`, `val_size` and `test_size` shares of the rows), so no
+    test question's table appears in training. It replaces the source's own test split: its
+    scores are then not comparable with scores on that split. `row_id` becomes
+    "<source split>:<row>", naming each row's place in the source."""
+    import numpy as np
+    from datasets import Dataset, DatasetDict
+
+    from nbutils.data import group_split_indices
+
+    rows = [{**row, "row_id": f"{name}:{row['row_id']}"} for name, split in splits.items() for row in split]
+    groups = [table_key(row[context_column]) for row in rows]
+    parts = group_split_indices(np.zeros(len(rows)), groups, val_size, test_size, seed, min_groups=min_tables,
+                                group_column="the table (split_by_table)")
+    return DatasetDict({name: Dataset.from_list([rows[i] for i in idx])
+                        for name, idx in zip(("train", "validation", "test"), parts)})
+
+
+# --- the scores: one denominator per metric, each stated -------------------------------------
+
+SCORED = "test (rows whose reference can be scored)"
+MEASURED_ON = {
+    "execution_accuracy": SCORED, "exact_match": SCORED, "bleu": SCORED,
+    "execution_accuracy_all_rows": "test (all rows; a row whose reference cannot be scored counts as wrong)",
+    "exact_match_all_rows": "test (all rows)", "bleu_all_rows": "test (all rows)",
+    "execution_accuracy_unseen_tables": "test (rows whose reference can be scored, on tables unseen in training)",
+}
+
+
+def scores_on_test(outcomes, left_out, predictions, references, table_seen, **bootstrap) -> dict:
+    """Execution accuracy, exact match and BLEU of `predictions` over **one denominator**, the
+    scored test rows (whose reference runs and tells answers apart: not a `reference_error` nor
+    in `left_out`), and again over all test rows (`*_all_rows`: an unscored row counts as wrong
+    for execution accuracy); execution accuracy on the scored rows whose table is unseen in
+    training. Bootstrap intervals over the rows each averages (not for corpus BLEU); `measured_on`
+    names each metric's rows in words; `denominator` counts them. `outcomes`: one outcome per
+    test row (`code_exec.ExecutionReport.outcomes`)."""
+    import numpy as np
+
+    from nbutils.metrics import bootstrap_interval
+    from nbutils.sandbox.code_exec import REFERENCE_ERROR
+
+    outcomes, predictions, references = list(outcomes), list(predictions), list(references)
+    n = len(references)
+    if not (len(outcomes) == len(predictions) == len(table_seen) == n) or not n:
+        raise ValueError(f"{len(outcomes)} outcomes, {len(predictions)} predictions, {len(table_seen)} tables "
+                         f"for {n} references")
+    scored = np.array([o != REFERENCE_ERROR and i not in left_out for i, o in enumerate(outcomes)])
+    correct = np.array([o == "correct" for o in outcomes], dtype=float) * scored
+    exact = np.array([p.strip() == r.strip() for p, r in zip(predictions, references)], dtype=float)
+    unseen = scored & ~np.asarray(table_seen, dtype=bool)
+    out, intervals = {}, {}
+
+    def mean(name, values):
+        out[name] = float(values.mean()) if values.size else None
+        if values.size:
+            intervals[name] = bootstrap_interval(np.mean, values, **bootstrap)
+
+    mean("execution_accuracy", correct[scored])
+    mean("exact_match", exact[scored])
+    out["bleu"] = bleu([p for p, s in zip(predictions, scored) if s],
+                       [r for r, s in zip(references, scored) if s]) if scored.any() else None
+    mean("execution_accuracy_all_rows", correct)
+    mean("exact_match_all_rows", exact)
+    out["bleu_all_rows"] = bleu(predictions, references)
+    if unseen.any():
+        mean("execution_accuracy_unseen_tables", correct[unseen])
+    measured_on = {k: MEASURED_ON[k] for k in out if out[k] is not None}
+    return {**out, "intervals": intervals, "measured_on": measured_on,
+            "denominator": {"scored_rows": int(scored.sum()), "test_rows": n,
+                            "scored_rows_on_unseen_tables": int(unseen.sum())}}
+
+
+def paired_execution_difference(outcomes_a, outcomes_b, left_out, **bootstrap) -> dict:
+    """Execution accuracy of a minus b on the same scored test rows, with a paired bootstrap
+    interval (`nbutils.metrics.paired_difference`)."""
+    import numpy as np
+
+    from nbutils.metrics import paired_difference
+    from nbutils.sandbox.code_exec import REFERENCE_ERROR
+
+    outcomes_a, outcomes_b = list(outcomes_a), list(outcomes_b)
+    scored = [i for i, (a, b) in enumerate(zip(outcomes_a, outcomes_b))
+              if REFERENCE_ERROR not in (a, b) and i not in left_out]
+    a = np.array([outcomes_a[i] == "correct" for i in scored], dtype=float)
+    b = np.array([outcomes_b[i] == "correct" for i in scored], dtype=float)
+    return paired_difference(lambda _, correct: float(np.mean(correct)), np.zeros(len(a)), a, b, **bootstrap)
+
+
+def describe_scores(name: str, scores: dict) -> str:
+    """The headline with its interval and its denominator, then the all-rows figures, in words."""
+    from nbutils.metrics import format_interval
+
+    d, iv = scores["denominator"], scores["intervals"]
+    level = iv["execution_accuracy_all_rows"]["level"]
+
+    def value(key, digits=3):
+        return "-" if scores.get(key) is None else format_interval(scores[key], iv.get(key), digits)
+
+    lines = [f"{name}: execution accuracy {value('execution_accuracy')}, exact match {value('exact_match')}, "
+             f"BLEU {value('bleu', 1)} on the {d['scored_rows']} of {d['test_rows']} test rows whose reference "
+             f"can be scored; on all {d['test_rows']} (an unscored row counts as wrong): execution accuracy "
+             f"{value('execution_accuracy_all_rows')}, exact match {value('exact_match_all_rows')}, BLEU "
+             f"{value('bleu_all_rows', 1)}"]
+    if scores.get("execution_accuracy_unseen_tables") is not None:
+        lines.append(f"  on the {d['scored_rows_on_unseen_tables']} scored rows whose table is unseen in training: "
+                     f"execution accuracy {value('execution_accuracy_unseen_tables')}")
+    else:
+        lines.append("  no scored test row is on a table unseen in training")
+    return "\n".join(lines) + f"\n  ({level:.0%} bootstrap intervals over those test rows)"
+
+
 def exact_match(predictions, references) -> float:
     """Share of predictions equal to the reference (outer whitespace ignored)."""
     predictions, references = list(predictions), list(references)
@@ -238,28 +403,37 @@ def clean_rows(split, split_name: str, fmt: str, ledger, question_column: str, c
 
 
 def write_record(run, trainer, train_output, *, splits, fingerprint: str, data_format: str, report: dict,
-                 overlap: OverlapReport, test_rows_before: int, tables: dict, inputs_truncated: float,
-                 answers_truncated: float, generation_max_new_tokens: int, coverage_before, coverage_after,
-                 added_tokens: list, containment: str, refusals: dict, metrics: dict, baselines: dict,
-                 parameters: dict) -> dict:
+                 overlap: OverlapReport, removed_for_test_questions: dict, tables_seen: list, tables: dict,
+                 inputs_truncated: float, answers_truncated: float, generation_max_new_tokens: int,
+                 coverage_before, coverage_after, added_tokens: list, containment: str, refusals: dict,
+                 metrics: dict, baselines: dict, parameters: dict) -> dict:
     """The run's record (`nbutils.run.record`): the data (source and fingerprints, the hashes of
-    the row ids each split used, sizes before and after the overlap removal, the kinds of tables
-    scored on, truncation, the tokenizer's coverage of the training answers before and after the
-    added tokens, the data report, the sandbox's containment and what its static check refused),
-    the test metrics with execution accuracy the headline, the baselines, and how training went.
-    Written into the run folder; returned. Every process calls it; the main one writes."""
+    the row ids each split used, the overlap the source has between test and training questions
+    and the training rows removed for it (the test split is kept whole), how many test questions
+    are on a table that training also asks about, the kinds of tables scored on, truncation, the
+    tokenizer's coverage of the training answers before and after the added tokens, the data
+    report, the sandbox's containment and what its static check refused), the test metrics with
+    execution accuracy the headline (each over its stated rows, with intervals), the baselines,
+    and how training went. Written into the run folder; returned. Every process calls it; the
+    main one writes."""
     from nbutils import batching, data
     from nbutils.run import record
 
     config = run.config
     tables_source = config.get("tables_source")
+    seen_tables = sum(bool(seen) for seen in tables_seen)
     return record.write(
         run, task="text-to-pandas", model=config["model_name"],
         data={"source": config["data_source"], "fingerprint": fingerprint,
               "split_hashes": record.split_hashes(splits),  # of the row ids each split scored
               "tables_fingerprint": data.fingerprint(tables_source) if tables_source else None,
               "train": len(splits["train"]), "validation": len(splits["validation"]), "test": len(splits["test"]),
-              "test_before_overlap_removal": test_rows_before, "overlap": overlap.summary(),
+              # The source's test questions that training also held (before their removal from
+              # training; the test split is kept whole), and the rows removed per split for it.
+              "overlap": overlap.summary(), "removed_as_repeats_of_a_test_question": removed_for_test_questions,
+              "split_by_table": bool(config.get("split_by_table")),
+              "test_tables_in_training": {"rows": seen_tables, "test_rows": len(tables_seen),
+                                          "share": seen_tables / len(tables_seen) if tables_seen else None},
               "tables": tables, "inputs_truncated": inputs_truncated, "answers_truncated": answers_truncated,
               "generation_max_new_tokens": generation_max_new_tokens,
               "coverage_before": coverage_before.summary(), "coverage_after": coverage_after.summary(),
