@@ -13,10 +13,13 @@ PRIMARY_METRIC = "roc_auc"
 TEST_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")  # the real evaluation results
 
 
-def test_split_name(grouped: bool) -> str:
-    """The test split in words a reader reads right: split by prompt, its prompts were never
-    trained on; split at random, its essays are new but their prompts are not."""
-    return "test (prompts unseen in training)" if grouped else "test"
+def test_split_name(grouped: bool, domain_held_out: bool = False) -> str:
+    """The test split in words a reader reads right: split at random, its essays are new but
+    their prompts are not; split by prompt, its prompts were never trained on; and beside a
+    held-out domain, its essays still come from the sources (generators, students) training saw."""
+    if not grouped:
+        return "test"
+    return "test (unseen prompts, same sources)" if domain_held_out else "test (prompts unseen in training)"
 
 
 def by_prompt(labels, probabilities, baseline_probabilities, prompts, threshold: float,
@@ -82,7 +85,7 @@ def write_record(run, trainer, train_output, *, splits, train_rows, fingerprint:
     if out_of_domain is not None:
         data["out_of_domain"] = len(out_of_domain)
     chosen_on = "validation" if config.get("threshold_from_validation", True) else "fixed"
-    test_split = test_split_name(bool(config.get("group_column")))
+    test_split = test_split_name(bool(config.get("group_column")), out_of_domain is not None)
     measured_on = {name: test_split for name in TEST_METRICS}
     flat = {}
     ood = techniques.get("out_of_domain")

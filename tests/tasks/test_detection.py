@@ -32,6 +32,9 @@ def test_a_one_class_prompt_has_no_roc_auc():
 def test_the_test_split_is_named_for_what_it_measures():
     assert detection.test_split_name(False) == "test"
     assert detection.test_split_name(True) == "test (prompts unseen in training)"
+    # beside a held-out domain (roberta_search), the test's prompts are unseen too: not "in distribution"
+    assert detection.test_split_name(True, domain_held_out=True) == "test (unseen prompts, same sources)"
+    assert detection.test_split_name(False, domain_held_out=True) == "test"
 
 
 def test_split_repeats_report_mean_and_sd_and_keep_each():
