@@ -371,3 +371,33 @@ def test_baseline_is_tuned_on_validation_and_names_its_settings(runs, project):
     assert settings["validation_roc_auc"] == max(g["validation_roc_auc"] for g in grid)
     assert {settings["features"], settings["analyzer"]} in ({"word 1-2", "word"}, {"char_wb 3-5", "char_wb"})
     assert settings["C"] in (0.1, 1.0, 10.0)
+
+
+def test_split_seed_repeats_are_recorded_beside_the_headline_with_their_cost_printed_first(runs):
+    """distilbert_cv sets split_seeds: 2: its first split is the headline's, the second re-draws
+    the test prompt; the record keeps both and their mean ± sd, and the notebook printed what the
+    repeat would cost before training it."""
+    folder = runs[1] / "detect_ai_text" / "distilbert_cv"
+    rec = record.read_record(folder)
+    repeats = rec["metrics"]["split_repeats"]
+    assert repeats["runs"] == 2 and repeats["split_seeds"] == [rec["seed"], rec["seed"] + 1]
+    first, second = repeats["repeats"]
+    assert first["roc_auc"] == rec["metrics"]["roc_auc"] and first["test_rows"] == rec["data"]["test"]
+    assert first["test_prompts"] == sorted(rec["metrics"]["by_prompt"])
+    assert second["test_prompts"] != first["test_prompts"]  # whole prompts re-drawn
+    assert repeats["roc_auc"]["mean"] == pytest.approx((first["roc_auc"] + second["roc_auc"]) / 2)
+    assert repeats["roc_auc"]["sd"] == pytest.approx(abs(first["roc_auc"] - second["roc_auc"]) / 2 ** 0.5)
+    assert repeats["tfidf_logreg_roc_auc"]["mean"] > 0.5
+    assert not [k for k in rec["metrics"]["measured_on"] if "repeat" in k]  # no published result
+    executed = nbformat.read(folder / "detect_ai_text.ipynb", as_version=4)
+    cell = next(c for c in executed.cells if c.get("id") == "split-repeats")
+    printed = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+    assert printed.startswith("split-seed repeats: 1 more training like this run's"), printed[:200]
+    assert "mean ± sd" in printed
+    # its checkpoints were not kept
+    assert not list(folder.glob("split-seed-*"))
+
+
+@pytest.mark.parametrize("project", ("bert", "deberta", "distilbert", "roberta", "bert_gradual", "roberta_search"))
+def test_runs_without_repeats_record_none(runs, project):
+    assert "split_repeats" not in record.read_record(runs[1] / "detect_ai_text" / project)["metrics"]
