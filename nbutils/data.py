@@ -215,6 +215,11 @@ MIN_GROUPS_PER_SPLIT = 2
 # every prefix of each (a prefix is a candidate subset).
 _EXHAUSTIVE_GROUPS = 14
 _RANDOM_ORDERS = 2000
+# Split-seed repeats (the detection notebook's `split_seeds`) re-draw the groups: the closest
+# subset is one fixed set of prompts whatever the seed, so a repeat draws at random among the
+# subsets whose rows out of place are within this share of the split's target rows of the
+# closest one's (a test share of 10% then takes whole prompts of roughly 5% to 15% of the rows).
+REPEAT_SLACK = 0.5
 
 
 def _group_subset_cost(rows, positives, target_rows: float, share: float):
@@ -226,9 +231,11 @@ def _group_subset_cost(rows, positives, target_rows: float, share: float):
 
 
 def _choose_groups(candidates: np.ndarray, rows: np.ndarray, positives: np.ndarray,
-                   target_rows: float, share: float, min_groups: int, leave: int, rng) -> np.ndarray:
+                   target_rows: float, share: float, min_groups: int, leave: int, rng,
+                   slack: float = 0.0) -> np.ndarray:
     """The subset of `candidates` (group indices) with the fewest rows out of place, of at least
-    `min_groups` groups and leaving at least `leave` groups behind; exact ties go to `rng`."""
+    `min_groups` groups and leaving at least `leave` groups behind; exact ties go to `rng`. With
+    `slack` > 0, `rng` draws among the subsets within `slack` x `target_rows` of the fewest."""
     from itertools import combinations
 
     n = len(candidates)
@@ -244,21 +251,27 @@ def _choose_groups(candidates: np.ndarray, rows: np.ndarray, positives: np.ndarr
         subsets = [(o, int(k)) for o in range(len(orders)) for k in sizes]
         cost = prefix_cost.ravel()
         subsets = [orders[o, :k] for o, k in subsets]
-    best = np.flatnonzero(np.isclose(cost, cost.min()))
+    best = (np.flatnonzero(cost <= cost.min() + slack * target_rows) if slack > 0
+            else np.flatnonzero(np.isclose(cost, cost.min())))
     return np.sort(subsets[int(rng.choice(best))])
 
 
 def group_split_indices(labels, groups, val_size: float, test_size: float, seed: int,
-                        min_groups: int = MIN_GROUPS_PER_SPLIT, group_column: str = "group_column"):
+                        min_groups: int = MIN_GROUPS_PER_SPLIT, group_column: str = "group_column",
+                        slack: float = 0.0):
     """(train, validation, test) row indices with every group in one split.
 
     `val_size` and `test_size` are shares of the *rows*: each split gets the whole groups whose
     rows come closest to its share, stratified by label where the groups allow (see
-    `_group_subset_cost`), with at least `min_groups` groups in each split.
+    `_group_subset_cost`), with at least `min_groups` groups in each split. That closest subset
+    hardly depends on `seed`; `slack` > 0 (e.g. `REPEAT_SLACK`, for split-seed repeats) lets the
+    seed draw among the subsets nearly as close, so that other seeds put other groups in test.
     """
     labels, groups = np.asarray(labels), np.asarray(groups)
     if not isinstance(min_groups, int) or isinstance(min_groups, bool) or min_groups < 1:
         raise ValueError(f"min_groups must be a whole number >= 1, got {min_groups!r}")
+    if not slack >= 0:
+        raise ValueError(f"slack must be >= 0, got {slack!r}")
     names, inverse = np.unique(groups.astype(str), return_inverse=True)
     if len(names) < 3 * min_groups:
         raise ValueError(f"{group_column} has {len(names)} groups; train, validation and test need at least "
@@ -270,22 +283,25 @@ def group_split_indices(labels, groups, val_size: float, test_size: float, seed:
     rng = np.random.default_rng(seed)
     everything = np.arange(len(names))
     test = _choose_groups(everything, rows, positives, test_size * len(labels), share, min_groups,
-                          2 * min_groups, rng)
+                          2 * min_groups, rng, slack)
     rest = np.setdiff1d(everything, test)
-    val = _choose_groups(rest, rows, positives, val_size * len(labels), share, min_groups, min_groups, rng)
+    val = _choose_groups(rest, rows, positives, val_size * len(labels), share, min_groups, min_groups, rng,
+                         slack)
     train = np.setdiff1d(rest, val)
     return tuple(np.flatnonzero(np.isin(inverse, chosen)) for chosen in (train, val, test))
 
 
 def split_train_val_test(dataset, label_column: str, val_size: float, test_size: float,
-                         seed: int, group_column: str = "", min_groups: int = MIN_GROUPS_PER_SPLIT):
+                         seed: int, group_column: str = "", min_groups: int = MIN_GROUPS_PER_SPLIT,
+                         slack: float = 0.0):
     """Split one table into train/validation/test `DatasetDict`.
 
     `val_size` and `test_size` are shares of the rows. Without `group_column` the split is
     stratified by label, so each split keeps the class balance. With `group_column` (such as
     DAIGT's `prompt_name`) whole groups go to one split, so the test measures unseen prompts:
     the shares are then met as closely as whole groups allow, stratified where the groups allow,
-    with at least `min_groups` groups per split (`group_split_indices`).
+    with at least `min_groups` groups per split (`group_split_indices`; `slack` lets the seed
+    draw other groups, for split-seed repeats).
     """
     from datasets import DatasetDict
     from sklearn.model_selection import train_test_split
@@ -300,7 +316,7 @@ def split_train_val_test(dataset, label_column: str, val_size: float, test_size:
     if group_column:
         require_columns(dataset, group_column=group_column)
         train, val, test = group_split_indices(labels, list(dataset[group_column]), val_size, test_size,
-                                               seed, min_groups, f"group_column={group_column!r}")
+                                               seed, min_groups, f"group_column={group_column!r}", slack)
     else:
         rest, test = train_test_split(index, test_size=test_size, random_state=seed, stratify=labels)
         train, val = train_test_split(rest, test_size=val_size / (1 - test_size), random_state=seed + 1,

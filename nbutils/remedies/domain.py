@@ -4,7 +4,8 @@ A random split scores the model on essays like the ones it trained on. The compe
 test had other prompts and other generators: a model that only knows its training domain scores
 far lower there. Holding out, say, a prompt or a generator (`holdout_column="prompt_name"`,
 `holdout_values=[...]`) before splitting gives an out-of-domain test to report beside the
-in-distribution one.
+test split's score (which is itself on unseen prompts when the split is by prompt: the two then
+differ in which prompts, not in whether they were seen).
 """
 
 from __future__ import annotations

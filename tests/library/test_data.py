@@ -180,3 +180,23 @@ def test_group_split_with_many_groups_searches_random_orders():
     assert abs(len(splits["test"]) - 0.2 * n) <= 1 and abs(len(splits["validation"]) - 0.1 * n) <= 1
     for split in splits.values():
         assert abs(np.mean(split["labels"]) - share) < 0.01
+
+
+def test_split_seed_repeats_redraw_whole_groups():
+    """The closest split is one set of prompts whatever the seed (so repeating it over seeds
+    would measure nothing); with the repeats' slack, seeds draw other prompts into test, still
+    whole, at least the minimum per split, near the shares."""
+    table = grouped_table([137, 101, 89, 73, 67, 61, 53, 47, 43, 37, 31, 29, 23, 18], [0.5] * 14)
+    def test_groups(seed, slack):
+        splits = data.split_train_val_test(table, "labels", 0.1, 0.1, seed, group_column="prompt_name",
+                                           slack=slack)
+        groups = {s: set(splits[s]["prompt_name"]) for s in splits}
+        assert all(len(g) >= data.MIN_GROUPS_PER_SPLIT for g in groups.values())
+        assert not (groups["train"] & groups["test"]) and not (groups["validation"] & (groups["test"] | groups["train"]))
+        assert 0.05 * len(table) - 1 <= len(splits["test"]) <= 0.15 * len(table) + 1
+        return frozenset(groups["test"])
+    assert len({test_groups(seed, 0.0) for seed in range(5)}) == 1
+    redrawn = {test_groups(seed, data.REPEAT_SLACK) for seed in range(5)}
+    assert len(redrawn) >= 3, redrawn
+    with pytest.raises(ValueError, match="slack must be >= 0"):
+        data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name", slack=-1)

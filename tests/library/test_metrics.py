@@ -47,8 +47,60 @@ def test_shape_mismatch_is_an_error():
 def test_tfidf_baseline_learns_a_separable_task():
     train = ["formal moreover essay"] * 20 + ["lol kinda stuff"] * 20
     labels = [1] * 20 + [0] * 20
-    probs = baselines.tfidf_logreg_probabilities(train, labels, ["moreover formal", "kinda lol"])
+    model = baselines.tuned_tfidf_logreg(train, labels, ["moreover formal", "kinda lol"], [1, 0])
+    probs = model.probabilities(["moreover formal", "kinda lol"])
     assert probs[0] > 0.5 > probs[1]
+    assert model.validation_probabilities == pytest.approx(probs)
+
+
+def _typo_task(n=60, seed=0):
+    """Generated essays spell every word right, human ones misspell one word in each: the same
+    words, so only character n-grams separate them (word n-grams see unrelated new tokens)."""
+    rng = np.random.default_rng(seed)
+    words = ["the", "students", "should", "their", "because", "believe", "important", "school",
+             "which", "different", "people", "would", "example", "however", "technology"]
+    def essay(typo):
+        chosen = list(rng.choice(words, 12))
+        if typo:
+            i = rng.integers(len(chosen))
+            w = chosen[i]
+            j = rng.integers(1, len(w))
+            chosen[i] = w[:j] + "q" + w[j:] + "z" * int(rng.integers(1, 4))  # a one-off misspelling
+        return " ".join(chosen)
+    labels = rng.integers(0, 2, n)
+    return [essay(typo=not y) for y in labels], labels
+
+
+def test_tfidf_baseline_chooses_its_features_and_c_on_validation_only():
+    """Both n-gram kinds and every C are tried and scored on validation; the best is kept and
+    names itself. Here misspellings carry the signal, which word n-grams of unseen misspelled
+    words cannot learn: the character n-grams win."""
+    train, train_y = _typo_task(120, seed=1)
+    val, val_y = _typo_task(60, seed=2)
+    model = baselines.tuned_tfidf_logreg(train, train_y, val, val_y, seed=0)
+    assert {(g["features"], g["C"]) for g in model.grid} == {
+        (f, c) for f in baselines.TFIDF_FEATURES for c in baselines.TFIDF_C}
+    best = max(model.grid, key=lambda g: g["validation_roc_auc"])
+    assert model.settings["validation_roc_auc"] == best["validation_roc_auc"]
+    assert model.settings["features"] == "char_wb 3-5" and model.settings["analyzer"] == "char_wb"
+    assert model.settings["ngram_range"] == [3, 5] and model.settings["C"] in baselines.TFIDF_C
+    assert roc_auc_score(val_y, model.validation_probabilities) == pytest.approx(best["validation_roc_auc"])
+    assert "char_wb 3-5" in model.describe()
+
+
+def test_tfidf_baseline_never_fits_on_the_rows_it_scores():
+    """The vectoriser's vocabulary and the model come from the training rows only: scoring
+    other texts (test) changes neither, and the choice does not depend on them."""
+    train, train_y = _typo_task(80, seed=3)
+    val, val_y = _typo_task(40, seed=4)
+    model = baselines.tuned_tfidf_logreg(train, train_y, val, val_y)
+    vocabulary = dict(model._vectorizer.vocabulary_)
+    before = model.probabilities(val)
+    model.probabilities(["an entirely unseen test essay with brand new words"] * 5)
+    assert model._vectorizer.vocabulary_ == vocabulary
+    assert model.probabilities(val) == pytest.approx(before)
+    with pytest.raises(ValueError, match="one class"):
+        baselines.tuned_tfidf_logreg(train, train_y, val, [1] * len(val))
 
 
 def _scores(n=300, seed=0, separation=0.6):

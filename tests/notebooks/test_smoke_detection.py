@@ -36,8 +36,9 @@ def test_run_record_follows_the_schema(runs, backbone):
     assert rec["project"] == f"detect_ai_text/{backbone}" and rec["profile"] == "smoke"
     assert rec["primary_metric"] == "roc_auc"
     scores = {"accuracy", "precision", "recall", "f1", "roc_auc"}
-    assert set(rec["metrics"]) == scores | {"threshold", "threshold_chosen_on"}
-    assert set(rec["baselines"]["tfidf_logreg"]) == scores | {"threshold"}
+    assert set(rec["metrics"]) == scores | {"threshold", "threshold_chosen_on", "intervals", "measured_on",
+                                            "vs_baseline", "by_prompt"}
+    assert set(rec["baselines"]["tfidf_logreg"]) == scores | {"threshold", "intervals", "settings", "grid"}
     # The sample's 643 rows less the 7 the malformed-row rule drops (empty essays, duplicates).
     assert rec["data"]["report"]["rows"] == {"read": 643, "kept": 636, "repaired": 3, "dropped": 7}
     assert rec["data"]["train"] + rec["data"]["validation"] + rec["data"]["test"] == 636
@@ -79,7 +80,7 @@ def test_run_leaves_model_probabilities_and_plots(runs, backbone):
     rec = record.read_record(run_dir)
     for split in ("test", "validation"):
         probs = pd.read_csv(run_dir / f"{split}_probabilities.csv")
-        assert list(probs.columns) == ["row_id", "label", "prob_generated"]
+        assert list(probs.columns) == ["row_id", "label", "prob_generated", "group"]
         assert len(probs) == rec["data"][split] and probs["row_id"].is_unique
         assert set(probs["label"]) == {0, 1} and probs["prob_generated"].between(0, 1).all()
     for plot in ("loss_curves.png", "confusion_matrix.png", "roc_curve.png"):
@@ -224,7 +225,9 @@ def test_three_trial_search_and_out_of_domain_test_are_recorded(runs):
     assert estimate["parameters"]["total"] == estimate["parameters"]["trainable"] == rec["parameters"]["total"]
     assert estimate["bytes_per_process"]["total"] == 16 * rec["parameters"]["total"]  # fp32 AdamW, one process
     ood = rec["metrics"]["out_of_domain"]
-    assert ood["column"] == "RDizzl3_seven" and ood["rows"] == rec["data"]["out_of_domain"] > 0
+    assert ood["column"] == "prompt_name" and ood["values"] == ["Facial action coding system"]
+    assert ood["rows"] == rec["data"]["out_of_domain"] > 0
+    assert "Facial action coding system" not in rec["metrics"]["by_prompt"]
     assert set(ood["model"]) == set(ood["tfidf_logreg"]) == {"accuracy", "precision", "recall", "f1", "roc_auc"}
 
 
@@ -293,3 +296,108 @@ def test_summary_tells_runs_on_other_splits_apart(runs):
                for p in BACKBONES + VARIANTS}
     assert len({digests[b] for b in BACKBONES}) == 1
     assert digests["distilbert_cv"] != digests["bert"] != digests["roberta_search"]
+
+
+
+# --- numbers you can compare: intervals, the split of each result, the tuned baseline (issue 27)
+
+
+@pytest.mark.parametrize("project", BACKBONES + VARIANTS)
+def test_headline_has_an_interval_that_holds_it_and_says_where_it_was_measured(runs, project):
+    rec = record.read_record(runs[1] / "detect_ai_text" / project)
+    metrics = rec["metrics"]
+    for name in ("roc_auc", "accuracy"):
+        interval = metrics["intervals"][name]
+        assert interval["level"] == 0.95 and interval["resamples"] == 1000
+        assert interval["low"] <= metrics[name] <= interval["high"], (name, metrics[name], interval)
+        assert interval["low"] < interval["high"] or metrics[name] == 1.0
+    # Every real test result, named with its split; the threshold and the techniques' tables are no result.
+    test_split = "test (prompts unseen in training)" if rec["config"].get("group_column") else "test"
+    expected = dict.fromkeys(("accuracy", "precision", "recall", "f1", "roc_auc"), test_split)
+    if "out_of_domain" in metrics:
+        expected["out_of_domain_roc_auc"] = "out-of-domain test (prompt_name in ['Facial action coding system'])"
+        assert metrics["out_of_domain_roc_auc"] == metrics["out_of_domain"]["model"]["roc_auc"]
+    assert metrics["measured_on"] == expected
+    # The paired bootstrap against the baseline scored on the same test essays, and its sentence.
+    paired = metrics["vs_baseline"]
+    baseline = rec["baselines"]["tfidf_logreg"]
+    assert paired["difference"] == pytest.approx(metrics["roc_auc"] - baseline["roc_auc"], abs=1e-9)
+    assert paired["low"] <= paired["difference"] <= paired["high"]
+    assert paired["within_noise"] == (paired["low"] <= 0 <= paired["high"])
+    assert ("within noise" in paired["conclusion"]) == paired["within_noise"]
+    assert baseline["intervals"]["roc_auc"]["low"] <= baseline["roc_auc"] <= baseline["intervals"]["roc_auc"]["high"]
+
+
+def test_notebook_prints_the_headline_with_its_interval(runs):
+    from nbutils import metrics as m
+
+    folder = runs[1] / "detect_ai_text" / "bert"
+    rec = record.read_record(folder)
+    executed = nbformat.read(folder / "detect_ai_text.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code" for o in c.outputs)
+    shown = m.format_interval(rec["metrics"]["roc_auc"], rec["metrics"]["intervals"]["roc_auc"])
+    assert f"ROC AUC {shown}" in text
+    assert rec["metrics"]["vs_baseline"]["conclusion"] in text
+
+
+@pytest.mark.parametrize("project", BACKBONES + VARIANTS)
+def test_test_metrics_per_prompt_are_recorded_and_the_probability_files_name_the_prompt(runs, project):
+    from nbutils.tasks import ensemble
+
+    folder = runs[1] / "detect_ai_text" / project
+    rec = record.read_record(folder)
+    test = pd.read_csv(folder / "test_probabilities.csv")
+    by_prompt = rec["metrics"]["by_prompt"]
+    # the sample's five prompts, less a held-out domain's
+    assert set(by_prompt) == set(test["group"]) and len(by_prompt) >= 1
+    assert sum(p["rows"] for p in by_prompt.values()) == rec["data"]["test"]
+    for prompt, scores in by_prompt.items():
+        rows = test[test["group"] == prompt]
+        assert scores["rows"] == len(rows) and scores["generated"] == rows["label"].sum()
+        if rows["label"].nunique() == 2:
+            assert scores["roc_auc"] is not None and scores["tfidf_logreg_roc_auc"] is not None
+    # the ensemble's reader takes the files with their new column
+    for split in ("test", "validation"):
+        assert len(ensemble.read_probabilities(folder / f"{split}_probabilities.csv")) == rec["data"][split]
+
+
+@pytest.mark.parametrize("project", BACKBONES)
+def test_baseline_is_tuned_on_validation_and_names_its_settings(runs, project):
+    rec = record.read_record(runs[1] / "detect_ai_text" / project)
+    baseline = rec["baselines"]["tfidf_logreg"]
+    grid, settings = baseline["grid"], baseline["settings"]
+    assert {(g["features"], g["C"]) for g in grid} == {
+        (f, c) for f in ("word 1-2", "char_wb 3-5") for c in (0.1, 1.0, 10.0)}
+    assert settings["validation_roc_auc"] == max(g["validation_roc_auc"] for g in grid)
+    assert {settings["features"], settings["analyzer"]} in ({"word 1-2", "word"}, {"char_wb 3-5", "char_wb"})
+    assert settings["C"] in (0.1, 1.0, 10.0)
+
+
+def test_split_seed_repeats_are_recorded_beside_the_headline_with_their_cost_printed_first(runs):
+    """distilbert_cv sets split_seeds: 2: its first split is the headline's, the second re-draws
+    the test prompt; the record keeps both and their mean ± sd, and the notebook printed what the
+    repeat would cost before training it."""
+    folder = runs[1] / "detect_ai_text" / "distilbert_cv"
+    rec = record.read_record(folder)
+    repeats = rec["metrics"]["split_repeats"]
+    assert repeats["runs"] == 2 and repeats["split_seeds"] == [rec["seed"], rec["seed"] + 1]
+    first, second = repeats["repeats"]
+    assert first["roc_auc"] == rec["metrics"]["roc_auc"] and first["test_rows"] == rec["data"]["test"]
+    assert first["test_prompts"] == sorted(rec["metrics"]["by_prompt"])
+    assert second["test_prompts"] != first["test_prompts"]  # whole prompts re-drawn
+    assert repeats["roc_auc"]["mean"] == pytest.approx((first["roc_auc"] + second["roc_auc"]) / 2)
+    assert repeats["roc_auc"]["sd"] == pytest.approx(abs(first["roc_auc"] - second["roc_auc"]) / 2 ** 0.5)
+    assert repeats["tfidf_logreg_roc_auc"]["mean"] > 0.5
+    assert not [k for k in rec["metrics"]["measured_on"] if "repeat" in k]  # no published result
+    executed = nbformat.read(folder / "detect_ai_text.ipynb", as_version=4)
+    cell = next(c for c in executed.cells if c.get("id") == "split-repeats")
+    printed = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
+    assert printed.startswith("split-seed repeats: 1 more training like this run's"), printed[:200]
+    assert "mean ± sd" in printed
+    # its checkpoints were not kept
+    assert not list(folder.glob("split-seed-*"))
+
+
+@pytest.mark.parametrize("project", ("bert", "deberta", "distilbert", "roberta", "bert_gradual", "roberta_search"))
+def test_runs_without_repeats_record_none(runs, project):
+    assert "split_repeats" not in record.read_record(runs[1] / "detect_ai_text" / project)["metrics"]
