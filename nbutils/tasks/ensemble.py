@@ -191,23 +191,18 @@ def check_aligned(runs: list[Run]) -> None:
                     f"runs {first.name!r} and {other.name!r} hold different essays in the {split} "
                     f"split: {len(ids_a)} vs {len(ids_b)} rows; row {n} (row_id {ids[n]}) is only in "
                     f"{longer.name!r}; {SAME_SPLIT_HINT}")
-            labels_a, labels_b = a["label"].to_numpy(), b["label"].to_numpy()
-            differ = np.flatnonzero(labels_a != labels_b)
-            if differ.size:
-                i = int(differ[0])
-                raise EnsembleError(
-                    f"runs {first.name!r} and {other.name!r} label row_id {ids_a[i]} of the {split} "
-                    f"split (row {i}) differently: {labels_a[i]} vs {labels_b[i]}; the runs must read "
-                    "the same data with the same label_column")
-            if GROUP in a.columns and GROUP in b.columns:
-                groups_a, groups_b = a[GROUP].astype(str).to_numpy(), b[GROUP].astype(str).to_numpy()
-                differ = np.flatnonzero(groups_a != groups_b)
+            # The same essays must carry the same label and, where both name one, the same prompt.
+            for column, parameter in (("label", "label_column"), (GROUP, "group_column")):
+                if column not in a.columns or column not in b.columns:
+                    continue
+                values_a, values_b = a[column].astype(str).to_numpy(), b[column].astype(str).to_numpy()
+                differ = np.flatnonzero(values_a != values_b)
                 if differ.size:
                     i = int(differ[0])
                     raise EnsembleError(
                         f"runs {first.name!r} and {other.name!r} give row_id {ids_a[i]} of the {split} "
-                        f"split (row {i}) different {GROUP}s: {groups_a[i]!r} vs {groups_b[i]!r}; "
-                        "the runs must read the same data with the same group_column")
+                        f"split (row {i}) different {column}s: {values_a[i]!r} vs {values_b[i]!r}; "
+                        f"the runs must read the same data with the same {parameter}")
 
 
 @dataclass(frozen=True)

@@ -292,7 +292,7 @@ def with_cell(row, column, value):
                     r"split: row 3 is row_id {a} in 'bert' but row_id {b} in 'roberta'"),
     (replace_a_row, r"runs 'bert' and 'roberta' hold different essays in the {split} split: "
                     r"row 3 is row_id {a} in 'bert' but row_id 999 in 'roberta'"),
-    (flip_a_label, r"runs 'bert' and 'roberta' label row_id {a} of the {split} split \(row 3\) differently"),
+    (flip_a_label, r"runs 'bert' and 'roberta' give row_id {a} of the {split} split \(row 3\) different labels"),
     (drop_the_last_row,
      r"runs 'bert' and 'roberta' hold different essays in the {split} split: {n} vs {m} rows; "
      r"row {m} \(row_id {last}\) is only in 'bert'"),
