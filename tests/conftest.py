@@ -34,6 +34,21 @@ os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
 FAKE_TOKEN = "hf_FAKEsmokeTOKEN0123456789notreal"
 
 
+def flat(value, prefix: str = "") -> dict:
+    """A record's nested fields as {"intervals.roc_auc.low": 0.98, ...}: what `pytest.approx`
+    compares (numbers within its tolerance, anything else exactly), since it takes no nesting."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return {prefix: value}
+    out = {}
+    for key, inner in items:
+        out.update(flat(inner, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
 def run_smoke_project(name: str, outputs: Path, **overrides):
     """Run one smoke project through the real runner (in-process) into `outputs`."""
     from tools import runner

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from conftest import interrupt_smoke_run, run_smoke_project
+from conftest import flat, interrupt_smoke_run, run_smoke_project
 from nbutils.run import checkpoints, record
 
 PROJECT = "detect_ai_text/bert"
@@ -36,7 +36,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_ru
     executed = (run_dir / "detect_ai_text.ipynb").read_text()
     assert "resuming from" in executed and f"checkpoints/{interrupted_at.name}" in executed
     # Weights, optimizer, scheduler and RNG states were restored: the same final numbers.
-    assert resumed.record["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    assert flat(resumed.record["metrics"]) == pytest.approx(flat(reference["metrics"]), abs=1e-6)
     assert resumed.record["baselines"] == reference["baselines"]  # TF-IDF: no training state
     assert resumed.record["data"]["fingerprint"] == reference["data"]["fingerprint"]
     assert reference["data"]["fingerprint"].startswith("sha256:")
@@ -48,7 +48,7 @@ def test_killed_run_resumes_and_finishes_with_the_uninterrupted_metrics(smoke_ru
     assert final_state["global_step"] == final_state["max_steps"], "the last checkpoint was not kept"
     again = _run(tmp_path)
     assert f"checkpoints/{last.name}" in (run_dir / "detect_ai_text.ipynb").read_text()
-    assert again.record["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    assert flat(again.record["metrics"]) == pytest.approx(flat(reference["metrics"]), abs=1e-6)
     assert checkpoints.complete_checkpoints(run_dir / "checkpoints")[-1] == last
     # ... and says so: the record keeps the figures of the run that trained, never zeros.
     assert again.record["train"]["resumed_finished"] is True
