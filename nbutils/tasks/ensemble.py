@@ -477,15 +477,17 @@ def write_record(run, runs_dir: str | Path, runs: list[Run], left_out: dict, tab
     `intervals` (`test_intervals`): the stacker's ROC AUC and accuracy intervals are the
     record's `metrics.intervals`, every method's sit beside its results; `paired`
     (`paired_comparisons`) goes in as `metrics.paired`. `metrics.measured_on` names the split
-    of each published result: the test split (of prompts no run trained on, where the runs
-    split by prompt); the thresholds and choices are not results.
+    of each published result: the test split, as the runs' records name it ("test", or "test
+    (prompts unseen in training)" where they split by prompt); thresholds and choices are no results.
     """
     from nbutils.run import record
 
     names = [r.name for r in runs]
     rows = len(tables["validation"].labels)
-    grouped = tables["test"].groups is not None or any(r.record.get("config", {}).get("group_column") for r in runs)
-    test_split = "test (prompts unseen in training)" if grouped else "test"
+    # The test split as the runs' own records name it (split by prompt or not: the prompt column in
+    # the probability files says which prompt an essay has, not how the runs split).
+    named = {(r.record.get("metrics", {}).get("measured_on") or {}).get("roc_auc") for r in runs}
+    test_split = named.pop() if len(named) == 1 and None not in named else "test"
     methods = {name: {**result, "intervals": intervals[name]} for name, result in results.items()}
     return record.write(
         run, task="ai-text-detection-ensemble", model=f"stacked logistic regression over {', '.join(names)}",

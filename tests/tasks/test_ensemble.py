@@ -569,7 +569,14 @@ def test_record_holds_the_intervals_the_split_and_the_paired_results(runs_dir, t
                                 intervals, paired)
     m = rec["metrics"]
     assert m["intervals"] == intervals[ensemble.STACK]
-    assert m["measured_on"] == {k: "test (prompts unseen in training)" for k in ensemble.METRIC_NAMES}
+    # The prompt column says which prompt an essay has, not that the runs split by prompt: the
+    # split is named as the runs' records name it, and plainly "test" where they do not.
+    assert m["measured_on"] == {k: "test" for k in ensemble.METRIC_NAMES}
+    for r in runs:
+        r.record["metrics"]["measured_on"] = {"roc_auc": "test (prompts unseen in training)"}
+    by_prompt = ensemble.write_record(run, runs_dir, runs, left_out, tables, results, best, stacker.summary(), 0.1,
+                                      intervals, paired)
+    assert by_prompt["metrics"]["measured_on"] == {k: "test (prompts unseen in training)" for k in ensemble.METRIC_NAMES}
     assert m["paired"] == paired
     assert all(m["methods"][n]["intervals"] == intervals[n] for n in methods)
     assert rec["baselines"]["best_single_model"]["intervals"] == intervals[best]
