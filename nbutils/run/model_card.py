@@ -117,10 +117,11 @@ def build_card(record: dict, library_name: str = "transformers", base_model: str
         *[f"| {k} | {v:.4f} | " + (f"{i['low']:.4f} to {i['high']:.4f}" if i else "-") + f" | {split} |"
           for k, v, split, i in results], "",
     ]
-    if baselines:
-        lines += ["Baselines on the same split: " + "; ".join(
-            f"{b}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, (int, float)))
-            for b, m in baselines.items()), ""]
+    published = {name for name, *_ in results}  # each baseline's same results, not its counts
+    shown = {b: [f"{k} {m[k]:.4f}" for k in m if k in published and isinstance(m[k], (int, float))]
+             for b, m in baselines.items()}
+    if any(shown.values()):
+        lines += ["Baselines on the same rows: " + "; ".join(f"{b}: " + ", ".join(v) for b, v in shown.items() if v), ""]
     lines += ["## Training", "", "| parameter | value |", "|---|---|",
               *[f"| {k} | {v} |" for k, v in training.items()], ""]
     if record.get("train"):

@@ -215,12 +215,14 @@ def test_the_card_publishes_each_result_with_the_split_it_was_measured_on_and_th
                "intervals": {"perplexity": {"low": 4.9, "high": 5.6, "level": 0.95, "resamples": 1000}},
                "measured_on": {"perplexity": "held-out slice of train"}}
     local = {**RECORD, "task": "instruction-tuning", "metrics": metrics, "primary_metric": "perplexity",
+             "baselines": {"before_training": {"perplexity": 1260.5, "eval_tokens": 1895}},
              "data": {**RECORD["data"], "source": ".cache/sample-data/samsum"}, "profile": "smoke"}
     card = ModelCard.load(model_card.write_card(tmp_path, local))
     assert [(r.metric_type, r.dataset_split, r.dataset_name) for r in card.data.eval_results] == [
         ("perplexity", "held-out slice of train", ".cache/sample-data/samsum")]
     text = (tmp_path / "README.md").read_text()
     assert "eval_tokens" not in text.split("## Training")[0] and "| scored |" not in text
+    assert "Baselines on the same rows: before_training: perplexity 1260.5000\n" in text
 
 
 def test_a_local_base_model_is_not_named_as_a_hub_base_model(tmp_path):
