@@ -21,7 +21,10 @@ warning of those loggers still shows:
   `encoder.embed_tokens`, `decoder.embed_tokens`, a tied `lm_head`): `save_pretrained` stores a
   tied tensor once (`shared.weight`), and loading that sets every copy (they are one tensor).
   transformers 5.24 silences the message only for `_keys_to_ignore_on_save`, which T5 leaves
-  empty. Any other missing key is still reported.
+  empty. Any other missing key is still reported;
+- the FutureWarning that `is_gradient_checkpointing` is deprecated: PEFT 0.21's
+  `get_peft_model` and TRL read that transformers property (not our code, and nothing a reader
+  can change); it is a `warnings` message, filtered by its text and category only.
 
 Progress bars: in JupyterLab tqdm draws widgets, which are live and fine. A notebook executed
 headless (the runner sets `NBUTILS_HEADLESS=1`) would store each widget frozen at its first
@@ -111,7 +114,13 @@ NOISY_LOGGERS = ("bitsandbytes.backends.cpu.ops", "transformers.modeling_utils",
                  "transformers.trainer")
 
 
+GRADIENT_CHECKPOINTING_ALIAS = "`is_gradient_checkpointing` is deprecated"
+
+
 def install_filters() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=re.escape(GRADIENT_CHECKPOINTING_ALIAS), category=FutureWarning)
     for name in NOISY_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, KnownNoise) for f in logger.filters):

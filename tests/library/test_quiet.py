@@ -36,3 +36,21 @@ def test_other_missing_keys_are_reported():
                "['encoder.embed_tokens.weight', 'encoder.block.0.layer.0.SelfAttention.q.weight'].")
     assert "SelfAttention.q.weight" in _emit("transformers.trainer", message)
     assert "unexpected" in _emit("transformers.trainer", "There were unexpected keys in the checkpoint: ['x'].")
+
+
+def test_peft_reading_the_deprecated_checkpointing_alias_is_quiet_and_other_future_warnings_are_not(cache):
+    import warnings
+
+    from peft import LoraConfig, get_peft_model
+
+    from tests.training_helpers import tiny_classifier
+
+    model = tiny_classifier(cache, "bert")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # as a fresh kernel shows each warning once
+        quiet.install_filters()
+        get_peft_model(model, LoraConfig(r=2, target_modules=["query"], task_type="SEQ_CLS"))
+        warnings.warn("some other deprecation", FutureWarning)
+    texts = [str(w.message) for w in caught]
+    assert not any(quiet.GRADIENT_CHECKPOINTING_ALIAS in t for t in texts), texts
+    assert "some other deprecation" in texts

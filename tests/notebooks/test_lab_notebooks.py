@@ -14,7 +14,8 @@ NOTEBOOKS = sorted(path.stem for path in (ROOT / "notebooks").glob("*.ipynb"))
 
 # Lines that used to appear in every run (issue 17); each is filtered at its source now.
 KNOWN_NOISE = ("Failed to load CPU gemm_4bit_forward from kernels-community", "LOAD REPORT",
-               "mtime may not be reliable on this filesystem", "Kernel is running over TCP without encryption")
+               "mtime may not be reliable on this filesystem", "Kernel is running over TCP without encryption",
+               "`is_gradient_checkpointing` is deprecated")
 
 
 def _output_texts(nb) -> list[str]:
