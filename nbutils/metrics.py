@@ -188,6 +188,13 @@ def paired_difference(metric, labels, scores_a, scores_b, *, stratum=None, resam
             "within_noise": bool(low <= 0 <= high)}
 
 
+def paired_mean_difference(scores_a, scores_b, **bootstrap) -> dict:
+    """`paired_difference` of two per-row scores' means on the same rows (ROUGE per dialogue,
+    1/0 execution correctness per question): no labels, no strata."""
+    a, b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    return paired_difference(lambda _, scores: float(np.mean(scores)), np.zeros(len(a)), a, b, **bootstrap)
+
+
 def format_interval(value, interval: dict | None, digits: int = 3) -> str:
     """`0.912 [0.880, 0.941]`: a value with its interval, as notebooks print them and the summary
     table shows them (the level is printed once, where the table or paragraph starts)."""

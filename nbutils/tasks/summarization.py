@@ -285,12 +285,10 @@ def scores_with_intervals(rows: dict, unseen, **bootstrap) -> dict:
 
 def paired_rouge_difference(rows_a, rows_b, key: str = PRIMARY, **bootstrap) -> dict:
     """Mean ROUGE of system a minus system b on the same test dialogues, with a paired bootstrap
-    interval (`nbutils.metrics.paired_difference`: both scored on the same redrawn dialogues)."""
+    interval (`nbutils.metrics.paired_mean_difference`: both scored on the same redrawn dialogues)."""
     from nbutils import metrics
 
-    a, b = np.asarray(rows_a[key], dtype=np.float64), np.asarray(rows_b[key], dtype=np.float64)
-    return metrics.paired_difference(lambda _, scores: float(np.mean(scores)), np.zeros(len(a)), a, b,
-                                     **bootstrap)
+    return metrics.paired_mean_difference(rows_a[key], rows_b[key], **bootstrap)
 
 
 def headline_line(name: str, scores: dict, n_all: int, n_unseen: int, key: str = PRIMARY) -> str:

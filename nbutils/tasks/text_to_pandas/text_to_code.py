@@ -196,18 +196,15 @@ def scores_on_test(outcomes, left_out, predictions, references, table_seen, **bo
 
 def paired_execution_difference(outcomes_a, outcomes_b, left_out, **bootstrap) -> dict:
     """Execution accuracy of a minus b on the same scored test rows, with a paired bootstrap
-    interval (`nbutils.metrics.paired_difference`)."""
-    import numpy as np
-
-    from nbutils.metrics import paired_difference
+    interval (`nbutils.metrics.paired_mean_difference`)."""
+    from nbutils.metrics import paired_mean_difference
     from nbutils.sandbox.code_exec import REFERENCE_ERROR
 
     outcomes_a, outcomes_b = list(outcomes_a), list(outcomes_b)
     scored = [i for i, (a, b) in enumerate(zip(outcomes_a, outcomes_b))
               if REFERENCE_ERROR not in (a, b) and i not in left_out]
-    a = np.array([outcomes_a[i] == "correct" for i in scored], dtype=float)
-    b = np.array([outcomes_b[i] == "correct" for i in scored], dtype=float)
-    return paired_difference(lambda _, correct: float(np.mean(correct)), np.zeros(len(a)), a, b, **bootstrap)
+    return paired_mean_difference([outcomes_a[i] == "correct" for i in scored],
+                                  [outcomes_b[i] == "correct" for i in scored], **bootstrap)
 
 
 def describe_scores(name: str, scores: dict) -> str:
