@@ -291,6 +291,13 @@ def group_split_indices(labels, groups, val_size: float, test_size: float, seed:
     return tuple(np.flatnonzero(np.isin(inverse, chosen)) for chosen in (train, val, test))
 
 
+def check_fractions(**fractions) -> None:
+    """Each named split size (`val_size=0.1`, ...) is a fraction strictly between 0 and 1."""
+    for name, fraction in fractions.items():
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+            raise ValueError(f"{name} must be a fraction between 0 and 1, got {fraction!r}")
+
+
 def split_train_val_test(dataset, label_column: str, val_size: float, test_size: float,
                          seed: int, group_column: str = "", min_groups: int = MIN_GROUPS_PER_SPLIT,
                          slack: float = 0.0):
@@ -306,9 +313,7 @@ def split_train_val_test(dataset, label_column: str, val_size: float, test_size:
     from datasets import DatasetDict
     from sklearn.model_selection import train_test_split
 
-    for name, size in (("val_size", val_size), ("test_size", test_size)):
-        if not 0 < size < 1:
-            raise ValueError(f"{name} must be a fraction between 0 and 1, got {size!r}")
+    check_fractions(val_size=val_size, test_size=test_size)
     if val_size + test_size >= 1:
         raise ValueError(f"val_size + test_size must be below 1, got {val_size + test_size}")
     index = np.arange(len(dataset))

@@ -200,3 +200,10 @@ def test_split_seed_repeats_redraw_whole_groups():
     assert len(redrawn) >= 3, redrawn
     with pytest.raises(ValueError, match="slack must be >= 0"):
         data.split_train_val_test(table, "labels", 0.1, 0.1, 0, group_column="prompt_name", slack=-1)
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, True, "0.1", None])
+def test_a_split_size_that_is_no_fraction_is_named(value):
+    data.check_fractions(eval_size=0.1)  # a fraction passes
+    with pytest.raises(ValueError, match=f"validation_size must be a fraction between 0 and 1, got {value!r}"):
+        data.check_fractions(eval_size=0.1, validation_size=value)

@@ -9,13 +9,6 @@ batching the run ended with (`batching_summary`), the checkpoint the validation 
 import math
 
 
-def check_fractions(**fractions) -> None:
-    """Each named split size (`eval_size=0.1`, ...) is a fraction strictly between 0 and 1."""
-    for name, fraction in fractions.items():
-        if not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-            raise ValueError(f"{name} must be a fraction between 0 and 1, got {fraction!r}")
-
-
 def batching_summary(decision, trainer, examples: int, batch_size: int, gradient_accumulation_steps: int) -> dict:
     """How the `SFTTrainer` batches (the record's `data.batching`): the batching decision
     (`nbutils.batching.sft_batching`) and its reason, the training rows (packed rows are fewer
